@@ -1,0 +1,1 @@
+//! orderpipe benches (placeholder until its issue lands).

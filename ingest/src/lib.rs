@@ -1,0 +1,1 @@
+//! orderpipe ingest (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! Kafka helpers (filled in by the foundation work).

@@ -1,0 +1,17 @@
+//! Shared harness for integration tests against the real broker and CQL server.
+//!
+//! Layout:
+//! - [`kafka`]: a unique topic prefix and consumer group per test, producers and consumers
+//!   configured for the broker in `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), topics deleted after.
+//! - [`cql`]: a unique keyspace per test on the CQL server in `SCYLLA_NODES`
+//!   (default `127.0.0.1:9042`), dropped after.
+//!
+//! The testbed (`ops/testbed/up`) or any real cluster named by those variables must be running.
+
+pub mod cql;
+pub mod kafka;
+
+/// A short, unique, lowercase identifier for names of test topics, groups and keyspaces.
+pub fn unique_suffix() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
+}

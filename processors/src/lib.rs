@@ -1,0 +1,1 @@
+//! orderpipe processors (placeholder until its issue lands).

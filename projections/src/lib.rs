@@ -1,0 +1,1 @@
+//! orderpipe projections (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! orderpipe schemas (placeholder until its issue lands).
