@@ -1,1 +1,45 @@
-//! orderpipe schemas (placeholder until its issue lands).
+//! Event schemas of orderpipe: the JSON contract between every stage and every consumer.
+//!
+//! Layout:
+//! - [`envelope`]: the envelope around every event (`event_id`, `event_type`, `schema_version`,
+//!   key, `occurred_at`, `causation_id`, `correlation_id`, payload), one per topic
+//!   ([`OrderEnvelope`], [`StockEnvelope`], [`NotificationEnvelope`]), encoding and decoding.
+//! - [`orders`], [`stock`], [`notifications`]: one event enum per topic and its payloads.
+//! - [`versions`]: current schema version of every event type and the upcasters of old versions.
+//! - [`error`]: [`DecodeError`], every variant of which means "dead-letter this event".
+//! - [`new_order`]: the `POST /v1/orders` body, its validation and fingerprint.
+//! - [`topics`]: topic names (defaults, prefix, changelog and dead-letter topics).
+//! - [`json_schema`]: JSON Schema export, committed under `schemas/json/`.
+//!
+//! Pure: no IO, no async. Decoding goes bytes -> `serde_json::Value` -> upcast -> typed.
+#![warn(missing_docs)]
+
+pub mod envelope;
+pub mod error;
+pub mod json_schema;
+pub mod new_order;
+pub mod notifications;
+pub mod orders;
+pub mod stock;
+pub mod topics;
+pub mod versions;
+
+pub use envelope::{decode, encode, Envelope, NotificationEnvelope, OrderEnvelope, StockEnvelope};
+pub use error::DecodeError;
+pub use json_schema::json_schemas;
+pub use new_order::{is_active_currency, FieldError, NewOrder};
+pub use notifications::{
+    NotificationEvent, NotificationFailed, NotificationKind, NotificationRequested,
+    NotificationSent,
+};
+pub use orders::{
+    OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
+    PaymentDeclined, PaymentRef, PaymentSettled, Refunded, RejectReason, StockRejected,
+    StockReserved,
+};
+pub use stock::{
+    ReservationRejected, ReservationRequested, StockAdjusted, StockAdjustment, StockEvent,
+    StockRejectReason, StockReleased, StockReservedLine,
+};
+pub use topics::{TopicKind, Topics};
+pub use versions::{current_version, EventType, EVENT_TYPES};

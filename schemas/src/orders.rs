@@ -1,0 +1,213 @@
+//! Events of the `orders` topic (key: `order_id`): the life of one order, from placement to a
+//! terminal state and any compensation.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::stock::StockRejectReason;
+
+/// One event of the `orders` topic; the serde tag `event_type` names the variant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "event_type", rename_all = "snake_case")]
+pub enum OrderEvent {
+    /// A customer placed an order; written by ingest once the request is valid.
+    OrderPlaced(OrderPlaced),
+    /// Every line of the order is reserved (all-or-nothing across SKUs).
+    StockReserved(StockReserved),
+    /// At least one line could not be reserved; lines already reserved get released.
+    StockRejected(StockRejected),
+    /// The payment gateway charged the order.
+    PaymentSettled(PaymentSettled),
+    /// The payment gateway refused the charge.
+    PaymentDeclined(PaymentDeclined),
+    /// Terminal: the order is reserved and paid.
+    OrderConfirmed(OrderConfirmed),
+    /// Terminal: the order will not be fulfilled; it holds no stock and no charge.
+    OrderRejected(OrderRejected),
+    /// A confirmed order was cancelled after the fact (compensation follows).
+    OrderCancelled(OrderCancelled),
+    /// A charge was refunded to the customer.
+    Refunded(Refunded),
+}
+
+impl OrderEvent {
+    /// The `event_type` tag of this event, as written on the wire.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::OrderPlaced(_) => "order_placed",
+            Self::StockReserved(_) => "stock_reserved",
+            Self::StockRejected(_) => "stock_rejected",
+            Self::PaymentSettled(_) => "payment_settled",
+            Self::PaymentDeclined(_) => "payment_declined",
+            Self::OrderConfirmed(_) => "order_confirmed",
+            Self::OrderRejected(_) => "order_rejected",
+            Self::OrderCancelled(_) => "order_cancelled",
+            Self::Refunded(_) => "refunded",
+        }
+    }
+}
+
+/// Payload of `order_placed` (schema_version 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderPlaced {
+    /// Customer identity as given by the checkout frontend.
+    pub customer_id: String,
+    /// ISO 4217 code (uppercase) of every amount in this order.
+    pub currency: String,
+    /// Ordered lines, in request order; `line_index` elsewhere refers to this position.
+    pub lines: Vec<OrderLine>,
+    /// Sum of `quantity * unit_price_minor` over the lines, in minor units.
+    pub total_minor: i64,
+    /// How the customer pays.
+    pub payment: PaymentRef,
+}
+
+/// One line of an order: a quantity of one SKU at a unit price.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderLine {
+    /// Stock keeping unit (the `stock` topic key).
+    pub sku: String,
+    /// Units ordered.
+    pub quantity: u32,
+    /// Price of one unit in minor units of the order currency.
+    pub unit_price_minor: i64,
+}
+
+/// Reference to a payment instrument held by the gateway: never card data.
+///
+/// `Debug` redacts the token, so logging an order never prints it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRef {
+    /// Payment method: `card`, `wallet` or `invoice`.
+    pub method: String,
+    /// Opaque payment-gateway token; secret: never log it.
+    pub token: String,
+}
+
+impl fmt::Debug for PaymentRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PaymentRef")
+            .field("method", &self.method)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Payload of `stock_reserved`: every line is held for this order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StockReserved {}
+
+/// Payload of `stock_rejected`: the first line that could not be reserved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StockRejected {
+    /// SKU of the rejected line.
+    pub sku: String,
+    /// Why the stock stage refused it.
+    pub reason: StockRejectReason,
+}
+
+/// Payload of `payment_settled`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentSettled {
+    /// Amount charged, in minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code of the amount.
+    pub currency: String,
+    /// Gateway identifier of the charge (needed to refund it).
+    pub charge_id: String,
+}
+
+/// Payload of `payment_declined`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentDeclined {
+    /// Gateway's reason, for humans and the timeline (not a closed set).
+    pub reason: String,
+}
+
+/// Payload of `order_confirmed`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderConfirmed {}
+
+/// Payload of `order_rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderRejected {
+    /// Why the order was rejected.
+    pub reason: RejectReason,
+}
+
+/// Why an order was rejected (closed set, snake_case on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// A line's SKU has not enough stock (or is unknown).
+    OutOfStock,
+    /// A line exceeds the per-customer purchase limit of its SKU.
+    LimitExceeded,
+    /// The payment gateway declined the charge.
+    PaymentDeclined,
+    /// The payment gateway did not answer in time.
+    PaymentTimeout,
+    /// The order is invalid (should not pass ingest; defensive).
+    Invalid,
+}
+
+/// Payload of `order_cancelled`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCancelled {}
+
+/// Payload of `refunded`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Refunded {
+    /// Amount refunded, in minor units.
+    pub amount_minor: i64,
+    /// ISO 4217 code of the amount.
+    pub currency: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payment_token_is_redacted_in_debug() {
+        // Given an order with a payment token
+        let payment = PaymentRef {
+            method: "card".into(),
+            token: "tok_secret_123".into(),
+        };
+        // When it is formatted with Debug (directly or nested)
+        let direct = format!("{payment:?}");
+        let nested = format!(
+            "{:?}",
+            OrderPlaced {
+                customer_id: "c".into(),
+                currency: "EUR".into(),
+                lines: vec![],
+                total_minor: 0,
+                payment: payment.clone(),
+            }
+        );
+        // Then the token never appears, the method does
+        for s in [direct, nested] {
+            assert!(!s.contains("tok_secret_123"), "{s}");
+            assert!(s.contains("<redacted>") && s.contains("card"), "{s}");
+        }
+    }
+
+    #[test]
+    fn reject_reasons_are_snake_case() {
+        let all = [
+            (RejectReason::OutOfStock, "out_of_stock"),
+            (RejectReason::LimitExceeded, "limit_exceeded"),
+            (RejectReason::PaymentDeclined, "payment_declined"),
+            (RejectReason::PaymentTimeout, "payment_timeout"),
+            (RejectReason::Invalid, "invalid"),
+        ];
+        for (reason, wire) in all {
+            assert_eq!(serde_json::to_value(reason).unwrap(), wire);
+        }
+    }
+}
