@@ -34,12 +34,12 @@ pub use notifications::{
 };
 pub use orders::{
     OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
-    PaymentDeclined, PaymentRef, PaymentSettled, Refunded, RejectReason, StockRejected,
-    StockReserved,
+    PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled, Refunded, RejectReason,
+    StockLineRejected, StockLineReserved, StockRejected, StockReserved,
 };
 pub use stock::{
-    ReservationRejected, ReservationRequested, StockAdjusted, StockAdjustment, StockEvent,
-    StockRejectReason, StockReleased, StockReservedLine,
+    ReleaseRequested, ReservationRequested, SaleRequested, StockAdjusted, StockAdjustment,
+    StockEvent, StockLevels, StockRejectReason,
 };
 pub use topics::{TopicKind, Topics};
 pub use versions::{current_version, EventType, EVENT_TYPES};

@@ -13,10 +13,16 @@ use crate::stock::StockRejectReason;
 pub enum OrderEvent {
     /// A customer placed an order; written by ingest once the request is valid.
     OrderPlaced(OrderPlaced),
+    /// The stock stage reserved one line of the order (answer to `reservation_requested`).
+    StockLineReserved(StockLineReserved),
+    /// The stock stage refused one line of the order (answer to `reservation_requested`).
+    StockLineRejected(StockLineRejected),
     /// Every line of the order is reserved (all-or-nothing across SKUs).
     StockReserved(StockReserved),
     /// At least one line could not be reserved; lines already reserved get released.
     StockRejected(StockRejected),
+    /// The saga asks the payments stage to charge the reserved order.
+    PaymentRequested(PaymentRequested),
     /// The payment gateway charged the order.
     PaymentSettled(PaymentSettled),
     /// The payment gateway refused the charge.
@@ -36,8 +42,11 @@ impl OrderEvent {
     pub fn event_type(&self) -> &'static str {
         match self {
             Self::OrderPlaced(_) => "order_placed",
+            Self::StockLineReserved(_) => "stock_line_reserved",
+            Self::StockLineRejected(_) => "stock_line_rejected",
             Self::StockReserved(_) => "stock_reserved",
             Self::StockRejected(_) => "stock_rejected",
+            Self::PaymentRequested(_) => "payment_requested",
             Self::PaymentSettled(_) => "payment_settled",
             Self::PaymentDeclined(_) => "payment_declined",
             Self::OrderConfirmed(_) => "order_confirmed",
@@ -96,6 +105,30 @@ impl fmt::Debug for PaymentRef {
     }
 }
 
+/// Payload of `stock_line_reserved`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StockLineReserved {
+    /// SKU of the line.
+    pub sku: String,
+    /// Position of the line in `order_placed.lines`.
+    pub line_index: u32,
+    /// Units reserved.
+    pub quantity: u32,
+}
+
+/// Payload of `stock_line_rejected`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StockLineRejected {
+    /// SKU of the line.
+    pub sku: String,
+    /// Position of the line in `order_placed.lines`.
+    pub line_index: u32,
+    /// Units that were asked for.
+    pub quantity: u32,
+    /// Why the stock stage refused it.
+    pub reason: StockRejectReason,
+}
+
 /// Payload of `stock_reserved`: every line is held for this order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StockReserved {}
@@ -107,6 +140,17 @@ pub struct StockRejected {
     pub sku: String,
     /// Why the stock stage refused it.
     pub reason: StockRejectReason,
+}
+
+/// Payload of `payment_requested`: what to charge, and with which instrument.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct PaymentRequested {
+    /// Amount to charge, in minor units (the order total).
+    pub amount_minor: i64,
+    /// ISO 4217 code of the amount.
+    pub currency: String,
+    /// Instrument to charge (its token is redacted in `Debug`).
+    pub payment: PaymentRef,
 }
 
 /// Payload of `payment_settled`.

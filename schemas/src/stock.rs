@@ -1,9 +1,13 @@
-//! Events of the `stock` topic (key: `sku`): stock levels, per-line reservation requests and the
-//! stock stage's decisions. One SKU lives on one partition, so its decisions have a single writer.
+//! Events of the `stock` topic (key: `sku`): operator adjustments, the saga's requests per order
+//! line, and the stock stage's level snapshots. One SKU lives on one partition, so the stock stage
+//! is its single writer.
 //!
 //! Flow: the saga turns an `order_placed` into one `reservation_requested` per line; the stock
-//! stage answers each with `stock_reserved_line` or `reservation_rejected`; the saga collects the
-//! answers (all-or-nothing) and releases reserved lines with `stock_released` when the order fails.
+//! stage decides each in memory and answers on the `orders` topic (`stock_line_reserved` or
+//! `stock_line_rejected`, keyed by order, so the saga's partition sees it). When an order fails the
+//! saga sends `release_requested` for its reserved lines; when it is paid, `sale_requested` turns
+//! the reservation into a sale. After each batch the stock stage publishes `stock_levels` for every
+//! SKU it touched: the stock view is built from those.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -17,12 +21,12 @@ pub enum StockEvent {
     StockAdjusted(StockAdjusted),
     /// The saga asks to reserve one order line of this SKU.
     ReservationRequested(ReservationRequested),
-    /// The stock stage reserved the requested line.
-    StockReservedLine(StockReservedLine),
-    /// The stock stage refused the requested line.
-    ReservationRejected(ReservationRejected),
-    /// A reserved line is given back (order rejected or cancelled); idempotent per line.
-    StockReleased(StockReleased),
+    /// The saga gives a reserved line back (order rejected); idempotent per line.
+    ReleaseRequested(ReleaseRequested),
+    /// The saga turns a reserved line into a sale (order confirmed); idempotent per line.
+    SaleRequested(SaleRequested),
+    /// The stock stage's levels of the SKU after a batch of decisions.
+    StockLevels(StockLevels),
 }
 
 impl StockEvent {
@@ -31,9 +35,9 @@ impl StockEvent {
         match self {
             Self::StockAdjusted(_) => "stock_adjusted",
             Self::ReservationRequested(_) => "reservation_requested",
-            Self::StockReservedLine(_) => "stock_reserved_line",
-            Self::ReservationRejected(_) => "reservation_rejected",
-            Self::StockReleased(_) => "stock_released",
+            Self::ReleaseRequested(_) => "release_requested",
+            Self::SaleRequested(_) => "sale_requested",
+            Self::StockLevels(_) => "stock_levels",
         }
     }
 }
@@ -80,34 +84,6 @@ pub struct ReservationRequested {
     pub quantity: u32,
 }
 
-/// Payload of `stock_reserved_line`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StockReservedLine {
-    /// Order the line belongs to.
-    pub order_id: Uuid,
-    /// Customer the units are held for.
-    pub customer_id: String,
-    /// Position of the line in `order_placed.lines`.
-    pub line_index: u32,
-    /// Units reserved.
-    pub quantity: u32,
-}
-
-/// Payload of `reservation_rejected`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct ReservationRejected {
-    /// Order the line belongs to.
-    pub order_id: Uuid,
-    /// Customer who asked.
-    pub customer_id: String,
-    /// Position of the line in `order_placed.lines`.
-    pub line_index: u32,
-    /// Units that were asked for.
-    pub quantity: u32,
-    /// Why the line was refused.
-    pub reason: StockRejectReason,
-}
-
 /// Why the stock stage refused a line (closed set, snake_case on the wire).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -120,9 +96,9 @@ pub enum StockRejectReason {
     UnknownSku,
 }
 
-/// Payload of `stock_released`.
+/// Payload of `release_requested`: give back a reserved line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StockReleased {
+pub struct ReleaseRequested {
     /// Order whose line is released.
     pub order_id: Uuid,
     /// Customer the units were held for (their limit usage goes down).
@@ -131,6 +107,33 @@ pub struct StockReleased {
     pub line_index: u32,
     /// Units given back.
     pub quantity: u32,
+}
+
+/// Payload of `sale_requested`: a reserved line of a confirmed order becomes sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SaleRequested {
+    /// Order whose line is sold.
+    pub order_id: Uuid,
+    /// Customer who bought it.
+    pub customer_id: String,
+    /// Position of the line in `order_placed.lines`.
+    pub line_index: u32,
+    /// Units sold.
+    pub quantity: u32,
+}
+
+/// Payload of `stock_levels`: where the SKU stands. `available + reserved + sold` is what was stocked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = crate::json_schema::require_all_properties)]
+pub struct StockLevels {
+    /// Units that can still be reserved.
+    pub available: u64,
+    /// Units held for orders not yet confirmed or rejected.
+    pub reserved: u64,
+    /// Units of confirmed orders.
+    pub sold: u64,
+    /// Per-customer limit in force (`null`: none).
+    pub per_customer_limit: Option<u32>,
 }
 
 #[cfg(test)]

@@ -37,10 +37,29 @@ fn placed() -> OrderPlaced {
 fn all_order_events() -> Vec<OrderEvent> {
     vec![
         OrderEvent::OrderPlaced(placed()),
+        OrderEvent::StockLineReserved(StockLineReserved {
+            sku: "SKU-2".into(),
+            line_index: 1,
+            quantity: 1,
+        }),
+        OrderEvent::StockLineRejected(StockLineRejected {
+            sku: "SKU-1".into(),
+            line_index: 0,
+            quantity: 2,
+            reason: StockRejectReason::OutOfStock,
+        }),
         OrderEvent::StockReserved(StockReserved {}),
         OrderEvent::StockRejected(StockRejected {
             sku: "SKU-1".into(),
             reason: StockRejectReason::LimitExceeded,
+        }),
+        OrderEvent::PaymentRequested(PaymentRequested {
+            amount_minor: 4498,
+            currency: "EUR".into(),
+            payment: PaymentRef {
+                method: "card".into(),
+                token: "tok_visa_4242".into(),
+            },
         }),
         OrderEvent::PaymentSettled(PaymentSettled {
             amount_minor: 4498,
@@ -79,24 +98,23 @@ fn all_stock_events() -> Vec<StockEvent> {
             line_count: 2,
             quantity: 1,
         }),
-        StockEvent::StockReservedLine(StockReservedLine {
+        StockEvent::ReleaseRequested(ReleaseRequested {
             order_id: order_id(),
             customer_id: "cust-42".into(),
             line_index: 1,
             quantity: 1,
         }),
-        StockEvent::ReservationRejected(ReservationRejected {
+        StockEvent::SaleRequested(SaleRequested {
             order_id: order_id(),
             customer_id: "cust-42".into(),
             line_index: 0,
             quantity: 2,
-            reason: StockRejectReason::OutOfStock,
         }),
-        StockEvent::StockReleased(StockReleased {
-            order_id: order_id(),
-            customer_id: "cust-42".into(),
-            line_index: 1,
-            quantity: 1,
+        StockEvent::StockLevels(StockLevels {
+            available: 97,
+            reserved: 2,
+            sold: 1,
+            per_customer_limit: Some(2),
         }),
     ]
 }
