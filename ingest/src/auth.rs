@@ -1,0 +1,225 @@
+//! Who is calling: API keys per client, stored as SHA-256 digests, never in clear.
+//!
+//! The keys file is a JSON list: `[{"client_id": "shop-eu", "key_sha256": "<64 hex>", "disabled": false}]`
+//! (`sha256_hex` computes a digest; `echo -n "$KEY" | sha256sum` does too). A key is sent as
+//! `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
+//!
+//! Lookup compares SHA-256 digests, never the keys: the timing of a digest lookup tells an
+//! attacker at most about the digest, and a digest does not lead back to a key (preimage
+//! resistance), so no constant-time comparison of keys is needed.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use axum::http::{header, HeaderMap};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// Client id of every caller when no keys file is configured.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// One entry of the keys file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    /// The client this key belongs to (scopes Idempotency-Keys and the rate limit).
+    pub client_id: String,
+    /// Lowercase or uppercase hex SHA-256 of the key.
+    pub key_sha256: String,
+    /// A disabled key is answered 403.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// The configured API keys, by digest.
+#[derive(Clone)]
+pub struct ApiKeys {
+    by_digest: HashMap<[u8; 32], Client>,
+}
+
+#[derive(Clone)]
+struct Client {
+    id: Arc<str>,
+    disabled: bool,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Digests are not secrets, but nobody needs them in a log line either.
+        f.debug_struct("ApiKeys")
+            .field("keys", &self.by_digest.len())
+            .finish()
+    }
+}
+
+impl ApiKeys {
+    /// Reads the keys file.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read(path)
+            .with_context(|| format!("reading API keys file {}", path.display()))?;
+        let entries: Vec<KeyEntry> = serde_json::from_slice(&text)
+            .with_context(|| format!("parsing API keys file {}", path.display()))?;
+        Self::from_entries(entries).with_context(|| format!("API keys file {}", path.display()))
+    }
+
+    /// Builds the table from entries; refuses malformed digests, empty client ids and duplicates.
+    pub fn from_entries(entries: impl IntoIterator<Item = KeyEntry>) -> anyhow::Result<Self> {
+        let mut by_digest = HashMap::new();
+        for (i, entry) in entries.into_iter().enumerate() {
+            if entry.client_id.trim().is_empty() {
+                bail!("entry {i}: empty client_id");
+            }
+            let digest = parse_digest(&entry.key_sha256)
+                .with_context(|| format!("entry {i} ({}): key_sha256", entry.client_id))?;
+            let client = Client {
+                id: entry.client_id.into(),
+                disabled: entry.disabled,
+            };
+            if by_digest.insert(digest, client).is_some() {
+                bail!("entry {i}: the same key is listed twice");
+            }
+        }
+        Ok(Self { by_digest })
+    }
+
+    /// The client id of the key in `headers`: 401 without a key or with an unknown one, 403 when
+    /// the key is disabled.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
+        let key = presented_key(headers).ok_or(ApiError::Unauthenticated)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        match self.by_digest.get(&digest) {
+            None => Err(ApiError::Unauthenticated),
+            Some(client) if client.disabled => Err(ApiError::Forbidden),
+            Some(client) => Ok(client.id.clone()),
+        }
+    }
+}
+
+/// The key sent as `Authorization: Bearer <key>` (preferred) or `X-Api-Key: <key>`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
+        let value = value.to_str().ok()?;
+        let (scheme, key) = value.split_once(' ')?;
+        return (scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty())
+            .then(|| key.trim());
+    }
+    let key = headers.get("x-api-key")?.to_str().ok()?.trim();
+    (!key.is_empty()).then_some(key)
+}
+
+fn parse_digest(hex: &str) -> anyhow::Result<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        bail!("must be 64 hex digits");
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("must be hex digits")?;
+    }
+    Ok(out)
+}
+
+/// Lowercase hex SHA-256 of an API key, as the keys file stores it.
+pub fn sha256_hex(key: &str) -> String {
+    Sha256::digest(key.as_bytes())
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn keys() -> ApiKeys {
+        ApiKeys::from_entries([
+            KeyEntry {
+                client_id: "shop-eu".into(),
+                key_sha256: sha256_hex("k-eu"),
+                disabled: false,
+            },
+            KeyEntry {
+                client_id: "shop-old".into(),
+                key_sha256: sha256_hex("k-old").to_uppercase(),
+                disabled: true,
+            },
+        ])
+        .unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn keys_map_to_clients() {
+        let keys = keys();
+        let ok = |h: &[(&'static str, &str)]| keys.authenticate(&headers(h)).map(|c| c.to_string());
+        assert_eq!(ok(&[("authorization", "Bearer k-eu")]).unwrap(), "shop-eu");
+        assert_eq!(
+            ok(&[("authorization", "bearer  k-eu ")]).unwrap(),
+            "shop-eu"
+        );
+        assert_eq!(ok(&[("x-api-key", "k-eu")]).unwrap(), "shop-eu");
+        assert!(matches!(ok(&[]), Err(ApiError::Unauthenticated)));
+        assert!(matches!(
+            ok(&[("x-api-key", "nope")]),
+            Err(ApiError::Unauthenticated)
+        ));
+        assert!(matches!(
+            ok(&[("authorization", "Basic k-eu")]),
+            Err(ApiError::Unauthenticated)
+        ));
+        assert!(matches!(
+            ok(&[("authorization", "Bearer ")]),
+            Err(ApiError::Unauthenticated)
+        ));
+        assert!(matches!(
+            ok(&[("x-api-key", "k-old")]),
+            Err(ApiError::Forbidden)
+        ));
+    }
+
+    #[test]
+    fn bad_files_are_refused() {
+        let entry = |digest: &str| KeyEntry {
+            client_id: "c".into(),
+            key_sha256: digest.into(),
+            disabled: false,
+        };
+        assert!(ApiKeys::from_entries([entry("abc")]).is_err());
+        assert!(ApiKeys::from_entries([entry(&"zz".repeat(32))]).is_err());
+        let twice = sha256_hex("k");
+        assert!(ApiKeys::from_entries([entry(&twice), entry(&twice)]).is_err());
+        let parsed: Result<Vec<KeyEntry>, _> =
+            serde_json::from_str(r#"[{"client_id":"c","key_sha256":"x","extra":1}]"#);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn debug_shows_no_digest() {
+        let text = format!("{:?}", keys());
+        assert!(!text.contains(&sha256_hex("k-eu")), "{text}");
+    }
+
+    #[test]
+    fn digest_matches_sha256sum() {
+        // echo -n abc | sha256sum
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,292 @@
+//! Every way a request can fail, and its RFC 7807 `application/problem+json` answer. Each variant
+//! says what the caller should do; none carries internal details (broker errors are logged, not sent).
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use orderpipe_schemas::FieldError;
+use serde::{Deserialize, Serialize};
+
+/// Media type of every error body.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Prefix of every problem `type` (an absolute URI, as RFC 7807 asks).
+pub const PROBLEM_TYPE_PREFIX: &str = "urn:orderpipe:problem:";
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 401: no API key, or one nobody issued; send a valid key.
+    #[error("missing or unknown API key")]
+    Unauthenticated,
+    /// 403: the key was disabled; do not retry with it.
+    #[error("API key disabled")]
+    Forbidden,
+    /// 429: this client exceeded its rate; retry after `retry_after`.
+    #[error("rate limit exceeded")]
+    RateLimited {
+        /// When the client may send again.
+        retry_after: Duration,
+    },
+    /// 400: the Idempotency-Key header breaks its rules; fix it (do not retry as is).
+    #[error("invalid Idempotency-Key: {0}")]
+    InvalidIdempotencyKey(&'static str),
+    /// 415: the body is not declared `application/json`.
+    #[error("unsupported content type")]
+    UnsupportedMediaType,
+    /// 413: the body exceeds the limit.
+    #[error("body larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// 400: the body is not JSON (or could not be read); the detail says where it broke.
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// 422: JSON, but not a valid order: each error points at a field.
+    #[error("invalid order ({} errors)", .0.len())]
+    InvalidOrder(Vec<FieldError>),
+    /// 422: this Idempotency-Key was used with another body; use a new key for a new order.
+    #[error("Idempotency-Key reused with a different body")]
+    IdempotencyKeyReused,
+    /// 503: the producer queue is full; retry after `retry_after` with the same Idempotency-Key.
+    #[error("producer queue full")]
+    Overloaded {
+        /// Advised wait.
+        retry_after: Duration,
+    },
+    /// 503: the broker did not acknowledge within the deadline; the order may or may not have
+    /// been written, so retry with the same Idempotency-Key after `retry_after`.
+    #[error("broker did not acknowledge in time")]
+    NotAcknowledged {
+        /// Advised wait.
+        retry_after: Duration,
+    },
+    /// Any other status produced outside the handler (404, 405, 408, 413 from a layer...).
+    #[error("HTTP {0}")]
+    Status(StatusCode),
+}
+
+/// An RFC 7807 problem document, as sent (and as tests read it back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// URI naming the kind of problem, `urn:orderpipe:problem:<slug>`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// Field errors (JSON pointer into the body and the rule broken), for 422 answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::InvalidIdempotencyKey(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::InvalidOrder(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Overloaded { .. } | Self::NotAcknowledged { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Status(status) => *status,
+        }
+    }
+
+    /// When the caller may retry, for errors where retrying as is makes sense.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after }
+            | Self::Overloaded { retry_after }
+            | Self::NotAcknowledged { retry_after } => Some(*retry_after),
+            Self::Status(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// Short, stable name of the problem kind (the end of its `type`; also a log field).
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited { .. } => "rate-limited",
+            Self::InvalidIdempotencyKey(_) => "invalid-idempotency-key",
+            Self::UnsupportedMediaType => "unsupported-media-type",
+            Self::PayloadTooLarge { .. } => "payload-too-large",
+            Self::MalformedJson(_) => "malformed-json",
+            Self::InvalidOrder(_) => "invalid-order",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::Overloaded { .. } => "overloaded",
+            Self::NotAcknowledged { .. } => "not-acknowledged",
+            Self::Status(status) => match *status {
+                StatusCode::NOT_FOUND => "not-found",
+                StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+                StatusCode::REQUEST_TIMEOUT => "request-timeout",
+                StatusCode::PAYLOAD_TOO_LARGE => "payload-too-large",
+                s if s.is_server_error() => "server-error",
+                _ => "client-error",
+            },
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "Missing or unknown API key",
+            Self::Forbidden => "API key disabled",
+            Self::RateLimited { .. } => "Too many requests",
+            Self::InvalidIdempotencyKey(_) => "Invalid Idempotency-Key header",
+            Self::UnsupportedMediaType => "Unsupported media type",
+            Self::PayloadTooLarge { .. } | Self::Status(StatusCode::PAYLOAD_TOO_LARGE) => {
+                "Request body too large"
+            }
+            Self::MalformedJson(_) => "Malformed JSON",
+            Self::InvalidOrder(_) => "Invalid order",
+            Self::IdempotencyKeyReused => "Idempotency-Key reused with a different body",
+            Self::Overloaded { .. } => "Service overloaded",
+            Self::NotAcknowledged { .. } => "Order not acknowledged in time",
+            Self::Status(status) => status.canonical_reason().unwrap_or("Error"),
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            Self::Unauthenticated => {
+                "Send your API key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.".into()
+            }
+            Self::Forbidden => "This API key has been disabled.".into(),
+            Self::RateLimited { .. } => {
+                "This client sent more requests than its rate limit allows; retry after the Retry-After delay.".into()
+            }
+            Self::InvalidIdempotencyKey(why) => format!("Idempotency-Key {why}."),
+            Self::UnsupportedMediaType => "Send the order as `Content-Type: application/json`.".into(),
+            Self::PayloadTooLarge { limit } => format!("The request body exceeds {limit} bytes."),
+            Self::MalformedJson(why) => format!("The body is not valid JSON: {why}."),
+            Self::InvalidOrder(errors) => format!(
+                "The order breaks {} rule(s); see `errors`.",
+                errors.len()
+            ),
+            Self::IdempotencyKeyReused => {
+                "This Idempotency-Key was already used with a different body; use a new key for a new order.".into()
+            }
+            Self::Overloaded { .. } => {
+                "Too many orders are waiting for the broker; retry after the Retry-After delay with the same Idempotency-Key.".into()
+            }
+            Self::NotAcknowledged { .. } => {
+                "The order could not be confirmed as stored in time. It may or may not have been recorded: retry with the same Idempotency-Key after the Retry-After delay.".into()
+            }
+            Self::Status(StatusCode::PAYLOAD_TOO_LARGE) => "The request body is too large.".into(),
+            Self::Status(StatusCode::REQUEST_TIMEOUT) => {
+                "The request was not completed in time.".into()
+            }
+            Self::Status(status) => status
+                .canonical_reason()
+                .unwrap_or("The request failed")
+                .to_string(),
+        }
+    }
+
+    /// The problem document of this error.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_: format!("{PROBLEM_TYPE_PREFIX}{}", self.slug()),
+            title: self.title().into(),
+            status: self.status().as_u16(),
+            detail: self.detail(),
+            errors: match self {
+                Self::InvalidOrder(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).expect("problems always serialize");
+        let mut response = (
+            self.status(),
+            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
+            body,
+        )
+            .into_response();
+        if let Some(after) = self.retry_after() {
+            // Retry-After takes whole seconds; round up so that a client never retries too early.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        if matches!(self, Self::Unauthenticated) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn parts(err: ApiError) -> (StatusCode, axum::http::HeaderMap, Problem) {
+        let response = err.into_response();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn validation_problem_lists_field_errors() {
+        let (status, headers, problem) = parts(ApiError::InvalidOrder(vec![FieldError {
+            pointer: "/lines/0/quantity".into(),
+            message: "must be between 1 and 1000".into(),
+        }]))
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(headers[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(problem.status, 422);
+        assert_eq!(problem.type_, "urn:orderpipe:problem:invalid-order");
+        assert_eq!(problem.errors[0].pointer, "/lines/0/quantity");
+    }
+
+    #[tokio::test]
+    async fn retryable_problems_carry_retry_after_in_whole_seconds() {
+        let (status, headers, problem) = parts(ApiError::RateLimited {
+            retry_after: Duration::from_millis(1200),
+        })
+        .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(headers[header::RETRY_AFTER], "2");
+        assert!(problem.errors.is_empty());
+        let (_, headers, _) = parts(ApiError::NotAcknowledged {
+            retry_after: Duration::ZERO,
+        })
+        .await;
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        let (_, headers, _) = parts(ApiError::MalformedJson("x".into())).await;
+        assert!(headers.get(header::RETRY_AFTER).is_none());
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_names_the_scheme() {
+        let (status, headers, _) = parts(ApiError::Unauthenticated).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(headers[header::WWW_AUTHENTICATE], "Bearer");
+    }
+}

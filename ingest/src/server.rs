@@ -1,0 +1,486 @@
+//! The HTTP side: `POST /v1/orders`, its middleware (body limit, timeout, problem+json for every
+//! error, request metrics), the health routes, and the server's life from bind to graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use orderpipe_runtime::health::{self, Readiness};
+use orderpipe_schemas::{FieldError, NewOrder, OrderEnvelope, OrderEvent, Topics};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use uuid::Uuid;
+
+use crate::auth::{ApiKeys, ANONYMOUS};
+use crate::config::Config;
+use crate::error::{ApiError, PROBLEM_JSON};
+use crate::idempotency::{self, IdempotencyKey, RecentKeys};
+use crate::kafka::{self, Publisher};
+use crate::metrics;
+use crate::ratelimit::RateLimit;
+
+/// Path of the order endpoint.
+pub const ORDERS_PATH: &str = "/v1/orders";
+
+/// How often the broker is probed for `/readyz`.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long shutdown waits for the producer to deliver what is still queued.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Body of a 202 answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Accepted {
+    /// Id of the order (derived from the Idempotency-Key when one was sent).
+    pub order_id: Uuid,
+    /// Always `accepted`: `order_placed` is durable in Kafka.
+    pub status: String,
+}
+
+/// What every request needs.
+struct App {
+    keys: Option<ApiKeys>,
+    limit: RateLimit,
+    recent: RecentKeys,
+    publisher: Arc<Publisher>,
+    max_body_bytes: usize,
+}
+
+/// A bound, ready-to-serve ingest API: topics created, producer configured.
+pub struct Server {
+    listener: TcpListener,
+    app: Arc<App>,
+    readiness: Readiness,
+    request_timeout: Duration,
+}
+
+impl Server {
+    /// Binds `listen` and prepares the server (see [`Server::with_listener`]).
+    pub async fn bind(
+        config: Config,
+        kafka_bootstrap: &str,
+        topics: Topics,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Self::with_listener(listener, config, kafka_bootstrap, topics).await
+    }
+
+    /// Prepares a server on an already bound listener (tests bind port 0): checks the config,
+    /// loads the API keys, creates missing topics unless disabled (so the broker must be reachable
+    /// then), and configures the producer (which connects in the background).
+    pub async fn with_listener(
+        listener: TcpListener,
+        config: Config,
+        kafka_bootstrap: &str,
+        topics: Topics,
+    ) -> anyhow::Result<Self> {
+        config.check().map_err(anyhow::Error::msg)?;
+        metrics::init();
+        let keys = match &config.api_keys_file {
+            Some(path) => Some(ApiKeys::load(path)?),
+            None => None,
+        };
+        if config.create_topics {
+            let plan = kafka::topic_plan(&topics, config.partitions);
+            kafka::ensure_topics(kafka_bootstrap, &config, &plan).await?;
+        }
+        let publisher = Arc::new(Publisher::new(kafka_bootstrap, &topics.orders, &config)?);
+        let readiness = Readiness::new();
+        let probe = publisher.clone();
+        readiness.add("kafka", move || probe.ready());
+        let app = App {
+            keys,
+            limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
+            recent: RecentKeys::new(config.idempotency_ttl, config.idempotency_capacity),
+            publisher,
+            max_body_bytes: config.max_body_bytes,
+        };
+        Ok(Self {
+            listener,
+            app: Arc::new(app),
+            readiness,
+            request_timeout: config.request_timeout,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, answers every request in
+    /// flight (each within the ack deadline), and flushes the producer.
+    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let router = router(
+            self.app.clone(),
+            self.readiness.clone(),
+            self.request_timeout,
+        );
+        let background = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(probe_broker(self.app.publisher.clone(), background.clone()));
+        tasks.spawn(forget_idle_clients(self.app.clone(), background.clone()));
+
+        tracing::info!(%addr, "ingest listening");
+        let served = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+        .context("serving HTTP");
+
+        background.cancel();
+        while tasks.join_next().await.is_some() {}
+        let publisher = self.app.publisher.clone();
+        tokio::task::spawn_blocking(move || publisher.flush_blocking(FLUSH_TIMEOUT))
+            .await
+            .context("flushing the producer")?;
+        tracing::info!(%addr, "ingest stopped");
+        served
+    }
+}
+
+/// All routes: `POST /v1/orders` behind its middleware, plus `/healthz`, `/readyz`, `/metrics`.
+fn router(app: Arc<App>, readiness: Readiness, request_timeout: Duration) -> Router {
+    let max_body = app.max_body_bytes;
+    let orders = Router::new()
+        .route(ORDERS_PATH, post(post_order))
+        // axum's own limit applies to the extractor; tower-http's refuses an oversized
+        // Content-Length before reading anything. Both answer 413, made problem+json below.
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(RequestBodyLimitLayer::new(max_body))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(middleware::from_fn(finish))
+        .with_state(app);
+    orders
+        .merge(health::routes(readiness))
+        .fallback(|| async { ApiError::Status(StatusCode::NOT_FOUND) })
+        // The default spans carry method, URI and version: never headers or bodies.
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Outermost middleware of the order route: counts answers by status, and turns error answers
+/// made by layers or routing (413, 408, 405) into problem+json like the handler's own.
+async fn finish(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    metrics::request_answered(status.as_u16());
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut problem = ApiError::Status(status).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
+}
+
+async fn post_order(State(app): State<Arc<App>>, request: Request) -> Response {
+    match accept(&app, request).await {
+        Ok(order_id) => (
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                order_id,
+                status: "accepted".into(),
+            }),
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::debug!(
+                problem = err.slug(),
+                status = err.status().as_u16(),
+                "order refused"
+            );
+            err.into_response()
+        }
+    }
+}
+
+/// Checks run cheapest first, so that a refused caller costs little: who, how often, headers,
+/// then the body, then the broker.
+async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
+    let headers = request.headers();
+    let (client, rate_key) = match &app.keys {
+        Some(keys) => {
+            let client = keys.authenticate(headers)?;
+            let rate_key = client.to_string();
+            (client, rate_key)
+        }
+        // Without keys the rate limit is per peer IP: the only identity there is. Behind a proxy
+        // every request has the proxy's address and the limit becomes one shared bucket.
+        None => (
+            Arc::from(ANONYMOUS),
+            request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or_else(|| ANONYMOUS.to_owned(), |peer| peer.0.ip().to_string()),
+        ),
+    };
+    app.limit.check(&rate_key)?;
+    let key = idempotency_key(headers)?;
+    if !is_json(headers) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let body = Bytes::from_request(request, &())
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: app.max_body_bytes,
+                }
+            } else {
+                ApiError::MalformedJson("the body could not be read".into())
+            }
+        })?;
+    let order = parse_order(&body)?;
+    order.validate().map_err(ApiError::InvalidOrder)?;
+    let order_id = match &key {
+        Some(key) => {
+            let order_id = idempotency::order_id_for(&client, key);
+            app.recent
+                .check_and_remember(order_id, &order.fingerprint())?;
+            order_id
+        }
+        None => Uuid::now_v7(),
+    };
+    // The order id doubles as correlation id: every event that follows this order shares it.
+    let envelope = OrderEnvelope::new(
+        order_id,
+        OrderEvent::OrderPlaced(order.into_order_placed()),
+        None,
+        order_id,
+    );
+    app.publisher.publish(&envelope).await?;
+    tracing::debug!(%client, %order_id, "order accepted");
+    Ok(order_id)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut values = headers.get_all(idempotency::HEADER).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey("must be sent once"));
+    }
+    IdempotencyKey::parse(value).map(Some)
+}
+
+/// `Content-Type: application/json`, with or without parameters (`; charset=utf-8`).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Parses the body: 400 when it is not JSON, 422 (with a pointer) when it is JSON of the wrong
+/// shape: missing, unknown or mistyped fields.
+fn parse_order(body: &[u8]) -> Result<NewOrder, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let order: NewOrder = match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(order) => order,
+        Err(err) => {
+            let pointer = json_pointer(err.path());
+            let err = err.into_inner();
+            return Err(match err.classify() {
+                serde_json::error::Category::Data => {
+                    ApiError::InvalidOrder(vec![shape_error(pointer, &err)])
+                }
+                _ => ApiError::MalformedJson(err.to_string()),
+            });
+        }
+    };
+    deserializer
+        .end()
+        .map_err(|err| ApiError::MalformedJson(err.to_string()))?;
+    Ok(order)
+}
+
+/// RFC 6901 pointer of a serde path (`lines[0].sku` -> `/lines/0/sku`).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Unknown => {}
+        }
+    }
+    pointer
+}
+
+/// A field error for JSON of the wrong shape. Missing and unknown fields point at the field
+/// itself rather than at the object holding it.
+fn shape_error(pointer: String, err: &serde_json::Error) -> FieldError {
+    let text = err.to_string();
+    // serde_json appends the position; the pointer says where already.
+    let suffix = format!(" at line {} column {}", err.line(), err.column());
+    let message = text.strip_suffix(&suffix).unwrap_or(&text);
+    let named = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    let at = |field: &str| {
+        let escaped = field.replace('~', "~0").replace('/', "~1");
+        if pointer.ends_with(&format!("/{escaped}")) {
+            pointer.clone()
+        } else {
+            format!("{pointer}/{escaped}")
+        }
+    };
+    if let Some(field) = named("missing field `") {
+        FieldError {
+            pointer: at(&field),
+            message: "is required".into(),
+        }
+    } else if let Some(field) = named("unknown field `") {
+        FieldError {
+            pointer: at(&field),
+            message: "is not a field of this object".into(),
+        }
+    } else {
+        FieldError {
+            pointer,
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// Probes the broker every [`PROBE_INTERVAL`] on a blocking thread (librdkafka's metadata call
+/// blocks), feeding `/readyz` and the broker gauge.
+async fn probe_broker(publisher: Arc<Publisher>, stop: CancellationToken) {
+    loop {
+        let probe = publisher.clone();
+        if tokio::task::spawn_blocking(move || probe.probe_blocking())
+            .await
+            .is_err()
+        {
+            tracing::error!("broker probe panicked");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+        }
+    }
+}
+
+/// Keeps the rate limiter's key table small (anonymous callers are keyed by IP).
+async fn forget_idle_clients(app: Arc<App>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(30)) => app.limit.forget_idle(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn shape(body: &str) -> Vec<FieldError> {
+        match parse_order(body.as_bytes()) {
+            Err(ApiError::InvalidOrder(errors)) => errors,
+            other => panic!("expected 422 for {body}, got {other:?}"),
+        }
+    }
+
+    const VALID: &str = r#"{"customer_id":"c","currency":"EUR","lines":[{"sku":"A","quantity":1,"unit_price_minor":5}],"total_minor":5,"payment":{"method":"card","token":"t"}}"#;
+
+    #[test]
+    fn valid_body_parses() {
+        assert!(parse_order(VALID.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn syntax_errors_are_400() {
+        for body in [
+            "",
+            "{",
+            "{\"customer_id\":}",
+            "nul",
+            &format!("{VALID} {{}}"),
+        ] {
+            assert!(
+                matches!(
+                    parse_order(body.as_bytes()),
+                    Err(ApiError::MalformedJson(_))
+                ),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn shape_errors_point_at_the_field() {
+        let missing = VALID.replace(r#""total_minor":5,"#, "");
+        assert_eq!(shape(&missing)[0].pointer, "/total_minor");
+        assert_eq!(shape(&missing)[0].message, "is required");
+        let unknown = VALID.replace(r#""quantity":1"#, r#""quantity":1,"colour":"red""#);
+        assert_eq!(shape(&unknown)[0].pointer, "/lines/0/colour");
+        let root_unknown = VALID.replace(r#""total_minor""#, r#""coupon":"X","total_minor""#);
+        assert_eq!(shape(&root_unknown)[0].pointer, "/coupon");
+        let mistyped = VALID.replace(r#""quantity":1"#, r#""quantity":-1"#);
+        let errors = shape(&mistyped);
+        assert_eq!(errors[0].pointer, "/lines/0/quantity");
+        assert!(
+            !errors[0].message.contains("line 1"),
+            "{}",
+            errors[0].message
+        );
+        let missing_token = VALID.replace(r#","token":"t""#, "");
+        assert_eq!(shape(&missing_token)[0].pointer, "/payment/token");
+        assert_eq!(shape("[]")[0].pointer, "");
+    }
+
+    #[test]
+    fn content_type_must_be_json() {
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        assert!(with("application/json"));
+        assert!(with("Application/JSON; charset=utf-8"));
+        assert!(!with("text/plain"));
+        assert!(!with("application/jsonx"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}
