@@ -1,0 +1,1 @@
+//! Stock stage (in progress).
