@@ -1,1 +1,25 @@
-fn main() {}
+//! The `orderpipe` binary: parse the command line, start telemetry, hand over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orderpipe_ops::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    orderpipe_runtime::telemetry::init(&cli.log);
+    let outcome = match cli.command {
+        Command::Run(args) => {
+            orderpipe_ops::run::run(args, orderpipe_runtime::shutdown::on_signal()).await
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole cause chain on one line, without a backtrace dump.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

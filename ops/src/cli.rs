@@ -1,0 +1,120 @@
+//! Command line of the `orderpipe` binary. Every flag has an environment variable; `--help` lists them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::components::Component;
+
+/// orderpipe: an event-sourced order pipeline for flash sales.
+#[derive(Debug, Parser)]
+#[command(name = "orderpipe", version, about)]
+pub struct Cli {
+    /// Log filter in `tracing` syntax (e.g. `info`, `orderpipe=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run pipeline components in this process until SIGINT or SIGTERM.
+    Run(RunArgs),
+}
+
+/// `orderpipe run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Components to run, comma-separated. Default: every component this build provides.
+    #[arg(long, env = "ORDERPIPE_COMPONENTS", value_delimiter = ',', value_enum)]
+    pub components: Vec<Component>,
+
+    #[command(flatten)]
+    pub connections: Connections,
+
+    /// Address of the ingest HTTP API.
+    #[arg(
+        long,
+        env = "ORDERPIPE_INGEST_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
+    pub ingest_listen: SocketAddr,
+
+    /// Address of the query HTTP API.
+    #[arg(long, env = "ORDERPIPE_QUERY_LISTEN", default_value = "127.0.0.1:8081")]
+    pub query_listen: SocketAddr,
+
+    #[command(flatten)]
+    pub ingest: orderpipe_ingest::Config,
+
+    /// How long components get to finish in-flight work after a shutdown signal.
+    #[arg(long, env = "ORDERPIPE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// Where the broker and the CQL cluster are. Production and the testbed differ only here.
+#[derive(Debug, Clone, Args)]
+pub struct Connections {
+    /// Kafka bootstrap servers (host:port, comma-separated).
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    pub kafka_bootstrap: String,
+
+    /// Prefix for every topic name (lets several pipelines share one cluster).
+    #[arg(long, env = "ORDERPIPE_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+
+    /// ScyllaDB / Cassandra contact points (host:port, comma-separated).
+    #[arg(long, env = "SCYLLA_NODES", default_value = "127.0.0.1:9042")]
+    pub scylla_nodes: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("orderpipe").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn components_are_a_comma_separated_list() {
+        let Command::Run(run) = parse(&["run", "--components", "ingest,query"])
+            .unwrap()
+            .command;
+        assert_eq!(run.components, vec![Component::Ingest, Component::Query]);
+    }
+
+    #[test]
+    fn unknown_component_is_a_clear_error() {
+        let err = parse(&["run", "--components", "ingest,bogus"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bogus"), "{err}");
+        assert!(err.contains("possible values"), "{err}");
+    }
+
+    #[test]
+    fn defaults_are_the_local_testbed() {
+        let Command::Run(run) = parse(&["run"]).unwrap().command;
+        assert!(run.components.is_empty());
+        assert_eq!(run.ingest_listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(run.query_listen.to_string(), "127.0.0.1:8081");
+        // Environment may override these two in CI; only check the defaults when unset.
+        if std::env::var_os("KAFKA_BOOTSTRAP").is_none() {
+            assert_eq!(run.connections.kafka_bootstrap, "127.0.0.1:9092");
+        }
+        if std::env::var_os("SCYLLA_NODES").is_none() {
+            assert_eq!(run.connections.scylla_nodes, "127.0.0.1:9042");
+        }
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,10 @@
+//! The `orderpipe` binary's library: command line, component wiring, process lifecycle.
+//!
+//! Layout:
+//! - [`cli`]: the clap command line (flags, environment variables, defaults).
+//! - [`components`]: the pipeline components `orderpipe run` can start.
+//! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
+
+pub mod cli;
+pub mod components;
+pub mod run;
