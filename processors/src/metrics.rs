@@ -11,6 +11,7 @@
 //! | `orderpipe_processor_consumer_lag` | gauge | stage | messages between the committed position and the end of the assigned input partitions (librdkafka statistics) |
 //! | `orderpipe_processor_restored_records_total` | counter | stage | changelog records replayed into memory (assignment or recovery) |
 //! | `orderpipe_processor_recoveries_total` | counter | stage, cause | state dropped and rebuilt from the changelog after a failed batch |
+//! | `orderpipe_stock_decisions_total` | counter | outcome | stock answers to `reservation_requested` (`reserved`, `out_of_stock`, `limit_exceeded`, `unknown_sku`), counted when decided (an aborted batch's decisions too) |
 
 use std::time::Duration;
 
@@ -57,4 +58,10 @@ pub(crate) fn restored(stage: &'static str, n: u64) {
 pub(crate) fn recovery(stage: &'static str, cause: &'static str) {
     metrics::counter!("orderpipe_processor_recoveries_total", "stage" => stage, "cause" => cause)
         .increment(1);
+}
+
+/// A stock decision (`reserved`, `out_of_stock`, `limit_exceeded`, `unknown_sku`), duplicates
+/// included.
+pub(crate) fn stock_decision(outcome: &'static str) {
+    metrics::counter!("orderpipe_stock_decisions_total", "outcome" => outcome).increment(1);
 }

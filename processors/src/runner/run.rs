@@ -511,14 +511,15 @@ impl Runner {
         effects: &Effects,
         offsets: &TopicPartitionList,
     ) -> Result<(), Failure> {
+        // State before effects: an output that reached its topic always has its changelog
+        // record, so a redelivered input finds the state it made and repeats its decision.
         self.producer.context().take_failure();
-        self.send_all(effects)?;
-        self.producer
-            .flush(TXN_TIMEOUT)
-            .map_err(|e| Failure::Abortable(format!("waiting for deliveries: {e}")))?;
-        if let Some(err) = self.producer.context().take_failure() {
-            return Err(Failure::Abortable(format!("delivery failed: {err}")));
+        if !effects.changelog.is_empty() {
+            self.send_changelog(effects)?;
+            self.await_deliveries()?;
         }
+        self.send_outputs(effects)?;
+        self.await_deliveries()?;
         if offsets.count() > 0 {
             self.consumer
                 .commit(offsets, CommitMode::Sync)
@@ -527,15 +528,23 @@ impl Runner {
         Ok(())
     }
 
+    fn await_deliveries(&self) -> Result<(), Failure> {
+        self.producer
+            .flush(TXN_TIMEOUT)
+            .map_err(|e| Failure::Abortable(format!("waiting for deliveries: {e}")))?;
+        match self.producer.context().take_failure() {
+            Some(err) => Err(Failure::Abortable(format!("delivery failed: {err}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Enqueue every record of `effects`; a full queue is backpressure: serve deliveries, retry.
     fn send_all(&self, effects: &Effects) -> Result<(), Failure> {
-        for out in &effects.outputs {
-            self.send(
-                BaseRecord::to(&out.topic)
-                    .key(out.key.as_str())
-                    .payload(out.payload.as_slice()),
-            )?;
-        }
+        self.send_changelog(effects)?;
+        self.send_outputs(effects)
+    }
+
+    fn send_changelog(&self, effects: &Effects) -> Result<(), Failure> {
         for change in &effects.changelog {
             let record = BaseRecord::<str, [u8]>::to(&self.changelog_topic)
                 .partition(change.partition)
@@ -545,6 +554,17 @@ impl Runner {
                 None => record,
             };
             self.send(record)?;
+        }
+        Ok(())
+    }
+
+    fn send_outputs(&self, effects: &Effects) -> Result<(), Failure> {
+        for out in &effects.outputs {
+            self.send(
+                BaseRecord::to(&out.topic)
+                    .key(out.key.as_str())
+                    .payload(out.payload.as_slice()),
+            )?;
         }
         for letter in &effects.dead_letters {
             let partition = letter.partition.to_string();
