@@ -6,11 +6,18 @@
 //! - [`kafka`]: client settings every stage shares, [`ensure_topics`] for changelog/dlq topics.
 //! - [`metrics`]: every metric the processors record, with their names.
 //! - [`stock`]: per-SKU stock reservation (pure decisions in [`stock::core`], the stage, admin).
+//! - [`saga`]: the per-order state machine (pure [`saga::decide`]) and its stage.
+//! - [`payments`]: the payment gateway trait, simulated and HTTP gateways, the gateway simulator
+//!   server, and the payments stage.
+//! - [`notifications`]: sinks (log, signed webhook) and the notifications stage.
 #![warn(missing_docs)]
 
 pub mod kafka;
 pub mod metrics;
+pub mod notifications;
+pub mod payments;
 pub mod runner;
+pub mod saga;
 pub mod stock;
 
 pub use kafka::ensure_topics;

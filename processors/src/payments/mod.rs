@@ -1,0 +1,60 @@
+//! Payments: the [`PaymentGateway`] trait, its simulated and HTTP implementations, the gateway
+//! simulator's HTTP server, and the payments stage.
+//!
+//! Layout:
+//! - [`gateway`]: the trait, [`Charge`], [`Refund`], [`GatewayError`].
+//! - [`simulated`]: [`SimulatedGateway`] (latency, seeded declines, per-order counters).
+//! - [`contract`]: the HTTP contract (`POST /v1/charges`, `POST /v1/refunds`, stats, faults).
+//! - [`http_gateway`]: [`HttpGateway`], the client (timeout, retries with backoff, breaker).
+//! - [`breaker`]: [`CircuitBreaker`], a small state machine.
+//! - [`http`]: the HTTP client pieces and [`RetryPolicy`] (shared with notifications).
+//! - [`gateway_sim`]: the simulator as an axum server ([`gateway_sim::serve`]).
+//! - [`config`]: [`PaymentsArgs`] (clap/env).
+//! - [`stage`]: the stage, [`PaymentsStage`].
+//!
+//! No double charge: every gateway call carries the order id as its idempotency key, and the
+//! gateway answers a repeated key with the first answer without moving money. So the stage needs
+//! no state of its own: an event redelivered after a crash (at-least-once), re-processed after
+//! an aborted transaction (exactly-once), or a client retry after a lost answer, all meet the
+//! first charge. Calls of one order run in offset order; orders of a batch run concurrently.
+//!
+//! Unreachable gateway: once retries are exhausted (or while the circuit is open) the stage emits
+//! `payment_declined{reason: "gateway_timeout"}`, and the saga rejects the order with
+//! `payment_timeout` (releasing its stock). A timed-out charge may still have happened, so:
+//!
+//! Compensation: on `order_rejected` with reason `payment_declined` or `payment_timeout`, the
+//! stage asks the gateway to refund the order; if there was a charge it emits `refunded`. Any
+//! charge of such an order happened while handling its `payment_requested`, which precedes the
+//! rejection in the partition, so the refund comes after it (a `payment_settled` the saga sees
+//! after the rejection is refunded this way). A refund of an order with no charge voids it at
+//! the gateway, so a charge request still in flight cannot take money later. A refund that fails
+//! (gateway down) dead-letters the rejection with reason `refund_failed`; a redrive retries it.
+//!
+//! Not covered: TLS to the gateway (plain `http://`; terminate TLS in a sidecar).
+
+pub mod breaker;
+pub mod config;
+pub mod contract;
+pub mod gateway;
+pub mod gateway_sim;
+pub mod http;
+pub mod http_gateway;
+pub mod simulated;
+pub mod stage;
+
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use config::{ConfigError, GatewayKind, PaymentsArgs};
+pub use gateway::{Charge, ChargeOutcome, GatewayError, PaymentGateway, Refund};
+pub use gateway_sim::GatewaySimArgs;
+pub use http::RetryPolicy;
+pub use http_gateway::{HttpGateway, HttpGatewayConfig};
+pub use simulated::{OrderStats, SimConfig, SimulatedGateway, Totals};
+pub use stage::PaymentsStage;
+
+/// `payment_declined.reason` when the gateway could not be reached (the saga rejects the order
+/// with `payment_timeout`).
+pub const GATEWAY_TIMEOUT_REASON: &str = "gateway_timeout";
+
+/// `payment_declined.reason` when the gateway refused the request itself or answered nonsense
+/// (the saga rejects the order with `payment_declined`).
+pub const GATEWAY_ERROR_REASON: &str = "gateway_error";
