@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use uuid::Uuid;
 
 use crate::auth::{ApiKeys, ANONYMOUS};
@@ -178,8 +178,12 @@ fn router(app: Arc<App>, readiness: Readiness, request_timeout: Duration) -> Rou
     orders
         .merge(health::routes(readiness))
         .fallback(|| async { ApiError::Status(StatusCode::NOT_FOUND) })
-        // The default spans carry method, URI and version: never headers or bodies.
-        .layer(TraceLayer::new_for_http())
+        // The default spans carry method, URI and version: never headers or bodies. A 5xx is
+        // logged at debug: a broker outage would otherwise log one error per request.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
 }
 
 /// Outermost middleware of the order route: counts answers by status, and turns error answers

@@ -1,0 +1,646 @@
+//! The ingest API against the real test broker: what reaches the orders topic, what is refused
+//! and how, idempotency, API keys, rate limit, topics, metrics.
+
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::http::{chunked, full};
+use common::*;
+use hyper::Method;
+use orderpipe_ingest::auth::sha256_hex;
+use orderpipe_ingest::idempotency::{order_id_for, IdempotencyKey};
+use orderpipe_ingest::Config;
+use orderpipe_schemas::{OrderEnvelope, OrderEvent};
+use orderpipe_testkit::kafka::payload_str;
+use rdkafka::Message;
+use serde_json::{json, Value};
+
+#[tokio::test]
+async fn posted_order_is_read_back_from_the_orders_topic() {
+    // Given ingest on the test broker
+    let ingest = TestIngest::start(test_config()).await;
+    let mut conn = ingest.conn();
+
+    // When an order is posted
+    let reply = conn.post_order(&[], &order_body()).await;
+
+    // Then it is accepted with an order id
+    let order_id = accepted_id(&reply);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+
+    // And a plain consumer reads exactly that order from the orders topic, keyed by its id
+    let messages = read_topic(&ingest.topics.orders, 2, 1, Duration::from_secs(10)).await;
+    assert_eq!(messages.len(), 1, "one event on the orders topic");
+    let message = &messages[0];
+    assert_eq!(key_str(message), order_id);
+    let event: Value = serde_json::from_str(payload_str(message)).expect("JSON payload");
+
+    // With the public field names, literally
+    let fields: Vec<&str> = event
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for name in [
+        "event_id",
+        "event_type",
+        "schema_version",
+        "order_id",
+        "occurred_at",
+        "causation_id",
+        "correlation_id",
+        "customer_id",
+        "currency",
+        "lines",
+        "total_minor",
+        "payment",
+    ] {
+        assert!(fields.contains(&name), "field {name} missing from {event}");
+    }
+    assert_eq!(event["event_type"], "order_placed");
+    assert_eq!(event["order_id"], order_id.as_str());
+    assert_eq!(event["correlation_id"], order_id.as_str());
+    assert_eq!(event["causation_id"], Value::Null);
+    assert!(event["schema_version"].as_u64().unwrap() >= 1);
+    let event_id = uuid::Uuid::parse_str(event["event_id"].as_str().unwrap()).unwrap();
+    assert_eq!(event_id.get_version_num(), 7);
+    let occurred_at = event["occurred_at"].as_str().unwrap();
+    assert!(
+        occurred_at.contains('T') && occurred_at.ends_with('Z'),
+        "RFC 3339 UTC: {occurred_at}"
+    );
+    let sent = order_json();
+    for field in ["customer_id", "currency", "lines", "total_minor", "payment"] {
+        assert_eq!(event[field], sent[field], "{field}");
+    }
+    assert_eq!(
+        event["lines"][0],
+        json!({"sku": "SKU-1", "quantity": 2, "unit_price_minor": 1999})
+    );
+
+    // And the typed decoder of the schemas crate agrees
+    let envelope = OrderEnvelope::decode(message.payload().unwrap()).expect("decodes");
+    assert_eq!(envelope.order_id.to_string(), order_id);
+    let OrderEvent::OrderPlaced(placed) = envelope.event else {
+        panic!("not order_placed: {:?}", envelope.event)
+    };
+    assert_eq!(placed.total_minor, 4498);
+    assert_eq!(placed.lines.len(), 2);
+
+    // And the endpoints around it answer
+    assert_eq!(conn.get("/healthz").await.status, 200);
+    ingest.wait_ready(200, Duration::from_secs(5)).await;
+    let metrics = conn.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"orderpipe_ingest_requests_total{status="202"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains("orderpipe_ingest_ack_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("orderpipe_ingest_producer_queue_depth"),
+        "{text}"
+    );
+    assert!(!text.contains("tok_test_4242"));
+
+    ingest.stop().await.expect("clean shutdown");
+}
+
+/// One bad request: how it differs from a good one, and what it must get.
+struct Bad {
+    name: &'static str,
+    method: Method,
+    headers: Vec<(&'static str, String)>,
+    body: BadBody,
+    status: u16,
+    /// For 422: the pointer one of the field errors must have.
+    pointer: Option<&'static str>,
+}
+
+enum BadBody {
+    Text(String),
+    Chunked(Vec<Bytes>),
+}
+
+fn with(mutate: impl FnOnce(&mut Value)) -> BadBody {
+    let mut order = order_json();
+    mutate(&mut order);
+    BadBody::Text(order.to_string())
+}
+
+fn json_headers() -> Vec<(&'static str, String)> {
+    vec![("content-type", "application/json".to_string())]
+}
+
+fn bad(name: &'static str, body: BadBody, status: u16, pointer: Option<&'static str>) -> Bad {
+    Bad {
+        name,
+        method: Method::POST,
+        headers: json_headers(),
+        body,
+        status,
+        pointer,
+    }
+}
+
+fn bad_requests() -> Vec<Bad> {
+    let text = |s: &str| BadBody::Text(s.to_string());
+    let big = "x".repeat(70 * 1024);
+    let many_lines: Vec<Value> = (0..101)
+        .map(|i| json!({"sku": format!("S{i}"), "quantity": 1, "unit_price_minor": 1}))
+        .collect();
+    let mut cases = vec![
+        // Not JSON at all: 400.
+        bad("empty body", text(""), 400, None),
+        bad(
+            "truncated JSON",
+            text(r#"{"customer_id": "c-1""#),
+            400,
+            None,
+        ),
+        bad("not JSON", text("customer=c-1"), 400, None),
+        bad(
+            "trailing garbage",
+            BadBody::Text(format!("{} x", order_body())),
+            400,
+            None,
+        ),
+        // JSON of the wrong shape: 422 pointing at the field.
+        bad("JSON array", text("[]"), 422, Some("")),
+        bad(
+            "missing total",
+            with(|o| {
+                o.as_object_mut().unwrap().remove("total_minor");
+            }),
+            422,
+            Some("/total_minor"),
+        ),
+        bad(
+            "missing payment token",
+            with(|o| {
+                o["payment"].as_object_mut().unwrap().remove("token");
+            }),
+            422,
+            Some("/payment/token"),
+        ),
+        bad(
+            "unknown field",
+            with(|o| o["coupon"] = json!("FREE")),
+            422,
+            Some("/coupon"),
+        ),
+        bad(
+            "unknown line field",
+            with(|o| o["lines"][0]["colour"] = json!("red")),
+            422,
+            Some("/lines/0/colour"),
+        ),
+        bad(
+            "quantity as text",
+            with(|o| o["lines"][0]["quantity"] = json!("two")),
+            422,
+            Some("/lines/0/quantity"),
+        ),
+        bad(
+            "negative quantity",
+            with(|o| o["lines"][1]["quantity"] = json!(-1)),
+            422,
+            Some("/lines/1/quantity"),
+        ),
+        bad(
+            "price beyond i64",
+            with(|o| o["lines"][0]["unit_price_minor"] = json!(1e30)),
+            422,
+            Some("/lines/0/unit_price_minor"),
+        ),
+        // Rules: 422 pointing at the field.
+        bad(
+            "no lines",
+            with(|o| {
+                o["lines"] = json!([]);
+                o["total_minor"] = json!(0);
+            }),
+            422,
+            Some("/lines"),
+        ),
+        bad(
+            "101 lines",
+            with(|o| {
+                o["lines"] = json!(many_lines);
+                o["total_minor"] = json!(101);
+            }),
+            422,
+            Some("/lines"),
+        ),
+        bad(
+            "quantity 0",
+            with(|o| {
+                o["lines"][1]["quantity"] = json!(0);
+                o["total_minor"] = json!(3998);
+            }),
+            422,
+            Some("/lines/1/quantity"),
+        ),
+        bad(
+            "quantity 1001",
+            with(|o| {
+                o["lines"][1]["quantity"] = json!(1001);
+                o["total_minor"] = json!(3998 + 500_500);
+            }),
+            422,
+            Some("/lines/1/quantity"),
+        ),
+        bad(
+            "negative price",
+            with(|o| {
+                o["lines"][1]["unit_price_minor"] = json!(-500);
+                o["total_minor"] = json!(3498);
+            }),
+            422,
+            Some("/lines/1/unit_price_minor"),
+        ),
+        bad(
+            "overflowing price",
+            with(|o| o["lines"][0]["unit_price_minor"] = json!(i64::MAX)),
+            422,
+            Some("/lines/0/unit_price_minor"),
+        ),
+        bad(
+            "lowercase currency",
+            with(|o| o["currency"] = json!("eur")),
+            422,
+            Some("/currency"),
+        ),
+        bad(
+            "unknown currency",
+            with(|o| o["currency"] = json!("XYZ")),
+            422,
+            Some("/currency"),
+        ),
+        bad(
+            "totals do not add up",
+            with(|o| o["total_minor"] = json!(4499)),
+            422,
+            Some("/total_minor"),
+        ),
+        bad(
+            "empty customer",
+            with(|o| o["customer_id"] = json!("")),
+            422,
+            Some("/customer_id"),
+        ),
+        bad(
+            "empty sku",
+            with(|o| o["lines"][0]["sku"] = json!("")),
+            422,
+            Some("/lines/0/sku"),
+        ),
+        bad(
+            "duplicate sku",
+            with(|o| o["lines"][1]["sku"] = json!("SKU-1")),
+            422,
+            Some("/lines/1/sku"),
+        ),
+        bad(
+            "unknown payment method",
+            with(|o| o["payment"]["method"] = json!("cash")),
+            422,
+            Some("/payment/method"),
+        ),
+        // Size: 413, with or without Content-Length.
+        bad("body over 64 KiB", BadBody::Text(big.clone()), 413, None),
+        bad(
+            "chunked body over 64 KiB",
+            BadBody::Chunked(vec![Bytes::from(big.clone()), Bytes::from(big)]),
+            413,
+            None,
+        ),
+    ];
+    // Content type: 415.
+    cases.push(Bad {
+        headers: vec![("content-type", "text/plain".into())],
+        ..bad("text/plain", BadBody::Text(order_body()), 415, None)
+    });
+    cases.push(Bad {
+        headers: vec![],
+        ..bad("no content type", BadBody::Text(order_body()), 415, None)
+    });
+    cases.push(Bad {
+        headers: vec![("content-type", "application/x-www-form-urlencoded".into())],
+        ..bad("form", BadBody::Text(order_body()), 415, None)
+    });
+    // Idempotency-Key: 400.
+    for (name, key) in [
+        ("empty key", String::new()),
+        ("key with a space", "a b".into()),
+        ("key of 256 chars", "k".repeat(256)),
+    ] {
+        let mut headers = json_headers();
+        headers.push(("idempotency-key", key));
+        cases.push(Bad {
+            headers,
+            ..bad(name, BadBody::Text(order_body()), 400, None)
+        });
+    }
+    // Wrong method: 405, still problem+json.
+    cases.push(Bad {
+        method: Method::GET,
+        ..bad("GET", BadBody::Text(String::new()), 405, None)
+    });
+    cases
+}
+
+#[tokio::test]
+async fn bad_requests_get_problem_json_and_produce_nothing() {
+    // Given ingest on the test broker
+    let ingest = TestIngest::start(test_config()).await;
+    let mut conn = ingest.conn();
+    let cases = bad_requests();
+    assert!(cases.len() >= 20);
+
+    // When each bad request is sent, then it gets its status and a problem document
+    for case in cases {
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let body = match case.body {
+            BadBody::Text(text) => full(text),
+            BadBody::Chunked(chunks) => chunked(chunks),
+        };
+        let reply = conn
+            .send(case.method, "/v1/orders", &headers, body)
+            .await
+            .unwrap_or_else(|err| panic!("{}: {err}", case.name));
+        assert_eq!(
+            reply.status.as_u16(),
+            case.status,
+            "{}: {:?}",
+            case.name,
+            String::from_utf8_lossy(&reply.body)
+        );
+        let problem = problem(&reply);
+        match case.pointer {
+            Some(pointer) => assert!(
+                problem.errors.iter().any(|e| e.pointer == pointer),
+                "{}: expected an error at {pointer:?}, got {:?}",
+                case.name,
+                problem.errors
+            ),
+            None => assert!(problem.errors.is_empty(), "{}: {problem:?}", case.name),
+        }
+        assert!(
+            !String::from_utf8_lossy(&reply.body).contains("tok_test_4242"),
+            "{}",
+            case.name
+        );
+    }
+
+    // And none produced an event: after a good sentinel order, the topic holds exactly one
+    let sentinel = accepted_id(&conn.post_order(&[], &order_body()).await);
+    let messages = read_topic(&ingest.topics.orders, 2, 2, Duration::from_secs(3)).await;
+    assert_eq!(messages.len(), 1, "only the sentinel reached the topic");
+    assert_eq!(key_str(&messages[0]), sentinel);
+    assert_eq!(end_offsets(&ingest.topics.orders, 2), 1);
+
+    ingest.stop().await.expect("clean shutdown");
+}
+
+/// A keys file with an enabled key per client and one disabled key.
+fn keys_file() -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let entries = json!([
+        {"client_id": "shop-a", "key_sha256": sha256_hex("key-a")},
+        {"client_id": "shop-b", "key_sha256": sha256_hex("key-b"), "disabled": false},
+        {"client_id": "shop-old", "key_sha256": sha256_hex("key-old"), "disabled": true},
+    ]);
+    file.write_all(entries.to_string().as_bytes()).unwrap();
+    file
+}
+
+#[tokio::test]
+async fn idempotency_key_gives_one_order_id_per_client_and_key() {
+    // Given ingest with two clients
+    let keys = keys_file();
+    let ingest = TestIngest::start(Config {
+        api_keys_file: Some(keys.path().to_owned()),
+        ..test_config()
+    })
+    .await;
+    let mut conn = ingest.conn();
+    let a = [
+        ("authorization", "Bearer key-a"),
+        ("idempotency-key", "order-2024-0001"),
+    ];
+    let b = [
+        ("x-api-key", "key-b"),
+        ("idempotency-key", "order-2024-0001"),
+    ];
+
+    // When client A posts the same order twice with one key
+    let first = accepted_id(&conn.post_order(&a, &order_body()).await);
+    let retry = accepted_id(&conn.post_order(&a, &order_body()).await);
+
+    // Then both answers carry the same order id, derived from (client, key)
+    assert_eq!(first, retry);
+    let key = IdempotencyKey::parse(&"order-2024-0001".parse().unwrap()).unwrap();
+    assert_eq!(first, order_id_for("shop-a", &key).to_string());
+
+    // And the same body with whitespace and field order changed is the same body
+    let reordered = r#"{ "payment": {"token": "tok_test_4242", "method": "card"}, "total_minor": 4498,
+        "lines": [{"unit_price_minor": 1999, "quantity": 2, "sku": "SKU-1"}, {"sku": "SKU-2", "quantity": 1, "unit_price_minor": 500}],
+        "currency": "EUR", "customer_id": "c-1" }"#;
+    assert_eq!(accepted_id(&conn.post_order(&a, reordered).await), first);
+
+    // When client A reuses the key for another body, then it is refused
+    let mut other = order_json();
+    other["customer_id"] = json!("c-2");
+    let reply = conn.post_order(&a, &other.to_string()).await;
+    assert_eq!(reply.status, 422);
+    assert_eq!(
+        problem(&reply).type_,
+        "urn:orderpipe:problem:idempotency-key-reused"
+    );
+
+    // When client B uses the same key, then it gets an order of its own
+    let theirs = accepted_id(&conn.post_order(&b, &order_body()).await);
+    assert_ne!(theirs, first);
+
+    // And without a key every post is a new order
+    let plain = [("authorization", "Bearer key-a")];
+    let x = accepted_id(&conn.post_order(&plain, &order_body()).await);
+    let y = accepted_id(&conn.post_order(&plain, &order_body()).await);
+    assert_ne!(x, y);
+
+    // The topic holds every accepted post: retries re-produce under the same key (downstream
+    // deduplicates by order id), so there are 3 distinct order ids among 6 events.
+    let messages = read_topic(&ingest.topics.orders, 2, 7, Duration::from_secs(3)).await;
+    assert_eq!(messages.len(), 6);
+    let mut ids: Vec<&str> = messages.iter().map(key_str).collect();
+    assert_eq!(ids.iter().filter(|id| **id == first).count(), 3);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+
+    ingest.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn api_keys_are_required_when_configured() {
+    // Given ingest with a keys file
+    let keys = keys_file();
+    let ingest = TestIngest::start(Config {
+        api_keys_file: Some(keys.path().to_owned()),
+        ..test_config()
+    })
+    .await;
+    let mut conn = ingest.conn();
+
+    // Without a key: 401 naming the scheme
+    let reply = conn.post_order(&[], &order_body()).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    problem(&reply);
+    // With an unknown key: 401
+    let reply = conn
+        .post_order(&[("authorization", "Bearer nope")], &order_body())
+        .await;
+    assert_eq!(reply.status, 401);
+    problem(&reply);
+    // With a disabled key: 403
+    let reply = conn
+        .post_order(&[("x-api-key", "key-old")], &order_body())
+        .await;
+    assert_eq!(reply.status, 403);
+    problem(&reply);
+    // With a valid key, either header: 202
+    accepted_id(
+        &conn
+            .post_order(&[("authorization", "Bearer key-a")], &order_body())
+            .await,
+    );
+    accepted_id(
+        &conn
+            .post_order(&[("x-api-key", "key-b")], &order_body())
+            .await,
+    );
+    // Health endpoints need no key
+    assert_eq!(conn.get("/healthz").await.status, 200);
+
+    ingest.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn bursts_beyond_the_rate_limit_get_429_with_retry_after() {
+    // Given a limit of 1 request per second with bursts of 3, per client
+    let keys = keys_file();
+    let ingest = TestIngest::start(Config {
+        api_keys_file: Some(keys.path().to_owned()),
+        rate_limit_per_second: 1,
+        rate_limit_burst: 3,
+        ..test_config()
+    })
+    .await;
+    let mut conn = ingest.conn();
+    let a = [("x-api-key", "key-a")];
+
+    // When client A sends 5 orders at once
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..5 {
+        let reply = conn.post_order(&a, &order_body()).await;
+        statuses.push(reply.status.as_u16());
+        if reply.status == 429 {
+            limited = Some(reply);
+        }
+    }
+
+    // Then the burst passes and the rest get 429 with Retry-After
+    assert_eq!(statuses, [202, 202, 202, 429, 429]);
+    let limited = limited.unwrap();
+    let retry_after: u64 = limited
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        problem(&limited).type_,
+        "urn:orderpipe:problem:rate-limited"
+    );
+
+    // And client B is not affected
+    accepted_id(
+        &conn
+            .post_order(&[("x-api-key", "key-b")], &order_body())
+            .await,
+    );
+
+    // And after the advised wait client A may send again
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    accepted_id(&conn.post_order(&a, &order_body()).await);
+
+    ingest.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn topics_are_created_once_with_the_configured_partitions() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::Consumer;
+
+    // Given ingest started with 3 partitions
+    let config = Config {
+        partitions: 3,
+        ..test_config()
+    };
+    let ingest = TestIngest::start(config.clone()).await;
+
+    // Then every planned topic exists with 3 partitions
+    let reader = topic_reader(&ingest.topics.orders, 1);
+    let plan = orderpipe_ingest::kafka::topic_plan(&ingest.topics, 3);
+    assert!(plan.len() >= 3 + 4 + 4, "{plan:?}");
+    for spec in &plan {
+        let metadata = reader
+            .fetch_metadata(Some(&spec.name), Duration::from_secs(5))
+            .unwrap();
+        let topic = &metadata.topics()[0];
+        assert_eq!(topic.error(), None, "{}", spec.name);
+        assert_eq!(topic.partitions().len(), 3, "{}", spec.name);
+    }
+
+    // And changelogs are compacted
+    let admin: AdminClient<DefaultClientContext> =
+        orderpipe_testkit::kafka::client_config().create().unwrap();
+    let changelog = ingest.topics.changelog("stock");
+    let configs = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic(&changelog)],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    let resource = configs.into_iter().next().unwrap().expect("described");
+    assert_eq!(
+        resource
+            .get("cleanup.policy")
+            .and_then(|e| e.value.as_deref()),
+        Some("compact")
+    );
+
+    // And a second start on the same topics succeeds (existing topics are fine)
+    let again = TestIngest::start_on(
+        config,
+        &orderpipe_testkit::kafka::bootstrap(),
+        ingest.topics.clone(),
+    )
+    .await;
+    accepted_id(&again.conn().post_order(&[], &order_body()).await);
+    again.stop().await.expect("clean shutdown");
+    ingest.stop().await.expect("clean shutdown");
+}
