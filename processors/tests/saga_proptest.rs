@@ -1,0 +1,183 @@
+//! Property: whatever the interleaving and duplication of line answers (and of `order_placed`
+//! and payment outcomes), an order gets exactly one terminal event, every line is requested
+//! once, and on rejection exactly the reserved lines are released, once each.
+
+use std::collections::BTreeMap;
+
+use orderpipe_processors::payments::GATEWAY_TIMEOUT_REASON;
+use orderpipe_processors::saga::{decide, OrderState, Output, Verdict};
+use orderpipe_schemas::{
+    OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentDeclined, PaymentRef, PaymentSettled,
+    StockEvent, StockLineRejected, StockLineReserved, StockRejectReason,
+};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+enum Step {
+    Placed,
+    Answer(usize),
+    Settled,
+    Declined(&'static str),
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    /// Per line: `None` reserved, `Some(reason)` rejected.
+    answers: Vec<Option<StockRejectReason>>,
+    steps: Vec<Step>,
+}
+
+fn reason() -> impl Strategy<Value = StockRejectReason> {
+    prop_oneof![
+        Just(StockRejectReason::OutOfStock),
+        Just(StockRejectReason::LimitExceeded),
+        Just(StockRejectReason::UnknownSku),
+    ]
+}
+
+fn payment_step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        Just(Step::Settled),
+        Just(Step::Declined("insufficient_funds")),
+        Just(Step::Declined(GATEWAY_TIMEOUT_REASON)),
+    ]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..=5)
+        .prop_flat_map(|n| {
+            (
+                prop::collection::vec(prop::option::weighted(0.3, reason()), n),
+                prop::collection::vec(0..n, 0..8),
+                0usize..3,
+                prop::collection::vec(payment_step(), 1..4),
+            )
+        })
+        .prop_flat_map(|(answers, dup_answers, dup_placed, payments)| {
+            // Every line answered at least once, plus duplicates and repeated order_placed, in
+            // any order; payment outcomes (possibly contradictory, repeated) at the end: the
+            // payments stage only answers after payment_requested.
+            let mut middle: Vec<Step> = (0..answers.len()).map(Step::Answer).collect();
+            middle.extend(dup_answers.into_iter().map(Step::Answer));
+            middle.extend((0..dup_placed).map(|_| Step::Placed));
+            (Just(answers), Just(middle).prop_shuffle(), Just(payments))
+        })
+        .prop_map(|(answers, middle, payments)| {
+            let mut steps = vec![Step::Placed];
+            steps.extend(middle);
+            steps.extend(payments);
+            Case { answers, steps }
+        })
+}
+
+fn event(order_id: Uuid, case: &Case, step: &Step) -> OrderEnvelope {
+    let sku = |i: usize| format!("SKU-{i}");
+    let e = match step {
+        Step::Placed => OrderEvent::OrderPlaced(OrderPlaced {
+            customer_id: "c".into(),
+            currency: "EUR".into(),
+            lines: (0..case.answers.len())
+                .map(|i| OrderLine {
+                    sku: sku(i),
+                    quantity: i as u32 + 1,
+                    unit_price_minor: 100,
+                })
+                .collect(),
+            total_minor: 100,
+            payment: PaymentRef {
+                method: "card".into(),
+                token: "t".into(),
+            },
+        }),
+        Step::Answer(i) => match case.answers[*i] {
+            None => OrderEvent::StockLineReserved(StockLineReserved {
+                sku: sku(*i),
+                line_index: *i as u32,
+                quantity: *i as u32 + 1,
+            }),
+            Some(reason) => OrderEvent::StockLineRejected(StockLineRejected {
+                sku: sku(*i),
+                line_index: *i as u32,
+                quantity: *i as u32 + 1,
+                reason,
+            }),
+        },
+        Step::Settled => OrderEvent::PaymentSettled(PaymentSettled {
+            amount_minor: 100,
+            currency: "EUR".into(),
+            charge_id: "ch".into(),
+        }),
+        Step::Declined(reason) => OrderEvent::PaymentDeclined(PaymentDeclined {
+            reason: (*reason).into(),
+        }),
+    };
+    OrderEnvelope::new(order_id, e, None, Uuid::nil())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn exactly_one_terminal_event_and_releases_match_reservations(case in case()) {
+        let order_id = Uuid::now_v7();
+        let mut state: Option<OrderState> = None;
+        let mut outputs: Vec<Output> = Vec::new();
+        for step in &case.steps {
+            let decision = decide(state.as_ref(), &event(order_id, &case, step));
+            prop_assert!(!matches!(decision.verdict, Verdict::Invalid(_)), "{decision:?}");
+            if let Some(s) = decision.new_state {
+                state = Some(s);
+            }
+            outputs.extend(decision.outputs);
+        }
+
+        let mut terminal = Vec::new();
+        let mut payment_requests = 0;
+        let mut per_line: BTreeMap<(String, &'static str), u32> = BTreeMap::new();
+        for output in &outputs {
+            match output {
+                Output::Order(OrderEvent::OrderConfirmed(_)) => terminal.push("confirmed"),
+                Output::Order(OrderEvent::OrderRejected(_)) => terminal.push("rejected"),
+                Output::Order(OrderEvent::PaymentRequested(_)) => payment_requests += 1,
+                Output::Order(_) => {}
+                Output::Stock { sku, event } => {
+                    let kind = match event {
+                        StockEvent::ReservationRequested(_) => "reserve",
+                        StockEvent::ReleaseRequested(_) => "release",
+                        StockEvent::SaleRequested(_) => "sale",
+                        other => panic!("{other:?}"),
+                    };
+                    *per_line.entry((sku.clone(), kind)).or_default() += 1;
+                }
+            }
+        }
+        let count = |sku: &str, kind: &'static str| per_line.get(&(sku.to_owned(), kind)).copied().unwrap_or(0);
+
+        // Exactly one terminal event, and the state agrees.
+        prop_assert_eq!(terminal.len(), 1, "{:?}", outputs);
+        prop_assert!(state.as_ref().is_some_and(OrderState::is_terminal));
+
+        let all_reserved = case.answers.iter().all(Option::is_none);
+        let first_payment = case.steps.iter().find(|s| matches!(s, Step::Settled | Step::Declined(_)));
+        let confirmed = all_reserved && matches!(first_payment, Some(Step::Settled));
+        prop_assert_eq!(terminal[0], if confirmed { "confirmed" } else { "rejected" });
+        prop_assert_eq!(payment_requests, u32::from(all_reserved));
+
+        for (i, answer) in case.answers.iter().enumerate() {
+            let sku = format!("SKU-{i}");
+            prop_assert_eq!(count(&sku, "reserve"), 1);
+            let (releases, sales) = if confirmed {
+                (0, 1)
+            } else if all_reserved {
+                // Rejected by payment: every line was reserved, every line is released.
+                (1, 0)
+            } else {
+                // Rejected by stock: exactly the reserved lines are released.
+                (u32::from(answer.is_none()), 0)
+            };
+            prop_assert_eq!(count(&sku, "release"), releases, "line {}", i);
+            prop_assert_eq!(count(&sku, "sale"), sales, "line {}", i);
+        }
+    }
+}
