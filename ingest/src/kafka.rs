@@ -218,7 +218,9 @@ impl Publisher {
         };
         metrics::queue_depth(producer.in_flight_count());
         // Dropping `delivery` on timeout does not cancel the message (see message.timeout.ms).
-        match tokio::time::timeout(self.deadline, delivery).await {
+        let outcome = tokio::time::timeout(self.deadline, delivery).await;
+        metrics::queue_depth(producer.in_flight_count());
+        match outcome {
             Ok(Ok(Ok(_))) => {
                 metrics::acknowledged(started.elapsed());
                 Ok(())

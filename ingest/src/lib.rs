@@ -35,6 +35,8 @@
 //! `INSERT ... IF NOT EXISTS`). Without the header every request is a new order (UUID v7): a
 //! client retrying after a 503 without a key may create a second order.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod config;
 pub mod error;
