@@ -1,0 +1,728 @@
+//! The stock stage against the real broker, each test body run once per processing mode:
+//! a flash sale (100 units, 2,000 requests), per-customer limits, poison events, restart with
+//! restore, a failed batch that must leave no trace, and (exactly-once only) a zombie instance
+//! fenced by its replacement.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use orderpipe_processors::stock::{set_stock, StockStage};
+use orderpipe_processors::{
+    ensure_topics, spawn_stage, Config, Effects, Error, Input, ProcessingMode, Stage, StageHandle,
+};
+use orderpipe_schemas::{
+    OrderEnvelope, OrderEvent, ReleaseRequested, ReservationRequested, SaleRequested,
+    StockAdjustment, StockEnvelope, StockEvent, StockLevels, StockRejectReason, Topics,
+};
+use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const PARTITIONS: i32 = 2;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Runs an async test body once per processing mode.
+macro_rules! both_modes {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exactly_once() {
+                super::$body(ProcessingMode::ExactlyOnce).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn at_least_once() {
+                super::$body(ProcessingMode::AtLeastOnce).await;
+            }
+        }
+    )*};
+}
+
+both_modes!(
+    flash_sale_never_oversells_and_releases_restore_stock,
+    limits_count_earlier_orders_and_unknown_skus_are_rejected,
+    poison_events_are_dead_lettered_and_the_partition_moves_on,
+    restart_restores_state_from_the_changelog,
+    failed_batch_leaves_no_trace,
+);
+
+/// One test's topics: orders and stock (created), stock.changelog and stock.dlq (ensure_topics).
+struct Env {
+    test_topics: TestTopics,
+    topics: Topics,
+    producer: FutureProducer,
+}
+
+async fn env() -> Env {
+    let mut test_topics = TestTopics::new().unwrap();
+    test_topics.create("orders", PARTITIONS).await.unwrap();
+    test_topics.create("stock", PARTITIONS).await.unwrap();
+    let topics = Topics::with_prefix(test_topics.prefix.clone());
+    for created in ensure_topics(&bootstrap(), &topics, "stock", PARTITIONS)
+        .await
+        .unwrap()
+    {
+        test_topics.adopt(&created);
+    }
+    Env {
+        test_topics,
+        topics,
+        producer: producer().unwrap(),
+    }
+}
+
+fn config(mode: ProcessingMode, instance: &str) -> Config {
+    Config {
+        instance_id: instance.to_owned(),
+        stats_interval: Duration::from_secs(1),
+        ..Config::with_mode(mode)
+    }
+}
+
+struct Running {
+    handle: StageHandle,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    fn start(env: &Env, stage: Box<dyn Stage>, config: &Config) -> Self {
+        let shutdown = CancellationToken::new();
+        let handle =
+            spawn_stage(stage, config, &bootstrap(), &env.topics, shutdown.clone()).unwrap();
+        Self { handle, shutdown }
+    }
+
+    async fn stop(self) -> Result<(), Error> {
+        self.shutdown.cancel();
+        self.handle.wait().await
+    }
+}
+
+impl Env {
+    fn start(&self, mode: ProcessingMode) -> Running {
+        Running::start(
+            self,
+            Box::new(StockStage::new(self.topics.clone())),
+            &config(mode, "0"),
+        )
+    }
+
+    async fn set_stock(&self, sku: &str, quantity: u32, limit: Option<u32>) {
+        set_stock(
+            &bootstrap(),
+            &self.topics,
+            sku,
+            StockAdjustment::Set { quantity },
+            limit,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Produce stock events (keyed by SKU) and wait for every acknowledgement.
+    async fn send(&self, events: Vec<StockEnvelope>) {
+        let mut pending = Vec::with_capacity(events.len());
+        for event in &events {
+            let payload = event.encode();
+            loop {
+                let record = FutureRecord::to(&self.topics.stock)
+                    .key(&event.sku)
+                    .payload(&payload);
+                match self.producer.send_result(record) {
+                    Ok(delivery) => {
+                        pending.push(delivery);
+                        break;
+                    }
+                    // Queue full: let deliveries drain.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        }
+        for delivery in pending {
+            delivery.await.unwrap().unwrap();
+        }
+    }
+
+    async fn send_raw(&self, key: &str, payload: &[u8]) {
+        self.producer
+            .send(
+                FutureRecord::to(&self.topics.stock)
+                    .key(key)
+                    .payload(payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A read_committed reader of `topic` from the beginning, in a fresh group.
+    fn reader(&self, topic: &str) -> StreamConsumer {
+        let reader = consumer(
+            &self
+                .test_topics
+                .name(&format!("reader-{}", Uuid::new_v4().simple())),
+            true,
+        )
+        .unwrap();
+        reader.subscribe(&[topic]).unwrap();
+        reader
+    }
+}
+
+fn reserve(sku: &str, order: Uuid, line: u32, customer: &str, quantity: u32) -> StockEnvelope {
+    StockEnvelope::new(
+        sku,
+        StockEvent::ReservationRequested(ReservationRequested {
+            order_id: order,
+            customer_id: customer.to_owned(),
+            line_index: line,
+            line_count: 1,
+            quantity,
+        }),
+        None,
+        order,
+    )
+}
+
+fn release(sku: &str, order: Uuid, customer: &str, quantity: u32) -> StockEnvelope {
+    StockEnvelope::new(
+        sku,
+        StockEvent::ReleaseRequested(ReleaseRequested {
+            order_id: order,
+            customer_id: customer.to_owned(),
+            line_index: 0,
+            quantity,
+        }),
+        None,
+        order,
+    )
+}
+
+fn sell(sku: &str, order: Uuid, customer: &str, quantity: u32) -> StockEnvelope {
+    StockEnvelope::new(
+        sku,
+        StockEvent::SaleRequested(SaleRequested {
+            order_id: order,
+            customer_id: customer.to_owned(),
+            line_index: 0,
+            quantity,
+        }),
+        None,
+        order,
+    )
+}
+
+/// A stock answer read from the orders topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Answer {
+    event_id: Uuid,
+    order: Uuid,
+    line: u32,
+    rejected: Option<StockRejectReason>,
+}
+
+fn answers(messages: &[OwnedMessage]) -> Vec<Answer> {
+    messages
+        .iter()
+        .map(|m| {
+            let e = OrderEnvelope::decode(m.payload().unwrap()).unwrap();
+            let (line, rejected) = match e.event {
+                OrderEvent::StockLineReserved(r) => (r.line_index, None),
+                OrderEvent::StockLineRejected(r) => (r.line_index, Some(r.reason)),
+                other => panic!("unexpected event on orders: {other:?}"),
+            };
+            Answer {
+                event_id: e.event_id,
+                order: e.order_id,
+                line,
+                rejected,
+            }
+        })
+        .collect()
+}
+
+/// Reads `n` answers; with at-least-once, redelivered answers (same event id) may come in between,
+/// so read until `n` distinct lines answered. Checks one decision per line, whatever the mode,
+/// and no duplicate at all with exactly-once.
+async fn read_answers(
+    reader: &StreamConsumer,
+    n: usize,
+    mode: ProcessingMode,
+) -> HashMap<(Uuid, u32), Answer> {
+    let mut by_line: HashMap<(Uuid, u32), Answer> = HashMap::new();
+    let mut duplicates = 0;
+    while by_line.len() < n {
+        let got = consume_n(reader, n - by_line.len(), WAIT).await;
+        assert!(
+            !got.is_empty(),
+            "timed out with {} of {n} answers",
+            by_line.len()
+        );
+        for answer in answers(&got) {
+            match by_line.get(&(answer.order, answer.line)) {
+                Some(first) => {
+                    assert_eq!(first, &answer, "a line got two different answers");
+                    duplicates += 1;
+                }
+                None => {
+                    by_line.insert((answer.order, answer.line), answer);
+                }
+            }
+        }
+    }
+    if mode == ProcessingMode::ExactlyOnce {
+        assert_eq!(duplicates, 0, "exactly-once delivered an answer twice");
+    }
+    by_line
+}
+
+fn count(answers: &HashMap<(Uuid, u32), Answer>) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for a in answers.values() {
+        let k = match a.rejected {
+            None => "reserved".to_owned(),
+            Some(r) => format!("{r:?}"),
+        };
+        *counts.entry(k).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Reads stock_levels snapshots of `sku` until one equals `expected`; returns all seen.
+async fn levels_until(
+    reader: &StreamConsumer,
+    sku: &str,
+    expected: &StockLevels,
+) -> Vec<StockLevels> {
+    let mut seen = Vec::new();
+    loop {
+        let got = consume_n(reader, 1, WAIT).await;
+        assert!(
+            !got.is_empty(),
+            "no stock_levels {expected:?} for {sku}; last seen {:?}",
+            seen.last()
+        );
+        let e = StockEnvelope::decode(got[0].payload().unwrap()).unwrap();
+        if let (true, StockEvent::StockLevels(levels)) = (e.sku == sku, e.event) {
+            let done = &levels == expected;
+            seen.push(levels);
+            if done {
+                return seen;
+            }
+        }
+    }
+}
+
+fn levels(available: u64, reserved: u64, sold: u64, limit: Option<u32>) -> StockLevels {
+    StockLevels {
+        available,
+        reserved,
+        sold,
+        per_customer_limit: limit,
+    }
+}
+
+async fn flash_sale_never_oversells_and_releases_restore_stock(mode: ProcessingMode) {
+    // Given 100 units of one SKU and a running stock stage
+    let env = env().await;
+    let sku = "HOT-1";
+    env.set_stock(sku, 100, None).await;
+    let stage = env.start(mode);
+    let orders_reader = env.reader(&env.topics.orders);
+    let stock_reader = env.reader(&env.topics.stock);
+
+    // When 2,000 customers ask for one unit each
+    let orders: Vec<Uuid> = (0..2000).map(|_| Uuid::now_v7()).collect();
+    let customer = |i: usize| format!("cust-{i}");
+    env.send(
+        orders
+            .iter()
+            .enumerate()
+            .map(|(i, o)| reserve(sku, *o, 0, &customer(i), 1))
+            .collect(),
+    )
+    .await;
+
+    // Then exactly 100 are reserved and 1,900 are out of stock
+    let answers = read_answers(&orders_reader, 2000, mode).await;
+    let counts = count(&answers);
+    assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("OutOfStock"), Some(&1900), "{counts:?}");
+
+    // When 70 reserved lines are sold and 30 released (twice: releases are idempotent)
+    let reserved: Vec<(usize, Uuid)> = orders
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| answers[&(**o, 0)].rejected.is_none())
+        .map(|(i, o)| (i, *o))
+        .collect();
+    let mut follow_up = Vec::new();
+    for (n, (i, o)) in reserved.iter().enumerate() {
+        if n < 70 {
+            follow_up.push(sell(sku, *o, &customer(*i), 1));
+        } else {
+            follow_up.push(release(sku, *o, &customer(*i), 1));
+            follow_up.push(release(sku, *o, &customer(*i), 1));
+        }
+    }
+    env.send(follow_up).await;
+    // Then availability is restored: 30 available, 70 sold
+    let seen = levels_until(&stock_reader, sku, &levels(30, 0, 70, None)).await;
+
+    // And 50 late buyers get the 30 released units, 20 are out of stock
+    let late: Vec<Uuid> = (0..50).map(|_| Uuid::now_v7()).collect();
+    env.send(
+        late.iter()
+            .enumerate()
+            .map(|(i, o)| reserve(sku, *o, 0, &customer(5000 + i), 1))
+            .collect(),
+    )
+    .await;
+    let late_answers = read_answers(&orders_reader, 50, mode).await;
+    let counts = count(&late_answers);
+    assert_eq!(counts.get("reserved"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get("OutOfStock"), Some(&20), "{counts:?}");
+    let more = levels_until(&stock_reader, sku, &levels(0, 30, 70, None)).await;
+
+    // And every snapshot conserves the 100 units
+    for l in seen.iter().chain(&more) {
+        assert_eq!(l.available + l.reserved + l.sold, 100, "{l:?}");
+    }
+    stage.stop().await.unwrap();
+}
+
+async fn limits_count_earlier_orders_and_unknown_skus_are_rejected(mode: ProcessingMode) {
+    // Given 10 units with a limit of 2 per customer
+    let env = env().await;
+    env.set_stock("LTD", 10, Some(2)).await;
+    let stage = env.start(mode);
+    let reader = env.reader(&env.topics.orders);
+
+    // When a bot orders 1, then 1 (sold), then 1 more, then 3 at once; a human orders 2;
+    // and someone orders a SKU that was never stocked
+    let o: Vec<Uuid> = (0..6).map(|_| Uuid::now_v7()).collect();
+    env.send(vec![
+        reserve("LTD", o[0], 0, "bot", 1),
+        reserve("LTD", o[1], 0, "bot", 1),
+        sell("LTD", o[1], "bot", 1),
+        reserve("LTD", o[2], 0, "bot", 1),
+        reserve("LTD", o[3], 0, "bot", 3),
+        reserve("LTD", o[4], 0, "human", 2),
+        reserve("NEVER-STOCKED", o[5], 0, "human", 1),
+    ])
+    .await;
+
+    // Then the bot's third and fourth orders exceed the limit, across its earlier orders
+    let answers = read_answers(&reader, 6, mode).await;
+    let reason = |i: usize| answers[&(o[i], 0)].rejected;
+    assert_eq!(reason(0), None);
+    assert_eq!(reason(1), None);
+    assert_eq!(reason(2), Some(StockRejectReason::LimitExceeded));
+    assert_eq!(reason(3), Some(StockRejectReason::LimitExceeded));
+    assert_eq!(reason(4), None);
+    assert_eq!(reason(5), Some(StockRejectReason::UnknownSku));
+    stage.stop().await.unwrap();
+}
+
+async fn poison_events_are_dead_lettered_and_the_partition_moves_on(mode: ProcessingMode) {
+    let env = env().await;
+    let stage = env.start(mode);
+    let reader = env.reader(&env.topics.orders);
+    let dlq_reader = env.reader(&env.topics.dlq("stock"));
+
+    // Given an unparseable message and an unknown event type on the SKU's partition
+    let garbage = b"\x00not json at all".to_vec();
+    let unknown = serde_json::to_vec(&serde_json::json!({
+        "event_id": Uuid::now_v7(), "schema_version": 1, "sku": "P-1",
+        "occurred_at": "2025-01-01T00:00:00Z", "causation_id": null,
+        "correlation_id": Uuid::now_v7(), "event_type": "stock_teleported"
+    }))
+    .unwrap();
+    env.send_raw("P-1", &garbage).await;
+    env.send_raw("P-1", &unknown).await;
+    // When valid events follow on the same key
+    env.set_stock("P-1", 1, None).await;
+    let order = Uuid::now_v7();
+    env.send(vec![reserve("P-1", order, 0, "c", 1)]).await;
+
+    // Then both poison messages are in stock.dlq with their reason and original bytes
+    let dead = consume_n(&dlq_reader, 2, WAIT).await;
+    assert_eq!(dead.len(), 2);
+    let header = |m: &OwnedMessage, name: &str| -> String {
+        let headers = m.headers().expect("dead letters carry headers");
+        let h = headers
+            .iter()
+            .find(|h| h.key == name)
+            .unwrap_or_else(|| panic!("header {name}"));
+        String::from_utf8(h.value.unwrap().to_vec()).unwrap()
+    };
+    let by_reason: HashMap<String, &OwnedMessage> = dead
+        .iter()
+        .map(|m| (header(m, "orderpipe.dlq.reason"), m))
+        .collect();
+    assert_eq!(by_reason["malformed"].payload().unwrap(), &garbage[..]);
+    assert_eq!(
+        by_reason["unknown_event_type"].payload().unwrap(),
+        &unknown[..]
+    );
+    let m = by_reason["malformed"];
+    assert_eq!(header(m, "orderpipe.dlq.source.topic"), env.topics.stock);
+    assert_eq!(header(m, "orderpipe.dlq.stage"), "stock");
+    assert!(header(m, "orderpipe.dlq.source.offset")
+        .parse::<i64>()
+        .is_ok());
+    assert_eq!(m.key(), Some(&b"P-1"[..]));
+    // And the later reservation on that partition was answered
+    let answers = read_answers(&reader, 1, mode).await;
+    assert_eq!(answers[&(order, 0)].rejected, None);
+    stage.stop().await.unwrap();
+}
+
+async fn restart_restores_state_from_the_changelog(mode: ProcessingMode) {
+    // Given 5 units, 3 reserved by a first instance that then shuts down gracefully
+    let env = env().await;
+    env.set_stock("R-1", 5, Some(3)).await;
+    let reader = env.reader(&env.topics.orders);
+    let stock_reader = env.reader(&env.topics.stock);
+    let first: Vec<StockEnvelope> = (0..3)
+        .map(|i| reserve("R-1", Uuid::now_v7(), 0, &format!("c{i}"), 1))
+        .collect();
+    let stage = env.start(mode);
+    env.send(first.clone()).await;
+    let before = read_answers(&reader, 3, mode).await;
+    stage.stop().await.unwrap();
+
+    // When a new instance starts and gets the same 3 requests again plus 3 new ones
+    // (one of them from c0, who already holds a unit: limit 3 is not reached)
+    let stage = env.start(mode);
+    let new: Vec<StockEnvelope> = (0..3)
+        .map(|i| reserve("R-1", Uuid::now_v7(), 0, &format!("c{i}"), 1))
+        .collect();
+    let mut again = first.clone();
+    again.extend(new.clone());
+    env.send(again).await;
+
+    // Then the repeated requests get their original answers (same event ids), nothing is
+    // reserved twice: 2 of the new ones fit, the last is out of stock
+    let mut after: HashMap<(Uuid, u32), Answer> = HashMap::new();
+    while after.len() < 6 {
+        let got = consume_n(&reader, 1, WAIT).await;
+        assert!(!got.is_empty(), "timed out after {} answers", after.len());
+        for a in answers(&got) {
+            after.insert((a.order, a.line), a);
+        }
+    }
+    for (key, answer) in &before {
+        assert_eq!(&after[key], answer, "a repeated request got a new answer");
+    }
+    let new_answers: Vec<Option<StockRejectReason>> = new
+        .iter()
+        .map(|e| {
+            let StockEvent::ReservationRequested(r) = &e.event else {
+                unreachable!()
+            };
+            after[&(r.order_id, 0)].rejected
+        })
+        .collect();
+    assert_eq!(
+        new_answers,
+        vec![None, None, Some(StockRejectReason::OutOfStock)]
+    );
+    // And the levels continue from the restored state
+    levels_until(&stock_reader, "R-1", &levels(0, 5, 0, Some(3))).await;
+    stage.stop().await.unwrap();
+}
+
+/// Wraps the stock stage: on the first batch with input, it first writes an oversized changelog
+/// record (the broker-bound write fails, as a broker error or a crash would make it) and appends
+/// a made-up 10-unit reservation to the batch. The runner must drop that batch's state (the phantom units),
+/// restore from the changelog, and redo the batch.
+struct FailOnce {
+    inner: StockStage,
+    sku: String,
+    failed: Arc<AtomicBool>,
+    revokes: Arc<AtomicUsize>,
+}
+
+impl Stage for FailOnce {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn input_topic(&self) -> String {
+        self.inner.input_topic()
+    }
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+        self.inner.restore(partition, key, value)
+    }
+    fn revoke(&mut self, partition: i32) {
+        self.revokes.fetch_add(1, Ordering::Relaxed);
+        self.inner.revoke(partition)
+    }
+    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+        if batch.is_empty() || self.failed.swap(true, Ordering::Relaxed) {
+            return self.inner.process(batch, out);
+        }
+        out.put(batch[0].partition, "oversized", vec![0u8; 2_000_000]);
+        let phantom = reserve(&self.sku, Uuid::now_v7(), 0, "phantom", 10).encode();
+        // Right after the stock is set (if in this batch), before any real request.
+        let at = batch
+            .iter()
+            .position(|i| {
+                StockEnvelope::decode(i.bytes())
+                    .is_ok_and(|e| matches!(e.event, StockEvent::StockAdjusted(_)))
+            })
+            .map_or(0, |p| p + 1);
+        let mut with_phantom = batch.to_vec();
+        with_phantom.insert(
+            at,
+            Input {
+                payload: Some(&phantom),
+                ..batch[0]
+            },
+        );
+        self.inner.process(&with_phantom, out);
+        let held = self
+            .inner
+            .sku(&self.sku)
+            .map_or(0, |s| s.held_by("phantom"));
+        assert_eq!(held, 10, "the phantom holds its units in memory");
+    }
+}
+
+async fn failed_batch_leaves_no_trace(mode: ProcessingMode) {
+    // Given 100 units and a stage whose first batch fails after deciding in memory
+    let env = env().await;
+    let sku = "F-1";
+    env.set_stock(sku, 100, None).await;
+    let failed = Arc::new(AtomicBool::new(false));
+    let revokes = Arc::new(AtomicUsize::new(0));
+    let stage = Running::start(
+        &env,
+        Box::new(FailOnce {
+            inner: StockStage::new(env.topics.clone()),
+            sku: sku.to_owned(),
+            failed: failed.clone(),
+            revokes: revokes.clone(),
+        }),
+        &config(mode, "0"),
+    );
+    let reader = env.reader(&env.topics.orders);
+
+    // When 300 one-unit requests arrive
+    env.send(
+        (0..300)
+            .map(|i| reserve(sku, Uuid::now_v7(), 0, &format!("c{i}"), 1))
+            .collect(),
+    )
+    .await;
+
+    // Then the failure happened, state was dropped and restored, and the phantom's 10 units are
+    // not held:
+    // exactly 100 real requests are reserved, each line answered once
+    let answers = read_answers(&reader, 300, mode).await;
+    assert!(failed.load(Ordering::Relaxed));
+    let counts = count(&answers);
+    assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("OutOfStock"), Some(&200), "{counts:?}");
+    assert!(
+        revokes.load(Ordering::Relaxed) >= 1,
+        "state was not dropped"
+    );
+    stage.stop().await.unwrap();
+}
+
+/// Wraps the stock stage: blocks inside its first non-empty batch until released, so that a
+/// second instance can take over meanwhile.
+struct Gate {
+    inner: StockStage,
+    entered: Mutex<Option<mpsc::Sender<()>>>,
+    release: Mutex<Option<mpsc::Receiver<()>>>,
+}
+
+impl Stage for Gate {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn input_topic(&self) -> String {
+        self.inner.input_topic()
+    }
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+        self.inner.restore(partition, key, value)
+    }
+    fn revoke(&mut self, partition: i32) {
+        self.inner.revoke(partition)
+    }
+    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+        self.inner.process(batch, out);
+        if batch.is_empty() {
+            return;
+        }
+        if let Some(entered) = self.entered.lock().unwrap().take() {
+            let _ = entered.send(());
+            let release = self.release.lock().unwrap().take().unwrap();
+            let _ = release.recv();
+        }
+    }
+}
+
+/// Exactly-once only: fencing is what transactions add. A zombie instance (stalled mid-batch while
+/// a replacement with the same instance id took over) is fenced: it commits nothing and stops,
+/// and its batch is redone by the replacement, without reserving anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zombie_instance_is_fenced_and_its_work_redone() {
+    let mode = ProcessingMode::ExactlyOnce;
+    let env = env().await;
+    let sku = "Z-1";
+    env.set_stock(sku, 100, None).await;
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel();
+    let zombie = Running::start(
+        &env,
+        Box::new(Gate {
+            inner: StockStage::new(env.topics.clone()),
+            entered: Mutex::new(Some(entered_tx)),
+            release: Mutex::new(Some(release_rx)),
+        }),
+        &config(mode, "0"),
+    );
+    let reader = env.reader(&env.topics.orders);
+    env.send(
+        (0..300)
+            .map(|i| reserve(sku, Uuid::now_v7(), 0, &format!("c{i}"), 1))
+            .collect(),
+    )
+    .await;
+    // Given the first instance stalled inside a batch it decided in memory
+    tokio::task::spawn_blocking(move || entered_rx.recv_timeout(WAIT).unwrap())
+        .await
+        .unwrap();
+
+    // When a replacement with the same instance id starts (and fences the first)
+    let replacement = env.start(mode);
+    let answers = read_answers(&reader, 300, mode).await;
+    release_tx.send(()).unwrap();
+
+    // Then the zombie stops, fenced, having committed nothing
+    let zombie_result = zombie.handle.wait().await;
+    assert!(
+        matches!(zombie_result, Err(Error::Fenced { .. })),
+        "{zombie_result:?}"
+    );
+    // And the replacement answered every line once: 100 reserved, 200 out of stock
+    let counts = count(&answers);
+    assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
+    assert_eq!(counts.get("OutOfStock"), Some(&200), "{counts:?}");
+    let late = consume_n(&reader, 1, Duration::from_secs(2)).await;
+    assert!(
+        late.is_empty(),
+        "the zombie's batch became visible: {late:?}"
+    );
+    let ids: HashSet<Uuid> = answers.values().map(|a| a.event_id).collect();
+    assert_eq!(ids.len(), 300);
+    replacement.stop().await.unwrap();
+}
