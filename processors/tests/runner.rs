@@ -1,0 +1,190 @@
+//! The stage runner with a minimal stage, against the real broker: a message that makes the stage
+//! panic is dead-lettered and the partition moves on (both modes); setup refuses a changelog that
+//! is not co-partitioned with the input, and missing topics.
+
+use std::time::Duration;
+
+use orderpipe_processors::{
+    ensure_topics, spawn_stage, Config, Effects, Error, Input, ProcessingMode, Stage,
+};
+use orderpipe_schemas::Topics;
+use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, payload_str, producer, TestTopics};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::FutureRecord;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Upper-cases `in` into `out`; panics on `boom`, dead-letters `bad`.
+struct Shout {
+    topics: Topics,
+}
+
+impl Stage for Shout {
+    fn name(&self) -> &'static str {
+        "shout"
+    }
+    fn input_topic(&self) -> String {
+        format!("{}in", self.topics.prefix())
+    }
+    fn restore(&mut self, _: i32, _: &str, _: Option<&[u8]>) {}
+    fn revoke(&mut self, _: i32) {}
+    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+        for input in batch {
+            let text = String::from_utf8_lossy(input.bytes()).into_owned();
+            match text.as_str() {
+                "boom" => panic!("cannot shout boom"),
+                "bad" => out.dead_letter(input, "bad_word", "refused"),
+                _ => out.emit(
+                    &format!("{}out", self.topics.prefix()),
+                    input.key_str().unwrap_or(""),
+                    text.to_uppercase().into_bytes(),
+                ),
+            }
+        }
+    }
+}
+
+async fn setup(input_partitions: i32, changelog_partitions: i32) -> (TestTopics, Topics) {
+    let mut test_topics = TestTopics::new().unwrap();
+    test_topics.create("in", input_partitions).await.unwrap();
+    test_topics.create("out", 1).await.unwrap();
+    let topics = Topics::with_prefix(test_topics.prefix.clone());
+    for created in ensure_topics(&bootstrap(), &topics, "shout", changelog_partitions)
+        .await
+        .unwrap()
+    {
+        test_topics.adopt(&created);
+    }
+    (test_topics, topics)
+}
+
+macro_rules! both_modes {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exactly_once() {
+                super::$body(ProcessingMode::ExactlyOnce).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn at_least_once() {
+                super::$body(ProcessingMode::AtLeastOnce).await;
+            }
+        }
+    )*};
+}
+
+both_modes!(panicking_message_is_dead_lettered_and_the_partition_moves_on);
+
+async fn panicking_message_is_dead_lettered_and_the_partition_moves_on(mode: ProcessingMode) {
+    let (test_topics, topics) = setup(1, 1).await;
+    let shutdown = CancellationToken::new();
+    let handle = spawn_stage(
+        Box::new(Shout {
+            topics: topics.clone(),
+        }),
+        &Config::with_mode(mode),
+        &bootstrap(),
+        &topics,
+        shutdown.clone(),
+    )
+    .unwrap();
+
+    // Given a message that makes the stage panic, and one it refuses, among good ones
+    let producer = producer().unwrap();
+    for word in ["a", "b", "boom", "c", "bad", "d"] {
+        producer
+            .send(
+                FutureRecord::to(&test_topics.name("in"))
+                    .key("k")
+                    .payload(word),
+                WAIT,
+            )
+            .await
+            .unwrap();
+    }
+
+    // Then the good ones come out, in order, once each (with at-least-once: at least once)
+    let out = consumer(&test_topics.name("reader-out"), true).unwrap();
+    out.subscribe(&[&test_topics.name("out")]).unwrap();
+    let got = consume_n(&out, 4, WAIT).await;
+    let words: Vec<&str> = got.iter().map(payload_str).collect();
+    assert_eq!(words, ["A", "B", "C", "D"]);
+    if mode == ProcessingMode::ExactlyOnce {
+        assert!(consume_n(&out, 1, Duration::from_secs(1)).await.is_empty());
+    }
+
+    // And both poison messages are dead letters with their reason
+    let dlq = consumer(&test_topics.name("reader-dlq"), true).unwrap();
+    dlq.subscribe(&[&topics.dlq("shout")]).unwrap();
+    let dead = consume_n(&dlq, 2, WAIT).await;
+    let reasons: Vec<(String, String)> = dead
+        .iter()
+        .map(|m| {
+            let headers = m.headers().unwrap();
+            let reason = headers
+                .iter()
+                .find(|h| h.key == "orderpipe.dlq.reason")
+                .unwrap();
+            (
+                payload_str(m).to_owned(),
+                String::from_utf8(reason.value.unwrap().to_vec()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("boom".to_owned(), "stage_panic".to_owned()),
+            ("bad".to_owned(), "bad_word".to_owned())
+        ]
+    );
+    shutdown.cancel();
+    handle.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn setup_refuses_a_changelog_not_copartitioned_with_the_input() {
+    // Given an input with 2 partitions and a changelog with 1
+    let (_test_topics, topics) = setup(2, 1).await;
+    // Then the stage does not start, and says why
+    let err = spawn_stage(
+        Box::new(Shout {
+            topics: topics.clone(),
+        }),
+        &Config::default(),
+        &bootstrap(),
+        &topics,
+        CancellationToken::new(),
+    )
+    .err()
+    .expect("mismatch refused");
+    assert!(
+        matches!(
+            err,
+            Error::PartitionMismatch {
+                input_partitions: 2,
+                changelog_partitions: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    // And with no changelog topic at all, it names the missing topic
+    let bare = Topics::with_prefix(format!("{}bare.", topics.prefix()));
+    let err = spawn_stage(
+        Box::new(Shout {
+            topics: bare.clone(),
+        }),
+        &Config::default(),
+        &bootstrap(),
+        &bare,
+        CancellationToken::new(),
+    )
+    .err()
+    .expect("missing topics refused");
+    assert!(matches!(err, Error::TopicMissing(_)), "{err}");
+}
