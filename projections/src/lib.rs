@@ -1,1 +1,76 @@
-//! orderpipe projections (placeholder until its issue lands).
+//! orderpipe projections: consumers that build query views in ScyllaDB (or Cassandra) from the
+//! event topics, and the HTTP query API over those views.
+//!
+//! Layout:
+//! - [`config`]: [`Config`] (clap `Args`, flattened into `orderpipe run`): keyspace, replication,
+//!   consistency, projector and query settings.
+//! - [`schema`]: [`connect`] (session with the configured execution profile), versioned
+//!   idempotent [`migrate`]ions, the table list.
+//! - `model` (private, pure): which writes an event becomes and their write timestamps.
+//! - `store` (private): prepared statements, per-partition unlogged batches, reads; and the
+//!   public [`dump_views`] for comparisons.
+//! - [`projector`]: the live consumers ([`run_projectors`], [`start_projectors`]), dead letters,
+//!   lag, [`Progress`].
+//! - [`rebuild`](mod@rebuild): [`rebuild()`] every view from offset 0 into another keyspace.
+//! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]).
+//! - `metrics` (private): every metric name, documented in one table.
+//!
+//! # Views (CQL tables)
+//! - `orders` — partition per order: static columns hold the order (placement, first time of each
+//!   stage, first terminal outcome); clustering rows `(occurred_at, event_id)` are its timeline.
+//! - `order_lines (order_id, line_index)`; `orders_by_customer (customer_id, placed_at DESC,
+//!   order_id DESC)`; `stock_by_sku (sku)`; `sales_by_minute ((hour), minute, order_id)` and
+//!   `sales_by_sku_minute ((sku, hour), minute, order_id, line_index)`: one row per confirmed
+//!   order (line), summed by the query API (no counters, no aggregates in Cassandra 2.1).
+//!
+//! # Idempotency: why replays and rebuilds change nothing
+//! Every write carries `USING TIMESTAMP` derived from the event's Kafka offset, never a clock.
+//! An order's events share a partition (key `order_id`), as do a SKU's snapshots (key `sku`), so
+//! offsets order them. Cells where the latest event wins (stock levels) use `offset + 1`; cells
+//! where the first event wins (placement, each stage's time, the terminal outcome, sales rows)
+//! use `2^62 - offset`. Re-applying an event rewrites the same value with the same timestamp
+//! (a no-op); applying an old event after a newer one loses on timestamp. Each stage has its own
+//! column, so events may land in any order; the status is derived at read time: the first
+//! terminal outcome if any (a late `payment_settled` after `order_rejected` leaves it rejected),
+//! else the furthest stage. Rows whose key depends on an event's data (a customer's list is keyed
+//! by placement time, sales by confirmation minute) are written only for the first placement /
+//! first outcome: the orders projector reads the order's placement and outcome (cached, read from
+//! the views on a miss) before planning `order_placed`, `order_confirmed` and `order_rejected`.
+//! A duplicated `order_placed` only adds its timeline row. A rebuild from offset 0 sees the same
+//! offsets, hence writes the same cells with the same write timestamps.
+//!
+//! Offsets compare only within a partition: adding partitions to a topic moves keys, so it calls
+//! for a rebuild into a fresh keyspace (as does recreating a topic).
+//!
+//! # Delivery
+//! Offsets are committed only after a batch's writes (and dead letters) are acknowledged:
+//! at-least-once delivery plus idempotent writes gives effectively-once views. Consistency is
+//! set in the session's default execution profile (`--cql-consistency`, default LOCAL_QUORUM:
+//! a LOCAL_QUORUM read sees a LOCAL_QUORUM write, which the read-before-write and the query API
+//! need; one replica on a one-node development cluster).
+//!
+//! CQL stays inside what Cassandra 2.1 and ScyllaDB both accept: text, uuid, int, bigint,
+//! timestamp, static columns, `IF NOT EXISTS`, `USING TIMESTAMP`, unlogged batches.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+mod error;
+mod metrics;
+mod model;
+pub mod projector;
+pub mod rebuild;
+pub mod schema;
+mod store;
+
+pub use api::{run_query, serve, QueryApi};
+pub use config::{Config, ConsistencyLevel, CqlConfig, ProjectorConfig, QueryConfig, Replication};
+pub use error::Error;
+pub use model::Status;
+pub use projector::{
+    run_projectors, start_projectors, PartitionProgress, Progress, ProjectorKind, Projectors,
+    DLQ_STAGE_NAME,
+};
+pub use rebuild::{rebuild, RebuildProgress, RebuildReport};
+pub use schema::{connect, migrate, Migration, MigrationReport, MIGRATIONS, VIEW_TABLES};
+pub use store::dump_views;

@@ -1,0 +1,279 @@
+//! The views' keyspace and tables, created by versioned, idempotent migrations, and the session
+//! every component of this crate uses.
+//!
+//! Each migration is a numbered list of `CREATE ... IF NOT EXISTS` statements; the versions
+//! applied are recorded in `<keyspace>.schema_migrations`. Running the migrations again is a
+//! no-op; a migration that failed half-way is resumed by running them again (its statements are
+//! idempotent). A new view is a new migration appended to [`MIGRATIONS`]; a migration already
+//! released is never edited.
+//!
+//! Only CQL that Cassandra 2.1 and ScyllaDB both accept: text, uuid, int, bigint, timestamp,
+//! static columns, no frozen collections (Cassandra 2.1.0 refuses them), no materialized views.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::SerialConsistency;
+use scylla::value::CqlTimestamp;
+
+use crate::config::{check_keyspace, CqlConfig, Replication};
+use crate::error::{CqlContext, Error};
+
+/// One schema version: statements with `{ks}` standing for the keyspace name.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Version number; migrations run in increasing order.
+    pub version: i32,
+    /// What the migration adds.
+    pub description: &'static str,
+    /// `CREATE ... IF NOT EXISTS` statements.
+    pub statements: &'static [&'static str],
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "orders (status + timeline), order_lines, orders_by_customer, stock_by_sku, sales_by_minute, sales_by_sku_minute",
+    statements: &[
+        // One partition per order: the static columns are the order (each stage's column written
+        // by its own event), the clustering rows its timeline (one row per event).
+        "CREATE TABLE IF NOT EXISTS {ks}.orders (
+            order_id uuid,
+            occurred_at timestamp,
+            event_id uuid,
+            event_type text,
+            detail text,
+            event_offset bigint,
+            customer_id text static,
+            currency text static,
+            total_minor bigint static,
+            line_count int static,
+            placed_at timestamp static,
+            placed_offset bigint static,
+            reserved_at timestamp static,
+            paid_at timestamp static,
+            declined_at timestamp static,
+            terminal_status text static,
+            terminal_reason text static,
+            terminal_at timestamp static,
+            terminal_offset bigint static,
+            cancelled_at timestamp static,
+            refunded_at timestamp static,
+            refunded_minor bigint static,
+            PRIMARY KEY (order_id, occurred_at, event_id)
+        )",
+        "CREATE TABLE IF NOT EXISTS {ks}.order_lines (
+            order_id uuid,
+            line_index int,
+            sku text,
+            quantity int,
+            unit_price_minor bigint,
+            PRIMARY KEY (order_id, line_index)
+        )",
+        "CREATE TABLE IF NOT EXISTS {ks}.orders_by_customer (
+            customer_id text,
+            placed_at timestamp,
+            order_id uuid,
+            currency text,
+            total_minor bigint,
+            line_count int,
+            PRIMARY KEY (customer_id, placed_at, order_id)
+        ) WITH CLUSTERING ORDER BY (placed_at DESC, order_id DESC)",
+        "CREATE TABLE IF NOT EXISTS {ks}.stock_by_sku (
+            sku text PRIMARY KEY,
+            available bigint,
+            reserved bigint,
+            sold bigint,
+            per_customer_limit int,
+            updated_at timestamp,
+            event_offset bigint
+        )",
+        // One partition per hour; one row per confirmed order (no counters: not idempotent).
+        "CREATE TABLE IF NOT EXISTS {ks}.sales_by_minute (
+            hour timestamp,
+            minute timestamp,
+            order_id uuid,
+            currency text,
+            units bigint,
+            revenue_minor bigint,
+            PRIMARY KEY (hour, minute, order_id)
+        )",
+        "CREATE TABLE IF NOT EXISTS {ks}.sales_by_sku_minute (
+            sku text,
+            hour timestamp,
+            minute timestamp,
+            order_id uuid,
+            line_index int,
+            currency text,
+            units bigint,
+            revenue_minor bigint,
+            PRIMARY KEY ((sku, hour), minute, order_id, line_index)
+        )",
+    ],
+}];
+
+/// The view tables, for tools that dump or compare them (the migrations table excluded).
+pub const VIEW_TABLES: &[&str] = &[
+    "orders",
+    "order_lines",
+    "orders_by_customer",
+    "stock_by_sku",
+    "sales_by_minute",
+    "sales_by_sku_minute",
+];
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Versions applied by this call, in order.
+    pub applied: Vec<i32>,
+    /// Versions found already applied.
+    pub already_applied: Vec<i32>,
+}
+
+/// A session on `nodes` whose default execution profile carries the configured consistency and
+/// request timeout (every statement of this crate runs with it).
+pub async fn connect(nodes: &[String], cql: &CqlConfig) -> Result<Arc<Session>, Error> {
+    if nodes.is_empty() {
+        return Err(Error::Config("no CQL contact points".into()));
+    }
+    let profile = ExecutionProfile::builder()
+        .consistency(cql.consistency.into())
+        .serial_consistency(Some(SerialConsistency::LocalSerial))
+        .request_timeout(Some(cql.request_timeout))
+        .build();
+    let session = SessionBuilder::new()
+        .known_nodes(nodes)
+        .connection_timeout(Duration::from_secs(10))
+        .default_execution_profile_handle(profile.into_handle())
+        .build()
+        .await
+        .cql(&format!("connecting to {nodes:?}"))?;
+    Ok(Arc::new(session))
+}
+
+/// Creates the keyspace (with `replication`, when missing) and applies every migration not yet
+/// recorded in `schema_migrations`. Idempotent.
+pub async fn migrate(
+    session: &Session,
+    keyspace: &str,
+    replication: &Replication,
+) -> Result<MigrationReport, Error> {
+    check_keyspace(keyspace).map_err(Error::Config)?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
+                replication.to_cql()
+            ),
+            &[],
+        )
+        .await
+        .cql("creating keyspace")?;
+    session
+        .query_unpaged(
+            format!(
+                "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
+                    version int PRIMARY KEY, description text, applied_at timestamp)"
+            ),
+            &[],
+        )
+        .await
+        .cql("creating schema_migrations")?;
+    session
+        .await_schema_agreement()
+        .await
+        .cql("waiting for schema agreement")?;
+
+    let applied: Vec<i32> = session
+        .query_unpaged(
+            format!("SELECT version FROM {keyspace}.schema_migrations"),
+            &[],
+        )
+        .await
+        .cql("reading schema_migrations")?
+        .into_rows_result()
+        .cql("reading schema_migrations")?
+        .rows::<(i32,)>()
+        .cql("reading schema_migrations")?
+        .map(|row| row.map(|(v,)| v))
+        .collect::<Result<_, _>>()
+        .cql("reading schema_migrations")?;
+
+    let mut report = MigrationReport {
+        applied: Vec::new(),
+        already_applied: Vec::new(),
+    };
+    let record = session
+        .prepare(format!(
+            "INSERT INTO {keyspace}.schema_migrations (version, description, applied_at)
+             VALUES (?, ?, ?) IF NOT EXISTS"
+        ))
+        .await
+        .cql("preparing schema_migrations insert")?;
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            report.already_applied.push(migration.version);
+            continue;
+        }
+        let failed = |e: &dyn std::fmt::Display| Error::Migration {
+            version: migration.version,
+            description: migration.description,
+            message: e.to_string(),
+        };
+        for statement in migration.statements {
+            session
+                .query_unpaged(statement.replace("{ks}", keyspace), &[])
+                .await
+                .map_err(|e| failed(&e))?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(|e| failed(&e))?;
+        let now = CqlTimestamp(chrono::Utc::now().timestamp_millis());
+        session
+            .execute_unpaged(&record, (migration.version, migration.description, now))
+            .await
+            .map_err(|e| failed(&e))?;
+        tracing::info!(
+            keyspace,
+            version = migration.version,
+            description = migration.description,
+            "schema migration applied"
+        );
+        report.applied.push(migration.version);
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_and_idempotent_statements() {
+        let mut last = 0;
+        for m in MIGRATIONS {
+            assert!(m.version > last, "versions increase");
+            last = m.version;
+            for s in m.statements {
+                assert!(s.starts_with("CREATE "), "{s}");
+                assert!(s.contains("IF NOT EXISTS"), "{s}");
+                assert!(s.contains("{ks}."), "{s}");
+            }
+        }
+        for table in VIEW_TABLES {
+            assert!(
+                MIGRATIONS.iter().any(|m| m
+                    .statements
+                    .iter()
+                    .any(|s| s.contains(&format!("{{ks}}.{table} ")))),
+                "{table} is created by a migration"
+            );
+        }
+    }
+}
