@@ -177,6 +177,8 @@ impl Publisher {
             client.set(key, value);
         }
         let producer = client.create().context("creating Kafka producer")?;
+        // Down until a probe says otherwise, like readiness.
+        metrics::broker_up(false);
         Ok(Self {
             config: client,
             producer: RwLock::new(producer),

@@ -373,7 +373,9 @@ async fn bad_requests_get_problem_json_and_produce_nothing() {
             BadBody::Text(text) => full(text),
             BadBody::Chunked(chunks) => chunked(chunks),
         };
-        let reply = conn
+        // A fresh connection per case: the server may close one after refusing an unread body.
+        let reply = ingest
+            .conn()
             .send(case.method, "/v1/orders", &headers, body)
             .await
             .unwrap_or_else(|err| panic!("{}: {err}", case.name));

@@ -44,7 +44,7 @@ async fn unreachable_broker_gets_503_within_the_deadline() {
         "urn:orderpipe:problem:not-acknowledged"
     );
     assert!(took >= deadline - Duration::from_millis(50), "{took:?}");
-    assert!(took < deadline + Duration::from_millis(700), "{took:?}");
+    assert!(took < deadline + Duration::from_millis(1000), "{took:?}");
 
     // And the service is alive but not ready
     assert_eq!(conn.get("/healthz").await.status, 200);
@@ -116,7 +116,7 @@ async fn full_producer_queue_is_answered_503_at_once() {
     // Then it is refused at once with 503 and Retry-After, not queued behind the first
     assert_eq!(reply.status, 503, "{reply:?}");
     assert!(
-        started.elapsed() < Duration::from_millis(300),
+        started.elapsed() < Duration::from_millis(500),
         "{:?}",
         started.elapsed()
     );
