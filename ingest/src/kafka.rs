@@ -99,7 +99,11 @@ pub async fn ensure_topics(
                 TopicReplication::Fixed(config.replication_factor),
             );
             if spec.compacted {
-                topic.set("cleanup.policy", "compact")
+                // Same settings as the stages' own creation (processors::kafka::ensure_topics),
+                // whichever runs first: compaction only cleans closed segments, so roll hourly.
+                topic
+                    .set("cleanup.policy", "compact")
+                    .set("segment.ms", "3600000")
             } else {
                 topic
             }

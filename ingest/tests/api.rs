@@ -634,6 +634,10 @@ async fn topics_are_created_once_with_the_configured_partitions() {
             .and_then(|e| e.value.as_deref()),
         Some("compact")
     );
+    assert_eq!(
+        resource.get("segment.ms").and_then(|e| e.value.as_deref()),
+        Some("3600000")
+    );
 
     // And a second start on the same topics succeeds (existing topics are fine)
     let again = TestIngest::start_on(
