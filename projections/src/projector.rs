@@ -25,7 +25,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
@@ -196,7 +196,7 @@ impl Progress {
     }
 }
 
-/// Consumer context: exports lag from librdkafka statistics, records commits and rebalances.
+/// Consumer context: exports lag from librdkafka statistics, records rebalances.
 struct ProjectorContext {
     kind: ProjectorKind,
     topic: String,
@@ -243,6 +243,10 @@ impl ClientContext for ProjectorContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // Reaching a partition's end is expected (enable.partition.eof), not an error.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            return;
+        }
         tracing::warn!(projector = self.kind.name(), error = %error, reason, "kafka client error");
     }
 }
@@ -273,26 +277,6 @@ impl ConsumerContext for ProjectorContext {
             .lock()
             .expect("rebalance lock")
             .push((assigned, partitions));
-    }
-
-    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        match result {
-            Ok(()) => {
-                for element in offsets.elements() {
-                    if let Offset::Offset(offset) = element.offset() {
-                        self.progress.set_committed(
-                            self.kind,
-                            element.topic(),
-                            element.partition(),
-                            offset,
-                        );
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(projector = self.kind.name(), error = %err, "offset commit failed (events will be re-applied)");
-            }
-        }
     }
 }
 
@@ -537,6 +521,8 @@ pub async fn start_projectors(
     shutdown: CancellationToken,
 ) -> Result<Projectors, Error> {
     config.check().map_err(Error::Config)?;
+    // Metrics recorded before the process-wide recorder exists would be lost.
+    orderpipe_runtime::metrics::handle();
     let session = connect(nodes, &config.cql).await?;
     migrate(&session, &config.cql.keyspace, &config.cql.replication).await?;
     let writer = Arc::new(Writer::new(session, &config.cql.keyspace).await?);
@@ -712,6 +698,12 @@ impl Live {
         let mut since_log = 0u64;
         loop {
             let gathered = self.gather(&shutdown, &mut eof).await;
+            tracing::trace!(
+                projector = name,
+                events = gathered.messages.len(),
+                ?eof,
+                "batch gathered"
+            );
             self.drain_rebalances(&mut eof);
             let started = Instant::now();
             let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -759,8 +751,9 @@ impl Live {
                         .is_none_or(|c| c < *next)
                 });
             }
+            tracing::trace!(projector = name, ?commit, "committing");
             if !commit.is_empty() {
-                self.commit(&commit, gathered.stop).await;
+                self.commit(&commit).await;
             }
             if last_log.elapsed() >= self.config.projector.progress_interval && since_log > 0 {
                 let rate = since_log as f64 / last_log.elapsed().as_secs_f64();
@@ -944,35 +937,33 @@ impl Live {
         true
     }
 
-    /// Commits `next` offsets: asynchronously while running (the commit callback records
-    /// them), synchronously on the way out so the last batch is not re-applied after restart.
-    async fn commit(&self, next: &BTreeMap<(String, i32), i64>, last: bool) {
+    /// Commits `next` offsets and waits for the broker's answer (librdkafka reports
+    /// asynchronous commits only through a callback the client library does not install, and
+    /// progress must be exact). On failure the events are re-applied later, which is harmless.
+    async fn commit(&self, next: &BTreeMap<(String, i32), i64>) {
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in next {
             if let Err(err) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
                 tracing::warn!(error = %err, "building the commit list");
             }
         }
-        let result = if last {
-            let consumer = self.consumer.clone();
-            tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await
-                .unwrap_or_else(|join| {
-                    Err(KafkaError::Canceled).inspect_err(|_| {
-                        tracing::warn!(error = %join, "commit task failed");
-                    })
-                })
-                .inspect(|()| {
-                    for ((topic, partition), offset) in next {
-                        self.progress
-                            .set_committed(self.kind, topic, *partition, *offset);
-                    }
-                })
-        } else {
-            self.consumer.commit(&tpl, CommitMode::Async)
-        };
-        if let Err(err) = result {
-            tracing::warn!(projector = self.kind.name(), error = %err, "offset commit failed (events will be re-applied)");
+        let consumer = self.consumer.clone();
+        let result = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .unwrap_or_else(|join| {
+                tracing::warn!(error = %join, "commit task failed");
+                Err(KafkaError::Canceled)
+            });
+        match result {
+            Ok(()) => {
+                for ((topic, partition), offset) in next {
+                    self.progress
+                        .set_committed(self.kind, topic, *partition, *offset);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(projector = self.kind.name(), error = %err, "offset commit failed (events will be re-applied)");
+            }
         }
     }
 }

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use orderpipe_schemas::Topics;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::Message;
+use rdkafka::{ClientContext, Message};
 
 use crate::config::{check_keyspace, Config};
 use crate::error::Error;
@@ -27,6 +27,19 @@ use crate::store::Writer;
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long the rebuild waits for a message before checking positions again.
 const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// Consumer context of a rebuild: partition ends are expected, other client errors logged.
+struct RebuildContext;
+
+impl ClientContext for RebuildContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::warn!(error = %error, reason, "rebuild consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RebuildContext {}
 
 /// Where a rebuild stands.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,9 +128,9 @@ pub async fn rebuild(
     for (key, value) in config.projector.kafka_option_pairs() {
         client.set(key, value);
     }
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<StreamConsumer<RebuildContext>> = Arc::new(
         client
-            .create()
+            .create_with_context(RebuildContext)
             .map_err(|e| Error::kafka("creating rebuild consumer", e))?,
     );
 
@@ -270,7 +283,10 @@ pub async fn rebuild(
 type Watermarks = BTreeMap<(String, i32), (i64, i64)>;
 
 /// (low, high) watermarks of every partition of `topics`.
-fn end_offsets(consumer: &StreamConsumer, topics: &[String]) -> Result<Watermarks, Error> {
+fn end_offsets(
+    consumer: &StreamConsumer<RebuildContext>,
+    topics: &[String],
+) -> Result<Watermarks, Error> {
     let timeout = Duration::from_secs(10);
     let mut out = BTreeMap::new();
     for topic in topics {
