@@ -16,9 +16,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -45,6 +47,7 @@ use crate::store::{OrderRecord, Reader, StatusRecord};
 pub struct QueryApi {
     reader: Arc<Reader>,
     config: QueryConfig,
+    long_polls: Arc<AtomicUsize>,
 }
 
 impl QueryApi {
@@ -54,6 +57,7 @@ impl QueryApi {
         Ok(Self {
             reader: Arc::new(Reader::new(session, &config.cql.keyspace).await?),
             config: config.query.clone(),
+            long_polls: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -71,6 +75,10 @@ impl QueryApi {
             .route("/v1/sales", get(get_sales))
             .with_state(state)
             .merge(health::routes(readiness))
+            .fallback(|| async {
+                metrics::request("unknown", 404);
+                Problem::not_found("no such resource")
+            })
     }
 }
 
@@ -209,6 +217,15 @@ fn rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+/// The query string, or a 400 problem when it cannot be decoded.
+fn params(
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<HashMap<String, String>, Problem> {
+    query
+        .map(|Query(params)| params)
+        .map_err(|rejection| Problem::bad_request(rejection.body_text()))
+}
+
 fn parse_uuid(what: &str, value: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(value)
         .map_err(|_| Problem::bad_request(format!("{what} {value:?} is not a UUID")))
@@ -312,18 +329,27 @@ fn status_of(record: &StatusRecord) -> Status {
     )
 }
 
-/// Decrements the long-poll gauge however the poll ends.
-struct LongPollGuard;
+/// A long-poll slot: counted while held, given back however the poll ends.
+struct LongPollGuard(Arc<AtomicUsize>);
 
 impl LongPollGuard {
-    fn new() -> Self {
-        metrics::long_polls(1.0);
-        LongPollGuard
+    /// A slot, or `None` when `max` long-polls already wait.
+    fn acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        let taken = count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| {
+            metrics::long_polls(1.0);
+            LongPollGuard(count.clone())
+        })
     }
 }
 
 impl Drop for LongPollGuard {
     fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
         metrics::long_polls(-1.0);
     }
 }
@@ -331,9 +357,13 @@ impl Drop for LongPollGuard {
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    answer("order", order(&state, &id, &params).await)
+    let result = match params(query) {
+        Ok(params) => order(&state, &id, &params).await,
+        Err(problem) => Err(problem),
+    };
+    answer("order", result)
 }
 
 async fn order(
@@ -367,8 +397,14 @@ async fn order(
         })?),
     };
     let reader = &state.api.reader;
-    if !wait.is_zero() {
-        let _guard = LongPollGuard::new();
+    // Each waiting client re-reads the order every poll interval: past the cap, clients get
+    // the current state at once (and poll again) instead of loading the cluster further.
+    let guard = if wait.is_zero() {
+        None
+    } else {
+        LongPollGuard::acquire(&state.api.long_polls, config.max_long_polls)
+    };
+    if guard.is_some() {
         let deadline = tokio::time::Instant::now() + wait;
         // `None`: not in the views yet. The reference is the status the client knows.
         let mut reference: Option<Option<Status>> = expected.map(Some);
@@ -604,9 +640,13 @@ pub(crate) fn aggregate(rows: &[crate::store::SaleRecord]) -> (Vec<SalesFigures>
 
 async fn get_sales(
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    answer("sales", sales(&state, &params).await)
+    let result = match params(query) {
+        Ok(params) => sales(&state, &params).await,
+        Err(problem) => Err(problem),
+    };
+    answer("sales", result)
 }
 
 async fn sales(state: &AppState, params: &HashMap<String, String>) -> Result<SalesBody, Problem> {
@@ -687,6 +727,23 @@ mod tests {
             (2, 8, 800)
         );
         assert_eq!(totals.revenue_by_currency.get("EUR"), Some(&800));
+    }
+
+    #[test]
+    fn long_polls_are_capped() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let first = LongPollGuard::acquire(&count, 2);
+        let second = LongPollGuard::acquire(&count, 2);
+        assert!(first.is_some() && second.is_some());
+        assert!(
+            LongPollGuard::acquire(&count, 2).is_none(),
+            "third waits no more"
+        );
+        drop(first);
+        assert!(
+            LongPollGuard::acquire(&count, 2).is_some(),
+            "a freed slot is reused"
+        );
     }
 
     #[tokio::test]

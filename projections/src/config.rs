@@ -148,6 +148,15 @@ pub struct QueryConfig {
     #[arg(long = "query-max-wait", env = "ORDERPIPE_QUERY_MAX_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_wait: Duration,
 
+    /// Most long-polls waiting at once (each re-reads its order every poll interval); past it,
+    /// `?wait=` requests are answered at once.
+    #[arg(
+        long = "query-max-long-polls",
+        env = "ORDERPIPE_QUERY_MAX_LONG_POLLS",
+        default_value_t = 1000
+    )]
+    pub max_long_polls: usize,
+
     /// How often a long-poll re-reads the order's status.
     #[arg(long = "query-poll-interval", env = "ORDERPIPE_QUERY_POLL_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -201,6 +210,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             max_wait: Duration::from_secs(30),
+            max_long_polls: 1000,
             poll_interval: Duration::from_millis(100),
             max_sales_range: Duration::from_secs(24 * 3600),
             default_page: 20,

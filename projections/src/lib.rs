@@ -72,5 +72,7 @@ pub use projector::{
     DLQ_STAGE_NAME,
 };
 pub use rebuild::{rebuild, RebuildProgress, RebuildReport};
-pub use schema::{connect, migrate, Migration, MigrationReport, MIGRATIONS, VIEW_TABLES};
+pub use schema::{
+    connect, migrate, parse_nodes, Migration, MigrationReport, MIGRATIONS, VIEW_TABLES,
+};
 pub use store::dump_views;

@@ -204,7 +204,7 @@ pub async fn rebuild(
             }
         }
         if !batch.is_empty() {
-            let applied = applier.apply(&batch).await?;
+            let applied = apply_with_retries(&mut applier, &batch).await?;
             events += applied.events;
             poison += applied.poison.len() as u64;
             for p in &applied.poison {
@@ -277,6 +277,30 @@ pub async fn rebuild(
         events_per_second,
         end_offsets,
     })
+}
+
+/// Attempts at writing one batch before the rebuild gives up (the writes are idempotent, so a
+/// timeout of an overloaded cluster is simply retried).
+const ATTEMPTS: u32 = 8;
+
+async fn apply_with_retries(
+    applier: &mut Applier,
+    batch: &[OwnedMessage],
+) -> Result<crate::projector::Applied, Error> {
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match applier.apply(batch).await {
+            Ok(applied) => return Ok(applied),
+            Err(err) if attempt < ATTEMPTS => {
+                tracing::warn!(error = %err, attempt, retry_in = ?backoff, "rebuild write failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                attempt += 1;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// (low, high) watermarks per (topic, partition).

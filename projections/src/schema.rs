@@ -134,6 +134,15 @@ pub struct MigrationReport {
     pub already_applied: Vec<i32>,
 }
 
+/// Contact points from a comma-separated `host:port` list (as `SCYLLA_NODES` holds them).
+pub fn parse_nodes(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A session on `nodes` whose default execution profile carries the configured consistency and
 /// request timeout (every statement of this crate runs with it).
 pub async fn connect(nodes: &[String], cql: &CqlConfig) -> Result<Arc<Session>, Error> {
@@ -253,6 +262,15 @@ pub async fn migrate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_are_a_comma_separated_list() {
+        assert_eq!(
+            parse_nodes(" 10.0.0.1:9042, 10.0.0.2:9042,,"),
+            vec!["10.0.0.1:9042", "10.0.0.2:9042"]
+        );
+        assert!(parse_nodes("").is_empty());
+    }
 
     #[test]
     fn migrations_are_numbered_and_idempotent_statements() {

@@ -99,8 +99,8 @@ impl Writer {
     }
 
     /// The statement and bound values of one write.
-    fn bind(&self, write: &Write) -> (&PreparedStatement, Values) {
-        match write.clone() {
+    fn bind(&self, write: Write) -> (&PreparedStatement, Values) {
+        match write {
             Write::Timeline {
                 order_id,
                 occurred_at,
@@ -342,9 +342,9 @@ impl Writer {
             .await
     }
 
-    async fn apply_partition(&self, writes: Vec<Write>) -> Result<(), Error> {
-        if let [single] = writes.as_slice() {
-            let (statement, values) = self.bind(single);
+    async fn apply_partition(&self, mut writes: Vec<Write>) -> Result<(), Error> {
+        if writes.len() == 1 {
+            let (statement, values) = self.bind(writes.remove(0));
             self.session
                 .execute_unpaged(statement, values)
                 .await
@@ -353,7 +353,7 @@ impl Writer {
         }
         let mut batch = Batch::new(BatchType::Unlogged);
         let mut values: Vec<Values> = Vec::with_capacity(writes.len());
-        for write in &writes {
+        for write in writes {
             let (statement, value) = self.bind(write);
             batch.append_statement(statement.clone());
             values.push(value);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{get, wait_caught_up, Producers};
 use orderpipe_projections::{
-    connect, dump_views, rebuild, serve, start_projectors, QueryApi, DLQ_STAGE_NAME,
+    connect, dump_views, migrate, rebuild, serve, start_projectors, QueryApi, DLQ_STAGE_NAME,
 };
 use orderpipe_runtime::health::Readiness;
 use orderpipe_schemas::{OrderEvent, StockReserved, Topics};
@@ -299,6 +299,10 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
         "{metrics}"
     );
 
+    // and the migrations, run again, are a no-op
+    let again = migrate(&session, keyspace.name(), &config.cql.replication).await?;
+    assert_eq!((again.applied.len(), again.already_applied), (0, vec![1]));
+
     let before = dump_views(&session, keyspace.name()).await?;
     let rows: usize = before.iter().map(|(_, rows)| rows.len()).sum();
     assert!(rows > 40, "{before:?}");
@@ -439,6 +443,11 @@ async fn query_api_long_polls_and_answers_problems() -> anyhow::Result<()> {
         assert_eq!(answer.content_type, "application/problem+json", "{path}");
         assert_eq!(answer.json()["status"], 404, "{path}");
     }
+    let unknown = get(addr, "/v1/nothing-here").await?;
+    assert_eq!(
+        (unknown.status, unknown.content_type.as_str()),
+        (404, "application/problem+json")
+    );
     // and bad parameters are 400 problems
     let o = format!("/v1/orders/{order_id}");
     for path in [
