@@ -51,6 +51,26 @@
 //!
 //! CQL stays inside what Cassandra 2.1 and ScyllaDB both accept: text, uuid, int, bigint,
 //! timestamp, static columns, `IF NOT EXISTS`, `USING TIMESTAMP`, unlogged batches.
+//!
+//! Because write timestamps are offsets, only the projectors may write these tables (a manual
+//! write stamped with the clock would shadow them for good): fix a view by rebuilding it. Keep
+//! the default compaction (no time-window compaction: the timestamps are not times).
+//!
+//! # Entry points (for the `orderpipe` binary)
+//! - `orderpipe run --components projections`: [`run_projectors`]`(config, bootstrap, nodes,
+//!   topics, readiness, shutdown)`; it migrates the schema first and registers its lag checks
+//!   in `readiness` (serve them with the query API's `/readyz`, or the binary's own).
+//! - `orderpipe run --components query`: [`run_query`]`(config, nodes, listen, readiness,
+//!   shutdown)`; in tests, [`QueryApi::new`] + [`serve`] on a port-0 listener.
+//! - `orderpipe replay`/`rebuild`: [`rebuild()`]`(config, bootstrap, nodes, topics,
+//!   target_keyspace, progress)`, then point the query API at the new keyspace (`--keyspace`).
+//! - schema only: [`connect`] + [`migrate`]; comparisons: [`dump_views`].
+//!
+//! # Not covered
+//! - Sales count confirmations; a later `order_cancelled` or `refunded` is shown on the order
+//!   but not subtracted from sales.
+//! - Adding partitions to (or recreating) a topic needs a rebuild (offsets restart).
+//! - Long-polls poll the views (every `--query-poll-interval`), they are not pushed.
 #![warn(missing_docs)]
 
 pub mod api;

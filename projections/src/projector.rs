@@ -5,7 +5,7 @@
 //! partition is caught up), decode them (undecodable ones go to `projections.dlq` and the
 //! partition moves on), plan and apply the writes, and only then commit the batch's offsets.
 //! Redelivery after a crash re-applies events whose writes already landed, which changes nothing
-//! (see [`crate::model`]): at-least-once delivery plus idempotent writes gives effectively-once
+//! (see the crate docs, "Idempotency"): at-least-once delivery plus idempotent writes gives effectively-once
 //! views.
 //!
 //! Consumers are `read_committed` (aborted transactions of the processors are never seen), use
@@ -694,6 +694,7 @@ impl Live {
         let name = self.kind.name();
         tracing::info!(projector = name, "projector started");
         let mut eof: BTreeSet<i32> = BTreeSet::new();
+        let mut owned: BTreeSet<i32> = BTreeSet::new();
         let mut last_log = Instant::now();
         let mut since_log = 0u64;
         loop {
@@ -704,7 +705,7 @@ impl Live {
                 ?eof,
                 "batch gathered"
             );
-            self.drain_rebalances(&mut eof);
+            self.drain_rebalances(&mut eof, &mut owned);
             let started = Instant::now();
             let mut commit: BTreeMap<(String, i32), i64> = BTreeMap::new();
             if !gathered.messages.is_empty() {
@@ -751,6 +752,9 @@ impl Live {
                         .is_none_or(|c| c < *next)
                 });
             }
+            // Partitions revoked while gathering belong to another replica now: their events
+            // were applied (harmlessly, idempotently) but their offsets are not ours to commit.
+            commit.retain(|(_, partition), _| owned.contains(partition));
             tracing::trace!(projector = name, ?commit, "committing");
             if !commit.is_empty() {
                 self.commit(&commit).await;
@@ -799,7 +803,7 @@ impl Live {
         }
     }
 
-    fn drain_rebalances(&mut self, eof: &mut BTreeSet<i32>) {
+    fn drain_rebalances(&mut self, eof: &mut BTreeSet<i32>, owned: &mut BTreeSet<i32>) {
         let events = std::mem::take(
             &mut *self
                 .consumer
@@ -815,8 +819,11 @@ impl Live {
         // could be stale, so it goes.
         self.applier.clear_cache();
         for (assigned, partitions) in events {
-            if !assigned {
-                for partition in partitions {
+            for partition in partitions {
+                if assigned {
+                    owned.insert(partition);
+                } else {
+                    owned.remove(&partition);
                     eof.remove(&partition);
                 }
             }

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use common::{get, wait_caught_up, Producers};
 use orderpipe_projections::{
-    connect, dump_views, migrate, rebuild, serve, start_projectors, QueryApi, DLQ_STAGE_NAME,
+    connect, dump_views, migrate, rebuild, serve, start_projectors, ProjectorKind, QueryApi,
+    DLQ_STAGE_NAME,
 };
 use orderpipe_runtime::health::Readiness;
 use orderpipe_schemas::{OrderEvent, StockReserved, Topics};
@@ -550,6 +551,33 @@ async fn query_api_long_polls_and_answers_problems() -> anyhow::Result<()> {
     server.await??;
     shutdown.cancel();
     projectors.wait().await?;
+
+    // When the same replica restarts (same group, same static member id)
+    let shutdown = CancellationToken::new();
+    let restarted = start_projectors(
+        &config,
+        &kafka::bootstrap(),
+        &nodes,
+        &topics,
+        &Readiness::new(),
+        shutdown.clone(),
+    )
+    .await?;
+    // Then it resumes where the last batches were committed: no lag, nothing re-applied
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while restarted.progress().lag(ProjectorKind::Orders) != Some(0)
+        || restarted.progress().lag(ProjectorKind::Stock) != Some(0)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            restarted.progress().partitions()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(restarted.progress().applied(ProjectorKind::Orders), 0);
+    shutdown.cancel();
+    restarted.wait().await?;
     keyspace.drop_keyspace().await?;
     Ok(())
 }
