@@ -493,6 +493,10 @@ impl Runner {
     }
 
     fn commit_transaction(&self) -> Result<(), Failure> {
+        // commit_transaction flushes first, but rdkafka's flush polls in 100 ms steps (BaseProducer
+        // `poll` waits out its whole timeout): drain in 1 ms steps so it finds nothing to wait for.
+        self.drain()
+            .map_err(|e| Failure::Abortable(format!("waiting for deliveries: {e}")))?;
         let mut attempts = 0;
         loop {
             match self.producer.commit_transaction(TXN_TIMEOUT) {
@@ -528,9 +532,24 @@ impl Runner {
         Ok(())
     }
 
+    /// Wait until every enqueued record is acknowledged (or failed) and its delivery report served.
+    /// Not `Producer::flush`: that polls in 100 ms steps, which would cap a stage at ~10 batches/s.
+    fn drain(&self) -> Result<(), String> {
+        let deadline = Instant::now() + TXN_TIMEOUT;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "{} records still in flight after {TXN_TIMEOUT:?}",
+                    self.producer.in_flight_count()
+                ));
+            }
+            self.producer.poll(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     fn await_deliveries(&self) -> Result<(), Failure> {
-        self.producer
-            .flush(TXN_TIMEOUT)
+        self.drain()
             .map_err(|e| Failure::Abortable(format!("waiting for deliveries: {e}")))?;
         match self.producer.context().take_failure() {
             Some(err) => Err(Failure::Abortable(format!("delivery failed: {err}"))),
