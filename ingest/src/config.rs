@@ -8,6 +8,7 @@ use clap::ArgAction;
 
 /// Ingest settings (flags start with `--ingest-`, variables with `ORDERPIPE_INGEST_`).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+#[group(id = "ingest_config")]
 pub struct Config {
     /// How long a request waits for the broker to acknowledge its `order_placed` before it is
     /// answered 503 with Retry-After (also the producer's `message.timeout.ms`).

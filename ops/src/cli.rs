@@ -48,8 +48,16 @@ pub struct RunArgs {
     #[arg(long, env = "ORDERPIPE_QUERY_LISTEN", default_value = "127.0.0.1:8081")]
     pub query_listen: SocketAddr,
 
+    /// Address of this process's `/metrics`, `/healthz` and `/readyz` (readiness of every
+    /// component it runs: stages assigned and restored, projector lag under the threshold).
+    #[arg(long, env = "ORDERPIPE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
+    pub admin_listen: SocketAddr,
+
     #[command(flatten)]
     pub ingest: orderpipe_ingest::Config,
+
+    #[command(flatten)]
+    pub projections: orderpipe_projections::Config,
 
     /// How long components get to finish in-flight work after a shutdown signal.
     #[arg(long, env = "ORDERPIPE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]

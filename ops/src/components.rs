@@ -36,7 +36,10 @@ impl Component {
     /// Whether this build contains the component. Components still being built are named so that
     /// scripts can list them today, but asking for one is an error rather than a silent no-op.
     pub fn available(self) -> bool {
-        matches!(self, Component::Ingest)
+        matches!(
+            self,
+            Component::Ingest | Component::Projections | Component::Query
+        )
     }
 
     /// The name used on the command line and in logs.

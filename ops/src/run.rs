@@ -1,11 +1,18 @@
 //! `orderpipe run`: start the chosen components as tasks of one process, stop them on a signal.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
 use anyhow::Context;
+use orderpipe_runtime::health::{self, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::RunArgs;
 use crate::components::{self, Component};
+
+type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Run the components `args` asks for until `shutdown` is cancelled or one of them fails.
 /// On shutdown every component gets `args.shutdown_grace` to finish in-flight work (answer requests,
@@ -14,23 +21,25 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     let chosen = components::select(&args.components).map_err(anyhow::Error::msg)?;
     tracing::info!(components = ?chosen.iter().map(|c| c.name()).collect::<Vec<_>>(), "starting");
 
-    let topics = orderpipe_schemas::Topics::with_prefix(args.connections.topic_prefix.clone());
+    let readiness = Readiness::new();
+    let admin = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin listener {}", args.admin_listen))?;
     let mut tasks = JoinSet::new();
-    for component in chosen {
-        let token = shutdown.child_token();
-        let args = &args;
-        let future = match component {
-            Component::Ingest => {
-                let config = args.ingest.clone();
-                let bootstrap = args.connections.kafka_bootstrap.clone();
-                let topics = topics.clone();
-                let listen = args.ingest_listen;
-                async move { orderpipe_ingest::run(config, &bootstrap, topics, listen, token).await }
+    {
+        let routes = health::routes(readiness.clone());
+        let token = shutdown.clone();
+        tracing::info!(addr = %args.admin_listen, "metrics and health endpoints listening");
+        tokio::spawn(async move {
+            let served = axum::serve(admin, routes).with_graceful_shutdown(token.cancelled_owned());
+            if let Err(err) = served.await {
+                tracing::error!(error = %err, "admin listener failed");
             }
-            other => unreachable!(
-                "components::select lets only available components through, got {other}"
-            ),
-        };
+        });
+    }
+
+    for component in chosen {
+        let future = start(component, &args, &readiness, shutdown.child_token());
         tasks.spawn(async move { (component, future.await) });
     }
 
@@ -59,6 +68,50 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             tracing::warn!(grace = ?args.shutdown_grace, "components did not stop within the grace period: aborting");
             tasks.abort_all();
             result.and(Err(anyhow::anyhow!("shutdown grace period exceeded")))
+        }
+    }
+}
+
+/// The future that runs `component` until `token` is cancelled.
+fn start(
+    component: Component,
+    args: &RunArgs,
+    readiness: &Readiness,
+    token: CancellationToken,
+) -> ComponentFuture {
+    let bootstrap = args.connections.kafka_bootstrap.clone();
+    let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
+    let topics = orderpipe_schemas::Topics::with_prefix(args.connections.topic_prefix.clone());
+    let readiness = readiness.clone();
+    match component {
+        Component::Ingest => {
+            let config = args.ingest.clone();
+            let listen: SocketAddr = args.ingest_listen;
+            Box::pin(async move {
+                orderpipe_ingest::run(config, &bootstrap, topics, listen, token).await
+            })
+        }
+        Component::Projections => {
+            let config = args.projections.clone();
+            Box::pin(async move {
+                orderpipe_projections::run_projectors(
+                    config, &bootstrap, &nodes, topics, readiness, token,
+                )
+                .await
+                .map_err(anyhow::Error::from)
+            })
+        }
+        Component::Query => {
+            let config = args.projections.clone();
+            let listen = args.query_listen;
+            Box::pin(async move {
+                orderpipe_projections::run_query(config, &nodes, listen, readiness, token)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        other => {
+            unreachable!("components::select lets only available components through, got {other}")
         }
     }
 }

@@ -12,6 +12,7 @@ use scylla::statement::Consistency;
 /// Everything this crate needs besides the broker and CQL addresses (which `orderpipe run` owns).
 /// `Default` gives the documented defaults (the same as the command line's).
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+#[group(id = "projections_config")]
 pub struct Config {
     /// CQL keyspace and consistency.
     #[command(flatten)]
@@ -57,7 +58,7 @@ pub struct CqlConfig {
     pub consistency: ConsistencyLevel,
 
     /// How long one CQL request may take before the driver gives up on it.
-    #[arg(long = "cql-request-timeout", env = "ORDERPIPE_CQL_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(id = "cql_request_timeout", long = "cql-request-timeout", env = "ORDERPIPE_CQL_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 }
 
@@ -134,6 +135,7 @@ pub struct ProjectorConfig {
     /// Extra librdkafka settings for the consumers and the dead-letter producer, `key=value`,
     /// comma-separated (e.g. `security.protocol=SASL_SSL`).
     #[arg(
+        id = "projections_kafka_options",
         long = "projections-kafka-option",
         env = "ORDERPIPE_PROJECTIONS_KAFKA_OPTIONS",
         value_delimiter = ','
