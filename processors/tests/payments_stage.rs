@@ -86,7 +86,7 @@ fn settles_and_a_redelivered_request_does_not_charge_twice() {
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
     let request = requested(id, 1_250);
-    let (_, first) = process(&mut stage, &[request.clone()]);
+    let (_, first) = process(&mut stage, std::slice::from_ref(&request));
     assert_eq!(first.len(), 1);
     let OrderEvent::PaymentSettled(settled) = &first[0].event else {
         panic!("{first:?}")

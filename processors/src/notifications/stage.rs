@@ -163,13 +163,16 @@ impl NotificationsStage {
     /// Stage name: group `orderpipe-notifications`, topics `notifications.changelog` and `.dlq`.
     pub const NAME: &'static str = "notifications";
 
-    /// A stage delivering to `sink` with `retry`; deliveries run on `handle`'s runtime.
+    /// A stage delivering to `sink` with `retry`; deliveries run on `handle`'s runtime, which
+    /// must be a multi-thread one (the stage thread waits with `Handle::block_on`, which cannot
+    /// drive a current-thread runtime's timers and IO).
     pub fn new(
         topics: Topics,
         sink: Arc<dyn NotificationSink>,
         handle: Handle,
         retry: RetryPolicy,
     ) -> Self {
+        crate::payments::stage::warn_if_current_thread(&handle, Self::NAME);
         Self {
             topics,
             sink,

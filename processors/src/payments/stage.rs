@@ -50,8 +50,11 @@ impl PaymentsStage {
     /// Stage name: group `orderpipe-payments`, topic `payments.dlq`.
     pub const NAME: &'static str = "payments";
 
-    /// A payments stage using `gateway`; gateway calls run on `handle`'s runtime, at most 64 at once.
+    /// A payments stage using `gateway`; gateway calls run on `handle`'s runtime, at most 64 at
+    /// once. `handle` must belong to a multi-thread runtime: the stage thread waits with
+    /// `Handle::block_on`, which cannot drive a current-thread runtime's timers and IO.
     pub fn new(topics: Topics, gateway: Arc<dyn PaymentGateway>, handle: Handle) -> Self {
+        warn_if_current_thread(&handle, Self::NAME);
         Self {
             topics,
             gateway,
@@ -121,6 +124,18 @@ impl PaymentsStage {
             }
         }
         steps
+    }
+}
+
+/// Warns about a handle that [`Handle::block_on`] from the stage thread would hang on.
+pub(crate) fn warn_if_current_thread(handle: &Handle, stage: &str) {
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+        tracing::warn!(
+            stage,
+            "stage given a current-thread runtime handle: its gateway/webhook \
+            timers and IO only progress while that runtime's own block_on runs; use a \
+            multi-thread runtime"
+        );
     }
 }
 

@@ -1,0 +1,274 @@
+//! The notifications stage without a broker: dedup by source event id, records on the
+//! notifications topic, changelog restore, failures recorded.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use orderpipe_processors::notifications::{
+    plan, DeliveryError, LogSink, Notification, NotificationSink, NotificationsStage,
+};
+use orderpipe_processors::payments::RetryPolicy;
+use orderpipe_processors::{Effects, Input, Stage};
+use orderpipe_schemas::{
+    NotificationEnvelope, NotificationEvent, NotificationKind, OrderConfirmed, OrderEnvelope,
+    OrderEvent, OrderPlaced, OrderRejected, PaymentRef, Refunded, RejectReason, Topics,
+};
+use tokio::runtime::Runtime;
+use uuid::Uuid;
+
+/// Records deliveries; fails every delivery while `failing`.
+#[derive(Default)]
+struct Recorder {
+    delivered: Mutex<Vec<Notification>>,
+    failing: Mutex<bool>,
+}
+
+impl NotificationSink for Recorder {
+    fn deliver<'a>(&'a self, n: &'a Notification) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        let result = if *self.failing.lock().unwrap() {
+            Err(DeliveryError::transient("receiver down"))
+        } else {
+            self.delivered.lock().unwrap().push(n.clone());
+            Ok(())
+        };
+        futures::future::ready(result).boxed()
+    }
+}
+
+/// A multi-thread runtime: the stage drives futures with `Handle::block_on` from its own thread,
+/// which cannot drive a current-thread runtime's timers.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn policy() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 3,
+        min_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(2),
+    }
+}
+
+fn order_event(order_id: Uuid, event: OrderEvent) -> OrderEnvelope {
+    OrderEnvelope::new(order_id, event, None, Uuid::from_u128(99))
+}
+
+fn placed(order_id: Uuid) -> OrderEnvelope {
+    order_event(
+        order_id,
+        OrderEvent::OrderPlaced(OrderPlaced {
+            customer_id: "cust-42".into(),
+            currency: "EUR".into(),
+            lines: vec![],
+            total_minor: 0,
+            payment: PaymentRef {
+                method: "card".into(),
+                token: "tok_secret".into(),
+            },
+        }),
+    )
+}
+
+fn process(
+    stage: &mut NotificationsStage,
+    events: &[&OrderEnvelope],
+) -> (Effects, Vec<NotificationEnvelope>) {
+    let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
+    let inputs: Vec<Input<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input {
+            topic: "orders",
+            partition: 1,
+            offset: i as i64,
+            key: None,
+            payload: Some(p),
+            timestamp_ms: None,
+        })
+        .collect();
+    let mut out = Effects::new();
+    stage.process(&inputs, &mut out);
+    let records = out
+        .outputs()
+        .iter()
+        .map(|o| {
+            assert_eq!(o.topic, "notifications");
+            NotificationEnvelope::decode(&o.payload).unwrap()
+        })
+        .collect();
+    (out, records)
+}
+
+#[test]
+fn a_terminal_event_is_requested_delivered_and_recorded_once() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    );
+    let id = Uuid::now_v7();
+    let rejected = order_event(
+        id,
+        OrderEvent::OrderRejected(OrderRejected {
+            reason: RejectReason::OutOfStock,
+        }),
+    );
+    // Given the order was placed, when its rejection arrives (twice, as a redelivery would)
+    let (out, records) = process(&mut stage, &[&placed(id), &rejected, &rejected]);
+    // Then one notification_requested and one notification_sent are recorded
+    assert_eq!(records.len(), 2, "{records:?}");
+    let NotificationEvent::NotificationRequested(request) = &records[0].event else {
+        panic!("{records:?}")
+    };
+    assert_eq!(
+        (request.customer_id.as_str(), request.kind),
+        ("cust-42", NotificationKind::OrderRejected)
+    );
+    assert_eq!(records[0].causation_id, Some(rejected.event_id));
+    assert_eq!(records[0].correlation_id, rejected.correlation_id);
+    let NotificationEvent::NotificationSent(sent) = &records[1].event else {
+        panic!("{records:?}")
+    };
+    assert_eq!((sent.request_id, sent.attempts), (records[0].event_id, 1));
+    // And the sink got it once, with the reason and the source event id
+    let delivered = sink.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        (
+            delivered[0].event_id,
+            delivered[0].reason.as_deref(),
+            delivered[0].status.as_str()
+        ),
+        (rejected.event_id, Some("out_of_stock"), "rejected")
+    );
+    // And the dedup record is in the changelog, keyed by order
+    let record = out.changelog().last().unwrap();
+    assert_eq!((record.partition, record.key.clone()), (1, id.to_string()));
+    assert!(!String::from_utf8_lossy(record.value.as_ref().unwrap()).contains("tok_secret"));
+
+    // When a new instance restores the changelog and the event is redelivered, nothing is sent
+    let mut restarted = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    );
+    for r in out.changelog() {
+        restarted.restore(r.partition, &r.key, r.value.as_deref());
+    }
+    let (again, records) = process(&mut restarted, &[&rejected]);
+    assert!(records.is_empty() && again.changelog().is_empty());
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn confirmations_and_refunds_are_notified_too_other_events_are_not() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    );
+    let id = Uuid::now_v7();
+    let refunded = order_event(
+        id,
+        OrderEvent::Refunded(Refunded {
+            amount_minor: 500,
+            currency: "EUR".into(),
+        }),
+    );
+    let (_, records) = process(
+        &mut stage,
+        &[
+            &placed(id),
+            &order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {})),
+            &refunded,
+            &order_event(
+                id,
+                OrderEvent::StockReserved(orderpipe_schemas::StockReserved {}),
+            ),
+        ],
+    );
+    assert_eq!(records.len(), 4);
+    let delivered = sink.delivered.lock().unwrap().clone();
+    let kinds: Vec<NotificationKind> = delivered.iter().map(|n| n.kind).collect();
+    assert_eq!(
+        kinds,
+        [NotificationKind::OrderConfirmed, NotificationKind::Refunded]
+    );
+    assert_eq!(
+        (delivered[1].amount_minor, delivered[1].currency.as_deref()),
+        (Some(500), Some("EUR"))
+    );
+}
+
+#[test]
+fn a_failed_delivery_is_recorded_with_its_attempts() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    *sink.failing.lock().unwrap() = true;
+    let mut stage = NotificationsStage::new(Topics::default(), sink, rt.handle().clone(), policy());
+    let id = Uuid::now_v7();
+    // No order_placed seen (e.g. the stage started after it): the customer is "unknown"
+    let confirmed = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
+    let (_, records) = process(&mut stage, &[&confirmed]);
+    let NotificationEvent::NotificationRequested(request) = &records[0].event else {
+        panic!()
+    };
+    assert_eq!(request.customer_id, "unknown");
+    let NotificationEvent::NotificationFailed(failed) = &records[1].event else {
+        panic!("{records:?}")
+    };
+    assert_eq!(
+        (failed.attempts, failed.reason.as_str()),
+        (3, "receiver down")
+    );
+    assert_eq!(failed.request_id, records[0].event_id);
+}
+
+#[test]
+fn plan_is_pure_and_dedups_by_event_id() {
+    let id = Uuid::now_v7();
+    let confirmed = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
+    let first = plan(None, &confirmed);
+    assert!(first.notice.is_some() && !first.duplicate);
+    let second = plan(first.new_state.as_ref(), &confirmed);
+    assert!(second.duplicate && second.notice.is_none() && second.new_state.is_none());
+    // A different event of the same order is not a duplicate
+    let other = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
+    assert!(plan(first.new_state.as_ref(), &other).notice.is_some());
+}
+
+#[test]
+fn the_log_sink_delivers() {
+    let rt = runtime();
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        Arc::new(LogSink),
+        rt.handle().clone(),
+        policy(),
+    );
+    let id = Uuid::now_v7();
+    let (_, records) = process(
+        &mut stage,
+        &[&order_event(
+            id,
+            OrderEvent::OrderConfirmed(OrderConfirmed {}),
+        )],
+    );
+    assert!(matches!(
+        records[1].event,
+        NotificationEvent::NotificationSent(_)
+    ));
+}
