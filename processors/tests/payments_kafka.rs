@@ -1,0 +1,182 @@
+//! The payments stage against the real broker and the gateway simulator over HTTP, once per
+//! processing mode: charges settle once per order whatever the duplicates, a payment rejection
+//! after a charge is refunded.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderpipe_processors::payments::contract::StatsResponse;
+use orderpipe_processors::payments::{
+    gateway_sim, HttpGateway, HttpGatewayConfig, PaymentsStage, SimConfig, SimulatedGateway,
+};
+use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode};
+use orderpipe_schemas::{
+    OrderEnvelope, OrderEvent, OrderRejected, PaymentRef, PaymentRequested, RejectReason, Topics,
+};
+use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
+use rdkafka::consumer::Consumer;
+use rdkafka::message::Message;
+use rdkafka::producer::FutureRecord;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+macro_rules! both_modes {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exactly_once() {
+                super::$body(ProcessingMode::ExactlyOnce).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn at_least_once() {
+                super::$body(ProcessingMode::AtLeastOnce).await;
+            }
+        }
+    )*};
+}
+
+both_modes!(charges_once_per_order_and_refunds_payment_rejections);
+
+fn requested(order_id: Uuid, amount_minor: i64) -> OrderEnvelope {
+    OrderEnvelope::new(
+        order_id,
+        OrderEvent::PaymentRequested(PaymentRequested {
+            amount_minor,
+            currency: "EUR".into(),
+            payment: PaymentRef {
+                method: "card".into(),
+                token: "tok".into(),
+            },
+        }),
+        None,
+        order_id,
+    )
+}
+
+async fn charges_once_per_order_and_refunds_payment_rejections(mode: ProcessingMode) {
+    let mut test_topics = TestTopics::new().unwrap();
+    test_topics.create("orders", 2).await.unwrap();
+    let topics = Topics::with_prefix(test_topics.prefix.clone());
+    for created in ensure_topics(&bootstrap(), &topics, PaymentsStage::NAME, 2)
+        .await
+        .unwrap()
+    {
+        test_topics.adopt(&created);
+    }
+
+    // The gateway runs as an HTTP server (as it would out of process), 20% declines
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let sim = Arc::new(SimulatedGateway::new(SimConfig {
+        decline_rate: 0.2,
+        seed: 11,
+        latency: Duration::from_millis(5),
+    }));
+    let stop_sim = CancellationToken::new();
+    tokio::spawn(gateway_sim::serve(listener, sim.clone(), stop_sim.clone()));
+
+    let gateway = Arc::new(HttpGateway::new(HttpGatewayConfig::new(url)).unwrap());
+    let stage = PaymentsStage::new(topics.clone(), gateway, tokio::runtime::Handle::current());
+    let shutdown = CancellationToken::new();
+    let handle = spawn_stage(
+        Box::new(stage),
+        &Config::with_mode(mode),
+        &bootstrap(),
+        &topics,
+        shutdown.clone(),
+    )
+    .unwrap();
+
+    let reader = consumer(&test_topics.name("reader"), true).unwrap();
+    reader.subscribe(&[&topics.orders]).unwrap();
+    let producer = producer().unwrap();
+    let send = |e: OrderEnvelope| {
+        let producer = producer.clone();
+        let topic = topics.orders.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic).key(&e.key()).payload(&e.encode()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+
+    // Given 30 payment requests, 10 of them twice (the saga redelivered them)
+    let orders: Vec<Uuid> = (0..30).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in orders.iter().enumerate() {
+        send(requested(*id, 1_000 + i as i64)).await;
+        if i % 3 == 0 {
+            send(requested(*id, 1_000 + i as i64)).await;
+        }
+    }
+    // Then every order gets an answer; duplicates get the same answer
+    let mut answers: HashMap<Uuid, Vec<OrderEvent>> = HashMap::new();
+    while answers.len() < orders.len() || answers.values().map(Vec::len).sum::<usize>() < 40 {
+        let got = consume_n(&reader, 1, WAIT).await;
+        assert!(!got.is_empty(), "timed out with {} answers", answers.len());
+        let e = OrderEnvelope::decode(got[0].payload().unwrap()).unwrap();
+        if matches!(
+            e.event,
+            OrderEvent::PaymentSettled(_) | OrderEvent::PaymentDeclined(_)
+        ) {
+            answers.entry(e.order_id).or_default().push(e.event);
+        }
+    }
+    for (id, events) in &answers {
+        assert!(events.iter().all(|e| *e == events[0]), "{id}: {events:?}");
+    }
+    let settled: Vec<Uuid> = orders
+        .iter()
+        .copied()
+        .filter(|id| matches!(answers[id][0], OrderEvent::PaymentSettled(_)))
+        .collect();
+    assert!(
+        !settled.is_empty() && settled.len() < orders.len(),
+        "20% declines expected"
+    );
+
+    // When a settled order is rejected for a payment reason (its answer came too late)
+    send(OrderEnvelope::new(
+        settled[0],
+        OrderEvent::OrderRejected(OrderRejected {
+            reason: RejectReason::PaymentTimeout,
+        }),
+        None,
+        settled[0],
+    ))
+    .await;
+    // Then it is refunded
+    loop {
+        let got = consume_n(&reader, 1, WAIT).await;
+        assert!(!got.is_empty(), "no refund");
+        let e = OrderEnvelope::decode(got[0].payload().unwrap()).unwrap();
+        if let OrderEvent::Refunded(r) = &e.event {
+            assert_eq!(e.order_id, settled[0]);
+            assert_eq!(r.currency, "EUR");
+            break;
+        }
+    }
+
+    // And the gateway moved money once per settled order, and back once
+    let totals = sim.totals();
+    assert_eq!(totals.charges, settled.len() as u64);
+    assert_eq!(totals.orders_charged_twice, 0);
+    assert_eq!(totals.refunds, 1);
+    let stats: StatsResponse = StatsResponse {
+        totals,
+        orders: sim.all_stats(),
+        faults_served: 0,
+    };
+    assert!(stats.orders.values().all(|o| o.charges <= 1));
+
+    shutdown.cancel();
+    handle.wait().await.unwrap();
+    stop_sim.cancel();
+}

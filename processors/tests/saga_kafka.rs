@@ -1,0 +1,390 @@
+//! The saga stage against the real broker, each body once per processing mode: orders driven
+//! through reservation, rejection and payment by hand-made stock/payment answers; duplicates
+//! ignored; a restarted instance restores terminal orders from the changelog.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use orderpipe_processors::saga::SagaStage;
+use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, StageHandle};
+use orderpipe_schemas::{
+    OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, PaymentSettled, RejectReason,
+    StockEnvelope, StockEvent, StockLineRejected, StockLineReserved, StockRejectReason, Topics,
+};
+use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// How long "nothing more arrives" is watched for.
+const QUIET: Duration = Duration::from_secs(2);
+
+macro_rules! both_modes {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exactly_once() {
+                super::$body(ProcessingMode::ExactlyOnce).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn at_least_once() {
+                super::$body(ProcessingMode::AtLeastOnce).await;
+            }
+        }
+    )*};
+}
+
+both_modes!(
+    orders_reach_one_terminal_event_through_the_broker,
+    a_restarted_saga_remembers_terminal_orders,
+);
+
+struct Env {
+    test_topics: TestTopics,
+    topics: Topics,
+    producer: FutureProducer,
+}
+
+async fn env() -> Env {
+    let mut test_topics = TestTopics::new().unwrap();
+    // One partition: every order's events and the probes that follow them stay in order.
+    test_topics.create("orders", 1).await.unwrap();
+    test_topics.create("stock", 1).await.unwrap();
+    let topics = Topics::with_prefix(test_topics.prefix.clone());
+    for created in ensure_topics(&bootstrap(), &topics, SagaStage::NAME, 1)
+        .await
+        .unwrap()
+    {
+        test_topics.adopt(&created);
+    }
+    Env {
+        test_topics,
+        topics,
+        producer: producer().unwrap(),
+    }
+}
+
+struct Running {
+    handle: StageHandle,
+    shutdown: CancellationToken,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.wait().await.unwrap();
+    }
+}
+
+impl Env {
+    fn start(&self, mode: ProcessingMode) -> Running {
+        let shutdown = CancellationToken::new();
+        let config = Config {
+            stats_interval: Duration::from_secs(1),
+            ..Config::with_mode(mode)
+        };
+        let handle = spawn_stage(
+            Box::new(SagaStage::new(self.topics.clone())),
+            &config,
+            &bootstrap(),
+            &self.topics,
+            shutdown.clone(),
+        )
+        .unwrap();
+        Running { handle, shutdown }
+    }
+
+    async fn send(&self, events: &[&OrderEnvelope]) {
+        for event in events {
+            self.producer
+                .send(
+                    FutureRecord::to(&self.topics.orders)
+                        .key(&event.key())
+                        .payload(&event.encode()),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    }
+
+    fn reader(&self, topic: &str) -> StreamConsumer {
+        let group = self
+            .test_topics
+            .name(&format!("reader-{}", Uuid::new_v4().simple()));
+        let reader = consumer(&group, true).unwrap();
+        reader.subscribe(&[topic]).unwrap();
+        reader
+    }
+}
+
+fn placed(order_id: Uuid, skus: &[&str]) -> OrderEnvelope {
+    OrderEnvelope::new(
+        order_id,
+        OrderEvent::OrderPlaced(OrderPlaced {
+            customer_id: "cust".into(),
+            currency: "EUR".into(),
+            lines: skus
+                .iter()
+                .map(|sku| OrderLine {
+                    sku: (*sku).into(),
+                    quantity: 1,
+                    unit_price_minor: 100,
+                })
+                .collect(),
+            total_minor: 100 * skus.len() as i64,
+            payment: PaymentRef {
+                method: "card".into(),
+                token: "tok".into(),
+            },
+        }),
+        None,
+        order_id,
+    )
+}
+
+fn answer(
+    order_id: Uuid,
+    line: u32,
+    sku: &str,
+    rejected: Option<StockRejectReason>,
+) -> OrderEnvelope {
+    let event = match rejected {
+        None => OrderEvent::StockLineReserved(StockLineReserved {
+            sku: sku.into(),
+            line_index: line,
+            quantity: 1,
+        }),
+        Some(reason) => OrderEvent::StockLineRejected(StockLineRejected {
+            sku: sku.into(),
+            line_index: line,
+            quantity: 1,
+            reason,
+        }),
+    };
+    OrderEnvelope::new(order_id, event, None, order_id)
+}
+
+fn settled(order_id: Uuid) -> OrderEnvelope {
+    OrderEnvelope::new(
+        order_id,
+        OrderEvent::PaymentSettled(PaymentSettled {
+            amount_minor: 200,
+            currency: "EUR".into(),
+            charge_id: format!("ch_{order_id}"),
+        }),
+        None,
+        order_id,
+    )
+}
+
+/// Reads the saga's orders-topic outputs (skipping the test's own inputs) until `pred` holds.
+async fn orders_until(
+    reader: &StreamConsumer,
+    seen: &mut Vec<OrderEnvelope>,
+    pred: impl Fn(&[OrderEnvelope]) -> bool,
+) {
+    while !pred(seen) {
+        let got = consume_n(reader, 1, WAIT).await;
+        assert!(!got.is_empty(), "timed out; saw {:?}", types(seen));
+        for m in got {
+            let e = OrderEnvelope::decode(m.payload().unwrap()).unwrap();
+            if e.causation_id.is_some() {
+                seen.push(e);
+            }
+        }
+    }
+}
+
+/// Reads stock-topic events until `n` arrived.
+async fn stock_n(reader: &StreamConsumer, n: usize) -> Vec<StockEnvelope> {
+    let got = consume_n(reader, n, WAIT).await;
+    assert_eq!(got.len(), n);
+    got.iter()
+        .map(|m| StockEnvelope::decode(m.payload().unwrap()).unwrap())
+        .collect()
+}
+
+fn types(events: &[OrderEnvelope]) -> Vec<(Uuid, &'static str)> {
+    events
+        .iter()
+        .map(|e| (e.order_id, e.event_type()))
+        .collect()
+}
+
+fn count(events: &[OrderEnvelope], order: Uuid, event_type: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| e.order_id == order && e.event_type() == event_type)
+        .count()
+}
+
+/// Distinct outputs: with at-least-once a redelivered batch may repeat outputs (same order, same
+/// type, same causation); the saga's guarantee is about decisions, so compare by cause.
+fn distinct(events: &[OrderEnvelope]) -> Vec<OrderEnvelope> {
+    let mut by_cause: HashMap<(Uuid, Option<Uuid>, &str), OrderEnvelope> = HashMap::new();
+    for e in events {
+        by_cause
+            .entry((e.order_id, e.causation_id, e.event_type()))
+            .or_insert_with(|| e.clone());
+    }
+    by_cause.into_values().collect()
+}
+
+async fn orders_reach_one_terminal_event_through_the_broker(mode: ProcessingMode) {
+    let env = env().await;
+    let orders_reader = env.reader(&env.topics.orders);
+    let stock_reader = env.reader(&env.topics.stock);
+    let stage = env.start(mode);
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+
+    // Given order A (2 lines), its duplicate from a client retry, and order B (2 lines)
+    let placed_a = placed(a, &["S-1", "S-2"]);
+    env.send(&[
+        &placed_a,
+        &placed(a, &["S-1", "S-2"]),
+        &placed(b, &["S-1", "S-3"]),
+    ])
+    .await;
+    // Then one reservation request per line, none for the duplicate
+    let requests = stock_n(&stock_reader, 4).await;
+    assert!(requests
+        .iter()
+        .all(|r| matches!(r.event, StockEvent::ReservationRequested(_))));
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.causation_id == Some(placed_a.event_id))
+            .count(),
+        2
+    );
+
+    // When A's lines are reserved and B's first line is reserved, second rejected (late answer
+    // order: rejection first)
+    env.send(&[
+        &answer(a, 1, "S-2", None),
+        &answer(b, 1, "S-3", Some(StockRejectReason::OutOfStock)),
+        &answer(a, 0, "S-1", None),
+        &answer(a, 0, "S-1", None),
+        &answer(b, 0, "S-1", None),
+    ])
+    .await;
+    let mut seen = Vec::new();
+    orders_until(&orders_reader, &mut seen, |s| {
+        count(s, a, "payment_requested") > 0 && count(s, b, "order_rejected") > 0
+    })
+    .await;
+    // Then B releases exactly its reserved line 0
+    let releases = stock_n(&stock_reader, 1).await;
+    let StockEvent::ReleaseRequested(release) = &releases[0].event else {
+        panic!("{releases:?}")
+    };
+    assert_eq!(
+        (
+            release.order_id,
+            release.line_index,
+            releases[0].sku.as_str()
+        ),
+        (b, 0, "S-1")
+    );
+
+    // When A is paid (twice: a duplicate settlement)
+    env.send(&[&settled(a), &settled(a)]).await;
+    orders_until(&orders_reader, &mut seen, |s| {
+        count(s, a, "order_confirmed") > 0
+    })
+    .await;
+    let sales = stock_n(&stock_reader, 2).await;
+    assert!(sales
+        .iter()
+        .all(|s| matches!(s.event, StockEvent::SaleRequested(_))));
+
+    // Then, after a quiet period, each order has exactly one terminal decision
+    let rest = consume_n(&orders_reader, 100, QUIET).await;
+    for m in rest {
+        let e = OrderEnvelope::decode(m.payload().unwrap()).unwrap();
+        if e.causation_id.is_some() {
+            seen.push(e);
+        }
+    }
+    let decisions = distinct(&seen);
+    assert_eq!(
+        count(&decisions, a, "order_confirmed"),
+        1,
+        "{:?}",
+        types(&seen)
+    );
+    assert_eq!(count(&decisions, a, "order_rejected"), 0);
+    assert_eq!(count(&decisions, b, "order_rejected"), 1);
+    assert_eq!(count(&decisions, b, "order_confirmed"), 0);
+    let rejected = decisions
+        .iter()
+        .find(|e| e.order_id == b && e.event_type() == "order_rejected")
+        .unwrap();
+    assert_eq!(
+        rejected.event,
+        OrderEvent::OrderRejected(orderpipe_schemas::OrderRejected {
+            reason: RejectReason::OutOfStock
+        })
+    );
+    if mode == ProcessingMode::ExactlyOnce {
+        assert_eq!(
+            decisions.len(),
+            seen.len(),
+            "exactly-once emitted a duplicate"
+        );
+    }
+    assert!(
+        consume_n(&stock_reader, 1, QUIET).await.is_empty() || mode == ProcessingMode::AtLeastOnce
+    );
+    stage.stop().await;
+}
+
+async fn a_restarted_saga_remembers_terminal_orders(mode: ProcessingMode) {
+    let env = env().await;
+    let orders_reader = env.reader(&env.topics.orders);
+    let stock_reader = env.reader(&env.topics.stock);
+    let c = Uuid::now_v7();
+    let placed_c = placed(c, &["R-1"]);
+
+    // Given order C confirmed by a first instance, which then stops
+    let stage = env.start(mode);
+    env.send(&[&placed_c, &answer(c, 0, "R-1", None), &settled(c)])
+        .await;
+    let mut seen = Vec::new();
+    orders_until(&orders_reader, &mut seen, |s| {
+        count(s, c, "order_confirmed") > 0
+    })
+    .await;
+    stage.stop().await;
+    let before = stock_n(&stock_reader, 2).await; // reservation + sale
+
+    // When a second instance gets C's order_placed and settlement again, then order D
+    let stage = env.start(mode);
+    let d = Uuid::now_v7();
+    env.send(&[&placed_c, &settled(c), &placed(d, &["R-2"])])
+        .await;
+
+    // Then D is served (so the duplicates before it were processed) and C emitted nothing new
+    let after = stock_n(&stock_reader, 1).await;
+    assert_eq!(
+        after[0].sku, "R-2",
+        "C was reserved again: {before:?} {after:?}"
+    );
+    let rest = consume_n(&orders_reader, 100, QUIET).await;
+    for m in rest {
+        let e = OrderEnvelope::decode(m.payload().unwrap()).unwrap();
+        assert!(
+            e.order_id != c
+                || e.causation_id.is_none()
+                || seen.iter().any(|s| s.causation_id == e.causation_id),
+            "new output for C after restart: {}",
+            e.event_type()
+        );
+    }
+    stage.stop().await;
+}
