@@ -24,6 +24,32 @@ pub struct Cli {
 pub enum Command {
     /// Run pipeline components in this process until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Stock administration.
+    #[command(subcommand)]
+    Stock(StockCommand),
+    /// Run the payment gateway simulator over HTTP (for `--payments-gateway http` in tests and demos).
+    GatewaySim(orderpipe_processors::payments::GatewaySimArgs),
+}
+
+/// `orderpipe stock ...`.
+#[derive(Debug, Subcommand)]
+pub enum StockCommand {
+    /// Set the available units of a SKU (emits `stock_adjusted`; the stock stage applies it).
+    Set(StockSetArgs),
+}
+
+/// `orderpipe stock set SKU QTY [--limit N]`.
+#[derive(Debug, Args)]
+pub struct StockSetArgs {
+    /// The SKU.
+    pub sku: String,
+    /// Units available for sale.
+    pub quantity: u32,
+    /// Most units one customer may buy of this SKU (no flag: no limit).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    #[command(flatten)]
+    pub connections: Connections,
 }
 
 /// `orderpipe run`.
@@ -59,6 +85,15 @@ pub struct RunArgs {
     #[command(flatten)]
     pub projections: orderpipe_projections::Config,
 
+    #[command(flatten)]
+    pub processors: orderpipe_processors::Config,
+
+    #[command(flatten)]
+    pub payments: orderpipe_processors::payments::PaymentsArgs,
+
+    #[command(flatten)]
+    pub notifications: orderpipe_processors::notifications::NotificationsArgs,
+
     /// How long components get to finish in-flight work after a shutdown signal.
     #[arg(long, env = "ORDERPIPE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -92,7 +127,10 @@ mod tests {
     fn components_are_a_comma_separated_list() {
         let Command::Run(run) = parse(&["run", "--components", "ingest,query"])
             .unwrap()
-            .command;
+            .command
+        else {
+            panic!("run expected")
+        };
         assert_eq!(run.components, vec![Component::Ingest, Component::Query]);
     }
 
@@ -107,7 +145,9 @@ mod tests {
 
     #[test]
     fn defaults_are_the_local_testbed() {
-        let Command::Run(run) = parse(&["run"]).unwrap().command;
+        let Command::Run(run) = parse(&["run"]).unwrap().command else {
+            panic!("run expected")
+        };
         assert!(run.components.is_empty());
         assert_eq!(run.ingest_listen.to_string(), "127.0.0.1:8080");
         assert_eq!(run.query_listen.to_string(), "127.0.0.1:8081");
@@ -118,6 +158,25 @@ mod tests {
         if std::env::var_os("SCYLLA_NODES").is_none() {
             assert_eq!(run.connections.scylla_nodes, "127.0.0.1:9042");
         }
+    }
+
+    #[test]
+    fn stock_set_parses_sku_quantity_and_limit() {
+        let Command::Stock(StockCommand::Set(set)) =
+            parse(&["stock", "set", "SKU-1", "100", "--limit", "2"])
+                .unwrap()
+                .command
+        else {
+            panic!("stock set expected")
+        };
+        assert_eq!(
+            (set.sku.as_str(), set.quantity, set.limit),
+            ("SKU-1", 100, Some(2))
+        );
+        assert!(
+            parse(&["stock", "set", "SKU-1", "-5"]).is_err(),
+            "negative stock is refused"
+        );
     }
 
     #[test]

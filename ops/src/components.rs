@@ -33,15 +33,6 @@ impl Component {
         Component::Ingest,
     ];
 
-    /// Whether this build contains the component. Components still being built are named so that
-    /// scripts can list them today, but asking for one is an error rather than a silent no-op.
-    pub fn available(self) -> bool {
-        matches!(
-            self,
-            Component::Ingest | Component::Projections | Component::Query
-        )
-    }
-
     /// The name used on the command line and in logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -62,30 +53,13 @@ impl fmt::Display for Component {
     }
 }
 
-/// The components to start: the list given, deduplicated and in start order, or every available
-/// component when none was given. Asking for one this build lacks is an error.
-pub fn select(requested: &[Component]) -> Result<Vec<Component>, String> {
-    if requested.is_empty() {
-        return Ok(Component::ALL
-            .into_iter()
-            .filter(|c| c.available())
-            .collect());
-    }
-    let missing: Vec<&str> = requested
-        .iter()
-        .filter(|c| !c.available())
-        .map(|c| c.name())
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "component(s) not available in this version of orderpipe: {}",
-            missing.join(", ")
-        ));
-    }
-    Ok(Component::ALL
+/// The components to start: the list given, deduplicated and in start order, or every component
+/// when none was given.
+pub fn select(requested: &[Component]) -> Vec<Component> {
+    Component::ALL
         .into_iter()
-        .filter(|c| requested.contains(c))
-        .collect())
+        .filter(|c| requested.is_empty() || requested.contains(c))
+        .collect()
 }
 
 #[cfg(test)]
@@ -93,27 +67,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn no_list_means_every_available_component() {
-        let all = select(&[]).unwrap();
-        assert!(!all.is_empty());
-        assert!(all.iter().all(|c| c.available()));
-        assert_eq!(
-            all.len(),
-            Component::ALL.iter().filter(|c| c.available()).count()
-        );
+    fn no_list_means_every_component() {
+        assert_eq!(select(&[]), Component::ALL.to_vec());
     }
 
     #[test]
     fn list_is_deduplicated_and_put_in_start_order() {
-        let chosen = select(&[Component::Ingest, Component::Ingest]).unwrap();
-        assert_eq!(chosen, vec![Component::Ingest]);
-    }
-
-    #[test]
-    fn unavailable_component_is_an_error_naming_it() {
-        if let Some(missing) = Component::ALL.into_iter().find(|c| !c.available()) {
-            let err = select(&[missing]).unwrap_err();
-            assert!(err.contains(missing.name()), "{err}");
-        }
+        let chosen = select(&[Component::Ingest, Component::Stock, Component::Ingest]);
+        assert_eq!(chosen, vec![Component::Stock, Component::Ingest]);
     }
 }

@@ -3,8 +3,10 @@
 //! Layout:
 //! - [`cli`]: the clap command line (flags, environment variables, defaults).
 //! - [`components`]: the pipeline components `orderpipe run` can start.
+//! - [`admin`]: admin commands (`stock set`, `gateway-sim`).
 //! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
 
+pub mod admin;
 pub mod cli;
 pub mod components;
 pub mod run;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orderpipe_ops::cli::{Cli, Command};
+use orderpipe_ops::cli::{Cli, Command, StockCommand};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -12,6 +12,10 @@ async fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Run(args) => {
             orderpipe_ops::run::run(args, orderpipe_runtime::shutdown::on_signal()).await
+        }
+        Command::Stock(StockCommand::Set(args)) => orderpipe_ops::admin::stock_set(args).await,
+        Command::GatewaySim(args) => {
+            orderpipe_ops::admin::gateway_sim(args, orderpipe_runtime::shutdown::on_signal()).await
         }
     };
     match outcome {

@@ -5,6 +5,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use anyhow::Context;
+use orderpipe_processors::notifications::NotificationsStage;
+use orderpipe_processors::payments::PaymentsStage;
+use orderpipe_processors::saga::SagaStage;
+use orderpipe_processors::stock::StockStage;
+use orderpipe_processors::{spawn_stage, Stage};
 use orderpipe_runtime::health::{self, Readiness};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +23,22 @@ type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// On shutdown every component gets `args.shutdown_grace` to finish in-flight work (answer requests,
 /// commit what it has done); what is still running then is aborted.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let chosen = components::select(&args.components).map_err(anyhow::Error::msg)?;
+    let chosen = components::select(&args.components);
     tracing::info!(components = ?chosen.iter().map(|c| c.name()).collect::<Vec<_>>(), "starting");
+
+    // Every topic of the pipeline exists before any component starts: stages refuse to start
+    // without their input, changelog and dead-letter topics. Production clusters that manage
+    // topics elsewhere turn this off with `--ingest-create-topics=false`.
+    if args.ingest.create_topics {
+        let topics = orderpipe_schemas::Topics::with_prefix(args.connections.topic_prefix.clone());
+        let plan = orderpipe_ingest::kafka::topic_plan(&topics, args.ingest.partitions);
+        orderpipe_ingest::kafka::ensure_topics(
+            &args.connections.kafka_bootstrap,
+            &args.ingest,
+            &plan,
+        )
+        .await?;
+    }
 
     let readiness = Readiness::new();
     let admin = tokio::net::TcpListener::bind(args.admin_listen)
@@ -110,8 +129,32 @@ fn start(
                     .map_err(anyhow::Error::from)
             })
         }
-        other => {
-            unreachable!("components::select lets only available components through, got {other}")
+        Component::Stock | Component::Saga | Component::Payments | Component::Notifications => {
+            let config = args.processors.clone();
+            let payments = args.payments.clone();
+            let notifications = args.notifications.clone();
+            Box::pin(async move {
+                let handle = tokio::runtime::Handle::current();
+                let stage: Box<dyn Stage> = match component {
+                    Component::Stock => Box::new(StockStage::new(topics.clone())),
+                    Component::Saga => Box::new(SagaStage::new(topics.clone())),
+                    Component::Payments => {
+                        Box::new(PaymentsStage::from_args(&payments, topics.clone(), handle)?)
+                    }
+                    _ => Box::new(NotificationsStage::from_args(
+                        &notifications,
+                        topics.clone(),
+                        handle,
+                    )?),
+                };
+                // Setup talks to the broker with blocking calls (each bounded by a timeout).
+                let stage = tokio::task::spawn_blocking(move || {
+                    spawn_stage(stage, &config, &bootstrap, &topics, token)
+                })
+                .await??;
+                readiness.add(format!("stage {}", stage.name()), stage.readiness_check());
+                stage.wait().await.map_err(anyhow::Error::from)
+            })
         }
     }
 }

@@ -77,6 +77,7 @@ pub struct ProjectorConfig {
     /// Static group membership id of this replica (`group.instance.id`, suffixed per projector);
     /// unique per replica, stable across restarts (e.g. the pod name). Default: the host name.
     #[arg(
+        id = "projections_instance_id",
         long = "projections-instance-id",
         env = "ORDERPIPE_PROJECTIONS_INSTANCE_ID"
     )]
@@ -89,7 +90,7 @@ pub struct ProjectorConfig {
 
     /// How long a batch waits for more events after its first one (a caught-up partition ends
     /// the batch at once).
-    #[arg(long = "projections-batch-linger", env = "ORDERPIPE_PROJECTIONS_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[arg(id = "projections_batch_linger", long = "projections-batch-linger", env = "ORDERPIPE_PROJECTIONS_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 
     /// CQL batches (one per view partition) in flight at once while writing a batch.
@@ -106,7 +107,7 @@ pub struct ProjectorConfig {
     pub lag_threshold: u64,
 
     /// How often librdkafka reports partition end offsets (the lag metric's refresh period).
-    #[arg(long = "projections-stats-interval", env = "ORDERPIPE_PROJECTIONS_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(id = "projections_stats_interval", long = "projections-stats-interval", env = "ORDERPIPE_PROJECTIONS_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
 
     /// How often a projector logs its progress (events/s, lag).

@@ -1,0 +1,42 @@
+//! Admin commands of the `orderpipe` binary (everything but `run`).
+
+use anyhow::Context;
+use orderpipe_processors::payments::{gateway_sim, GatewaySimArgs};
+use orderpipe_schemas::{StockAdjustment, Topics};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::StockSetArgs;
+
+/// `orderpipe stock set`: emit `stock_adjusted`, acknowledged by the broker.
+pub async fn stock_set(args: StockSetArgs) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
+    let adjustment = StockAdjustment::Set {
+        quantity: args.quantity,
+    };
+    let event_id = orderpipe_processors::stock::set_stock(
+        &args.connections.kafka_bootstrap,
+        &topics,
+        &args.sku,
+        adjustment,
+        args.limit,
+    )
+    .await
+    .with_context(|| format!("setting stock of {}", args.sku))?;
+    let limit = args.limit.map_or("no limit".to_string(), |l| {
+        format!("limit {l} per customer")
+    });
+    println!(
+        "{}: {} units, {limit} (event {event_id})",
+        args.sku, args.quantity
+    );
+    Ok(())
+}
+
+/// `orderpipe gateway-sim`: serve the simulated payment gateway until a signal.
+pub async fn gateway_sim(args: GatewaySimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    gateway_sim::serve(listener, std::sync::Arc::new(args.gateway()), shutdown).await?;
+    Ok(())
+}
