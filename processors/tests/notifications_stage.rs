@@ -7,7 +7,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use orderpipe_processors::notifications::{
-    plan, DeliveryError, LogSink, Notification, NotificationSink, NotificationsStage,
+    plan, DeliveryError, Handled, LogSink, Notification, NotificationSink, NotificationsStage,
+    NotifyState, Outcome, Plan,
 };
 use orderpipe_processors::payments::RetryPolicy;
 use orderpipe_processors::{Effects, Input, Stage};
@@ -165,8 +166,14 @@ fn a_terminal_event_is_requested_delivered_and_recorded_once() {
     for r in out.changelog() {
         restarted.restore(r.partition, &r.key, r.value.as_deref());
     }
-    let (again, records) = process(&mut restarted, &[&rejected]);
-    assert!(records.is_empty() && again.changelog().is_empty());
+    let (again, repeated) = process(&mut restarted, &[&rejected]);
+    // Its records are repeated as they were (same ids: a redelivery may have lost them), and
+    // the sink is not called again
+    let ids = |rs: &[NotificationEnvelope]| -> Vec<_> {
+        rs.iter().map(|r| (r.event_id, r.event.clone())).collect()
+    };
+    assert_eq!(ids(&repeated), ids(&records));
+    assert!(again.changelog().is_empty());
     assert_eq!(sink.delivered.lock().unwrap().len(), 1);
 }
 
@@ -241,13 +248,29 @@ fn a_failed_delivery_is_recorded_with_its_attempts() {
 fn plan_is_pure_and_dedups_by_event_id() {
     let id = Uuid::now_v7();
     let confirmed = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
-    let first = plan(None, &confirmed);
-    assert!(first.notice.is_some() && !first.duplicate);
-    let second = plan(first.new_state.as_ref(), &confirmed);
-    assert!(second.duplicate && second.notice.is_none() && second.new_state.is_none());
+    let Plan::Notify(notice) = plan(None, &confirmed) else {
+        panic!()
+    };
+    assert_eq!(notice.kind, NotificationKind::OrderConfirmed);
+    let state = NotifyState {
+        customer_id: Some("c".into()),
+        handled: vec![Handled {
+            event_id: confirmed.event_id,
+            kind: notice.kind,
+            outcome: Outcome::Sent { attempts: 1 },
+        }],
+    };
+    assert!(
+        matches!(plan(Some(&state), &confirmed), Plan::Repeat(h) if h.event_id == confirmed.event_id)
+    );
     // A different event of the same order is not a duplicate
     let other = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
-    assert!(plan(first.new_state.as_ref(), &other).notice.is_some());
+    assert!(matches!(plan(Some(&state), &other), Plan::Notify(_)));
+    // order_placed only teaches the customer once
+    assert!(matches!(plan(Some(&state), &placed(id)), Plan::Nothing));
+    assert!(
+        matches!(plan(None, &placed(id)), Plan::Remember(s) if s.customer_id.as_deref() == Some("cust-42"))
+    );
 }
 
 #[test]

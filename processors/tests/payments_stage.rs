@@ -101,6 +101,8 @@ fn settles_and_a_redelivered_request_does_not_charge_twice() {
     let (_, again) = process(&mut stage, &[request]);
     // Then the same charge comes back and money moved once
     assert_eq!(again[0].event, first[0].event);
+    // with the same event id, so consumers see one event
+    assert_eq!(again[0].event_id, first[0].event_id);
     assert_eq!((gw.stats(id).charge_attempts, gw.stats(id).charges), (2, 1));
 }
 

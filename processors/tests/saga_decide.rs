@@ -186,8 +186,8 @@ fn duplicate_order_placed_is_ignored_in_every_phase() {
     for history in phases {
         // Given an order in some phase
         let (state, _) = run(&history);
-        // When the same order is placed again (an idempotent client retry)
-        let decision = decide(state.as_ref(), &p);
+        // When the same order is placed again (an idempotent client retry: a new event)
+        let decision = decide(state.as_ref(), &placed(id, &[("A", 1)]));
         // Then nothing happens
         assert_eq!(
             decision.verdict,
@@ -311,10 +311,9 @@ fn a_second_answer_for_a_line_is_ignored_even_if_it_differs() {
         );
         assert!(decision.new_state.is_none() && decision.outputs.is_empty());
     }
-    let Phase::Reserving { order, .. } = &state.unwrap().phase else {
-        panic!()
-    };
-    assert_eq!(order.lines[0].answer, LineAnswer::Reserved);
+    let state = state.unwrap();
+    assert_eq!(state.phase, Phase::Reserving);
+    assert_eq!(state.details.unwrap().lines[0].answer, LineAnswer::Reserved);
 }
 
 #[test]
@@ -477,7 +476,7 @@ fn an_order_without_lines_is_rejected_as_invalid() {
 }
 
 #[test]
-fn state_survives_the_changelog_and_terminal_records_are_small() {
+fn state_survives_the_changelog_and_compacted_terminal_records_are_small() {
     let id = Uuid::now_v7();
     let (open, _) = run(&[placed(id, &[("A", 1), ("B", 2)]), reserved(id, 0, "A", 1)]);
     let open = open.unwrap();
@@ -488,29 +487,80 @@ fn state_survives_the_changelog_and_terminal_records_are_small() {
         reserved(id, 1, "B", 2),
         settled(id),
     ]);
-    let done = done.unwrap();
+    let mut done = done.unwrap();
+    assert_eq!(OrderState::from_json(&done.to_json()).unwrap(), done);
+    assert!(done.is_compactable());
+    done.compact();
     let bytes = done.to_json();
     assert_eq!(OrderState::from_json(&bytes).unwrap(), done);
-    assert!(bytes.len() < 150, "{}", String::from_utf8_lossy(&bytes));
-    // The payment token is gone once payment was requested
+    assert!(bytes.len() < 120, "{}", String::from_utf8_lossy(&bytes));
+    // The payment token is gone with the details
     assert!(!String::from_utf8_lossy(&bytes).contains("tok_1"));
+    assert!(!done.is_compactable());
 }
 
 #[test]
-fn outputs_get_causation_and_correlation() {
+fn a_redelivered_input_repeats_its_outputs_and_nothing_else() {
     let id = Uuid::now_v7();
-    let p = placed(id, &[("A", 1)]);
-    let decision = decide(None, &p);
-    let cause = Uuid::now_v7();
-    for output in decision.outputs {
-        match output.into_envelope(id, cause, CORRELATION) {
-            orderpipe_processors::saga::OutputEnvelope::Stock(e) => {
-                assert_eq!(
-                    (e.causation_id, e.correlation_id, e.sku.as_str()),
-                    (Some(cause), CORRELATION, "A")
-                );
-            }
-            other => panic!("{other:?}"),
+    let history = [
+        placed(id, &[("A", 1), ("B", 2)]),
+        reserved(id, 0, "A", 1),
+        rejected(id, 1, "B", 2, StockRejectReason::LimitExceeded),
+    ];
+    let (state, outputs) = run(&history);
+    let state = state.unwrap();
+    // When any input that emitted is delivered again (same event id), its outputs repeat exactly
+    for (event, first) in history.iter().zip(&outputs) {
+        let decision = decide(Some(&state), event);
+        if first.is_empty() {
+            assert!(
+                matches!(decision.verdict, Verdict::Ignored(_)),
+                "{decision:?}"
+            );
+        } else {
+            assert_eq!(decision.verdict, Verdict::Repeated);
+            assert_eq!(&decision.outputs, first);
         }
+        assert!(decision.new_state.is_none());
     }
+    // Once compacted, a redelivery is only a late duplicate
+    let mut compacted = state.clone();
+    compacted.compact();
+    for event in &history {
+        let decision = decide(Some(&compacted), event);
+        assert!(
+            matches!(decision.verdict, Verdict::Ignored(_)),
+            "{decision:?}"
+        );
+        assert!(decision.outputs.is_empty());
+    }
+}
+
+#[test]
+fn outputs_get_causation_correlation_and_ids_derived_from_the_cause() {
+    let id = Uuid::now_v7();
+    let p = placed(id, &[("A", 1), ("B", 1)]);
+    let decision = decide(None, &p);
+    let envelopes = |outputs: Vec<Output>| -> Vec<_> {
+        (0u32..)
+            .zip(outputs)
+            .map(|(i, o)| match o.into_envelope(id, &p, CORRELATION, i) {
+                orderpipe_processors::saga::OutputEnvelope::Stock(e) => e,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    };
+    let first = envelopes(decision.outputs.clone());
+    for e in &first {
+        assert_eq!(
+            (e.causation_id, e.correlation_id),
+            (Some(p.event_id), CORRELATION)
+        );
+    }
+    assert_ne!(first[0].event_id, first[1].event_id);
+    // The same decision again gets the same ids
+    let again = envelopes(decision.outputs);
+    let ids =
+        |v: &[orderpipe_schemas::StockEnvelope]| v.iter().map(|e| e.event_id).collect::<Vec<_>>();
+    assert_eq!(ids(&first), ids(&again));
 }

@@ -43,6 +43,18 @@ fn reserved(order_id: Uuid, correlation: Uuid, line_index: u32, sku: &str) -> Or
     )
 }
 
+/// Outputs without their emission time: what a repeat must reproduce exactly.
+fn same(out: &Effects) -> Vec<(String, String, serde_json::Value)> {
+    out.outputs()
+        .iter()
+        .map(|o| {
+            let mut v: serde_json::Value = serde_json::from_slice(&o.payload).unwrap();
+            v.as_object_mut().unwrap().remove("occurred_at");
+            (o.topic.clone(), o.key.clone(), v)
+        })
+        .collect()
+}
+
 fn process(stage: &mut SagaStage, topic: &str, partition: i32, payloads: &[Vec<u8>]) -> Effects {
     let inputs: Vec<Input<'_>> = payloads
         .iter()
@@ -69,12 +81,13 @@ fn a_batch_flows_through_with_causation_correlation_and_changelog() {
     let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
     let p = placed(id, corr);
     let r = reserved(id, corr, 0, "A");
-    // Given order_placed, a duplicate of it and the line answer in one batch
+    // Given order_placed, a client retry of it (new event id) and the line answer in one batch
+    let retry = placed(id, corr);
     let out = process(
         &mut stage,
         "t.orders",
         3,
-        &[p.encode(), p.encode(), r.encode()],
+        &[p.encode(), retry.encode(), r.encode()],
     );
     // Then: one reservation request (stock topic, key sku, caused by order_placed), then
     // stock_reserved + payment_requested (orders topic, key order id, caused by the answer)
@@ -119,9 +132,14 @@ fn restored_state_recognises_duplicates_and_revoke_forgets() {
         second.restore(record.partition, &record.key, record.value.as_deref());
     }
     assert_eq!(second.order(id), first.order(id));
-    // When order_placed is redelivered, then nothing is emitted again
-    let again = process(&mut second, "orders", 0, &[p.encode()]);
+    // When the client retries the order (same order id, new event id), nothing is emitted
+    let retry = placed(id, corr);
+    let again = process(&mut second, "orders", 0, &[retry.encode()]);
     assert!(again.is_empty(), "{again:?}");
+    // When the same message is redelivered, its reservation requests are repeated as they were
+    let redelivered = process(&mut second, "orders", 0, &[p.encode()]);
+    assert_eq!(same(&redelivered), same(&out));
+    assert!(redelivered.changelog().is_empty());
     // When the partition is revoked, its orders are forgotten
     second.revoke(0);
     assert_eq!(second.order_count(), 0);
@@ -163,4 +181,79 @@ fn poison_and_contradicting_events_are_dead_lettered_and_the_batch_goes_on() {
     assert_eq!(out.dead_letters()[2].offset, 3);
     // The valid events still moved the order on
     assert_eq!(stage.order(id).unwrap().phase_name(), "paying");
+}
+
+fn settled(order_id: Uuid, correlation: Uuid) -> OrderEnvelope {
+    OrderEnvelope::new(
+        order_id,
+        OrderEvent::PaymentSettled(orderpipe_schemas::PaymentSettled {
+            amount_minor: 500,
+            currency: "EUR".into(),
+            charge_id: "ch".into(),
+        }),
+        None,
+        correlation,
+    )
+}
+
+#[test]
+fn a_redelivered_batch_repeats_identical_outputs_until_the_order_is_compacted() {
+    let mut stage = SagaStage::new(Topics::default());
+    let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+    let batch = [
+        placed(id, corr).encode(),
+        reserved(id, corr, 0, "A").encode(),
+        settled(id, corr).encode(),
+    ];
+    // Batch 1 confirms the order
+    let first = process(&mut stage, "orders", 0, &batch);
+    assert_eq!(stage.order(id).unwrap().phase_name(), "confirmed");
+    // The same batch again (at-least-once redelivery: state was written, outputs were lost):
+    // every output comes again, with the same event ids
+    let again = process(&mut stage, "orders", 0, &batch);
+    assert_eq!(same(&again), same(&first));
+    assert!(again.changelog().is_empty());
+    // The batch after that compacts the order to a small record...
+    let other = Uuid::now_v7();
+    let third = process(&mut stage, "orders", 0, &[placed(other, corr).encode()]);
+    let compacted = third
+        .changelog()
+        .iter()
+        .find(|c| c.key == id.to_string())
+        .expect("compaction record");
+    let state = OrderState::from_json(compacted.value.as_deref().unwrap()).unwrap();
+    assert!(state.details.is_none() && state.transitions.is_empty());
+    assert_eq!(state.phase_name(), "confirmed");
+    // ...and a very late redelivery is just ignored
+    let late = process(&mut stage, "orders", 0, &batch);
+    assert!(late.outputs().is_empty());
+}
+
+#[test]
+fn a_restored_terminal_order_repeats_in_the_first_batch_and_is_compacted_after() {
+    let topics = Topics::default();
+    let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+    let batch = [
+        placed(id, corr).encode(),
+        reserved(id, corr, 0, "A").encode(),
+        settled(id, corr).encode(),
+    ];
+    let mut crashed = SagaStage::new(topics.clone());
+    let lost = process(&mut crashed, "orders", 0, &batch);
+    // A new instance restores the state that was written, then gets the batch again
+    let mut stage = SagaStage::new(topics);
+    for r in lost.changelog() {
+        stage.restore(r.partition, &r.key, r.value.as_deref());
+    }
+    let again = process(&mut stage, "orders", 0, &batch);
+    assert_eq!(same(&again), same(&lost));
+    // The next batch compacts it
+    let next = process(
+        &mut stage,
+        "orders",
+        0,
+        &[placed(Uuid::now_v7(), corr).encode()],
+    );
+    assert!(next.changelog().iter().any(|c| c.key == id.to_string()));
+    assert!(stage.order(id).unwrap().details.is_none());
 }

@@ -55,10 +55,11 @@ pub enum SinkKind {
 #[derive(Debug, Clone, clap::Args)]
 pub struct NotificationsArgs {
     /// Sink: `log` or `webhook`.
-    #[arg(long = "notifications-sink", env = "ORDERPIPE_NOTIFICATIONS_SINK", value_enum, default_value_t = SinkKind::Log)]
+    #[arg(id = "notifications_sink", long = "notifications-sink", env = "ORDERPIPE_NOTIFICATIONS_SINK", value_enum, default_value_t = SinkKind::Log)]
     pub sink: SinkKind,
     /// Webhook URL (`http://...`), required with `--notifications-sink webhook`.
     #[arg(
+        id = "notifications_webhook_url",
         long = "notifications-webhook-url",
         env = "ORDERPIPE_NOTIFICATIONS_WEBHOOK_URL"
     )]
@@ -66,29 +67,32 @@ pub struct NotificationsArgs {
     /// HMAC-SHA256 key of the webhook signature, required with the webhook sink. Prefer the
     /// environment variable: command lines are visible to other users of the machine.
     #[arg(
+        id = "notifications_webhook_secret",
         long = "notifications-webhook-secret",
         env = "ORDERPIPE_NOTIFICATIONS_WEBHOOK_SECRET",
         hide_env_values = true
     )]
     pub webhook_secret: Option<Secret>,
     /// Longest wait for one delivery attempt.
-    #[arg(long = "notifications-timeout", env = "ORDERPIPE_NOTIFICATIONS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(id = "notifications_timeout", long = "notifications-timeout", env = "ORDERPIPE_NOTIFICATIONS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Delivery attempts per notification before `notification_failed` (1 = no retry).
     #[arg(
+        id = "notifications_attempts",
         long = "notifications-attempts",
         env = "ORDERPIPE_NOTIFICATIONS_ATTEMPTS",
         default_value_t = 5
     )]
     pub attempts: u32,
     /// Delay before the first retry (doubles per retry, with jitter).
-    #[arg(long = "notifications-backoff-min", env = "ORDERPIPE_NOTIFICATIONS_BACKOFF_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
+    #[arg(id = "notifications_backoff_min", long = "notifications-backoff-min", env = "ORDERPIPE_NOTIFICATIONS_BACKOFF_MIN", default_value = "100ms", value_parser = humantime::parse_duration)]
     pub backoff_min: Duration,
     /// Longest delay between two attempts.
-    #[arg(long = "notifications-backoff-max", env = "ORDERPIPE_NOTIFICATIONS_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(id = "notifications_backoff_max", long = "notifications-backoff-max", env = "ORDERPIPE_NOTIFICATIONS_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
     /// Most deliveries in flight at once (per batch; one order's stay sequential).
     #[arg(
+        id = "notifications_concurrency",
         long = "notifications-concurrency",
         env = "ORDERPIPE_NOTIFICATIONS_CONCURRENCY",
         default_value_t = 32

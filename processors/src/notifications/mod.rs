@@ -16,5 +16,7 @@ pub use config::{NotificationsArgs, Secret, SinkKind};
 pub use sink::{
     deliver_with_retry, Delivery, DeliveryError, LogSink, Notification, NotificationSink,
 };
-pub use stage::{notice_for, plan, Notice, NotificationsStage, NotifyState, Plan};
+pub use stage::{
+    notice_for, plan, Handled, Notice, NotificationsStage, NotifyState, Outcome, Plan,
+};
 pub use webhook::{sign, verify, WebhookConfig, WebhookSink, EVENT_ID_HEADER, SIGNATURE_HEADER};

@@ -3,15 +3,17 @@
 //! the sink with bounded retries, and records `notification_sent` or `notification_failed`.
 //!
 //! State per order (memory + `notifications.changelog`, key `order_id`, JSON [`NotifyState`]):
-//! the customer id (from `order_placed`, since terminal events do not carry it) and the ids of
-//! the source events already handled, so a redelivered terminal event is not sent twice.
+//! the customer id (from `order_placed`, since terminal events do not carry it) and the source
+//! events already handled with their outcome, so a redelivered terminal event is not sent twice:
+//! its records are repeated (same event ids, derived from the source event) instead.
 //!
-//! At-least-once: the dedup record commits with the batch. A crash after a delivery and before the
-//! commit resends on restart; the resend carries the same `event_id`, by which receivers
-//! deduplicate. A delivery that fails after its retries is recorded as `notification_failed`
-//! (not lost: it is on the topic, with the reason, for a redrive).
+//! At-least-once delivery: the dedup record is written with the batch, after the delivery. A crash
+//! after a delivery and before that write resends on restart; the resend carries the same
+//! `event_id` (and `request_id`), by which receivers deduplicate. A delivery that fails after its
+//! retries is recorded as `notification_failed` (not lost: it is on the topic, with the reason,
+//! for a redrive).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{stream, StreamExt};
@@ -27,14 +29,44 @@ use super::config::NotificationsArgs;
 use super::sink::{deliver_with_retry, Notification, NotificationSink};
 use crate::payments::{ConfigError, RetryPolicy};
 use crate::runner::{Effects, Input, Stage};
+use crate::saga::derived_event_id;
 
 /// What the stage keeps per order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NotifyState {
     /// The customer, once `order_placed` was seen.
     pub customer_id: Option<String>,
-    /// `event_id`s of the orders-topic events already notified (the dedup set).
-    pub handled: Vec<Uuid>,
+    /// Orders-topic events already notified, with the outcome (the dedup set).
+    pub handled: Vec<Handled>,
+}
+
+/// An orders-topic event that was notified, and how that went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handled {
+    /// `event_id` of the orders-topic event.
+    pub event_id: Uuid,
+    /// What was notified.
+    pub kind: NotificationKind,
+    /// Delivered or given up.
+    pub outcome: Outcome,
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Delivered after `attempts` attempts.
+    Sent {
+        /// Attempts it took.
+        attempts: u32,
+    },
+    /// Given up after `attempts` attempts.
+    Failed {
+        /// Last error.
+        reason: String,
+        /// Attempts made.
+        attempts: u32,
+    },
 }
 
 /// What to tell the customer about one event (before ids are assigned).
@@ -52,13 +84,15 @@ pub struct Notice {
 
 /// What one event means for notifications.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// The order's new state when it changed.
-    pub new_state: Option<NotifyState>,
-    /// A notification to deliver.
-    pub notice: Option<Notice>,
-    /// The event was notified before (a redelivery): nothing to do.
-    pub duplicate: bool,
+pub enum Plan {
+    /// Nothing to do.
+    Nothing,
+    /// Remember the order's customer (`order_placed`): the new state.
+    Remember(NotifyState),
+    /// A new notification to deliver.
+    Notify(Notice),
+    /// Notified before (a redelivery): repeat its records, do not deliver again.
+    Repeat(Handled),
 }
 
 /// The notice an orders-topic event calls for, if any.
@@ -87,40 +121,73 @@ pub fn notice_for(event: &OrderEvent) -> Option<Notice> {
     }
 }
 
-/// Decides what `event` does, given the order's state (pure).
+/// Decides what `event` means, given the order's state (pure).
 pub fn plan(state: Option<&NotifyState>, event: &OrderEnvelope) -> Plan {
-    let nothing = Plan {
-        new_state: None,
-        notice: None,
-        duplicate: false,
-    };
     if let OrderEvent::OrderPlaced(placed) = &event.event {
         if state.is_some_and(|s| s.customer_id.is_some()) {
-            return nothing;
+            return Plan::Nothing;
         }
         let mut new_state = state.cloned().unwrap_or_default();
         new_state.customer_id = Some(placed.customer_id.clone());
-        return Plan {
-            new_state: Some(new_state),
-            ..nothing
-        };
+        return Plan::Remember(new_state);
     }
     let Some(notice) = notice_for(&event.event) else {
-        return nothing;
+        return Plan::Nothing;
     };
-    if state.is_some_and(|s| s.handled.contains(&event.event_id)) {
-        return Plan {
-            duplicate: true,
-            ..nothing
-        };
+    let handled = state.and_then(|s| s.handled.iter().find(|h| h.event_id == event.event_id));
+    match handled {
+        Some(handled) => Plan::Repeat(handled.clone()),
+        None => Plan::Notify(notice),
     }
-    let mut new_state = state.cloned().unwrap_or_default();
-    new_state.handled.push(event.event_id);
-    Plan {
-        new_state: Some(new_state),
-        notice: Some(notice),
-        duplicate: false,
-    }
+}
+
+/// The records of a notification: `notification_requested` and its outcome, with event ids
+/// derived from the source event (a repeat emits the same ids).
+fn records(
+    source: &OrderEnvelope,
+    customer_id: &str,
+    kind: NotificationKind,
+    outcome: &Outcome,
+) -> [NotificationEnvelope; 2] {
+    let id = |index| {
+        derived_event_id(
+            NotificationsStage::NAME,
+            source.event_id,
+            source.occurred_at,
+            index,
+        )
+    };
+    let mut request = NotificationEnvelope::new(
+        source.order_id,
+        NotificationEvent::NotificationRequested(NotificationRequested {
+            customer_id: customer_id.to_owned(),
+            kind,
+        }),
+        Some(source.event_id),
+        source.correlation_id,
+    );
+    request.event_id = id(0);
+    let result = match outcome {
+        Outcome::Sent { attempts } => NotificationEvent::NotificationSent(NotificationSent {
+            request_id: request.event_id,
+            attempts: *attempts,
+        }),
+        Outcome::Failed { reason, attempts } => {
+            NotificationEvent::NotificationFailed(NotificationFailed {
+                request_id: request.event_id,
+                reason: reason.clone(),
+                attempts: *attempts,
+            })
+        }
+    };
+    let mut result = NotificationEnvelope::new(
+        source.order_id,
+        result,
+        Some(request.event_id),
+        source.correlation_id,
+    );
+    result.event_id = id(1);
+    [request, result]
 }
 
 /// Status word of a kind, for the notification body.
@@ -155,7 +222,8 @@ impl std::fmt::Debug for NotificationsStage {
 
 /// One delivery to make.
 struct Job {
-    request: NotificationEnvelope,
+    partition: i32,
+    source: OrderEnvelope,
     notification: Notification,
 }
 
@@ -245,10 +313,10 @@ impl Stage for NotificationsStage {
     }
 
     fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
-        // Pass 1, in offset order: state and dedup decisions (nothing here can fail later).
+        // Pass 1, in offset order: decisions. One order's jobs stay in order.
         let mut jobs: Vec<Vec<Job>> = Vec::new();
         let mut job_group: HashMap<Uuid, usize> = HashMap::new();
-        let mut changed: Vec<(i32, Uuid)> = Vec::new();
+        let mut scheduled: HashSet<Uuid> = HashSet::new();
         for input in batch {
             let event = match OrderEnvelope::decode(input.bytes()) {
                 Ok(event) => event,
@@ -258,63 +326,56 @@ impl Stage for NotificationsStage {
                 }
             };
             let orders = self.partitions.entry(input.partition).or_default();
-            let plan = plan(orders.get(&event.order_id), &event);
-            if plan.duplicate {
-                tracing::debug!(order_id = %event.order_id, event_id = %event.event_id,
-                    "already notified; skipped");
-            }
-            let Some(new_state) = plan.new_state else {
-                continue;
-            };
-            let customer_id = new_state
-                .customer_id
-                .clone()
+            let state = orders.get(&event.order_id);
+            let customer_id = state
+                .and_then(|s| s.customer_id.clone())
                 .unwrap_or_else(|| "unknown".to_owned());
-            orders.insert(event.order_id, new_state);
-            if !changed.contains(&(input.partition, event.order_id)) {
-                changed.push((input.partition, event.order_id));
-            }
-            let Some(notice) = plan.notice else {
-                continue;
-            };
-            let request = NotificationEnvelope::new(
-                event.order_id,
-                NotificationEvent::NotificationRequested(NotificationRequested {
-                    customer_id: customer_id.clone(),
-                    kind: notice.kind,
-                }),
-                Some(event.event_id),
-                event.correlation_id,
-            );
-            let notification = Notification {
-                event_id: event.event_id,
-                request_id: request.event_id,
-                order_id: event.order_id,
-                customer_id,
-                kind: notice.kind,
-                status: status(notice.kind).to_owned(),
-                reason: notice.reason,
-                amount_minor: notice.amount_minor,
-                currency: notice.currency,
-                occurred_at: event.occurred_at,
-            };
-            let g = *job_group.entry(event.order_id).or_insert_with(|| {
-                jobs.push(Vec::new());
-                jobs.len() - 1
-            });
-            jobs[g].push(Job {
-                request,
-                notification,
-            });
-        }
-        for (partition, order_id) in changed {
-            if let Some(state) = self
-                .partitions
-                .get(&partition)
-                .and_then(|p| p.get(&order_id))
-            {
-                let value = serde_json::to_vec(state).expect("notify state always serializes");
-                out.put(partition, order_id.to_string(), value);
+            match plan(state, &event) {
+                Plan::Nothing => {}
+                Plan::Remember(new_state) => {
+                    let value = serde_json::to_vec(&new_state).expect("state serializes");
+                    out.put(input.partition, event.order_id.to_string(), value);
+                    orders.insert(event.order_id, new_state);
+                }
+                Plan::Repeat(handled) => {
+                    tracing::debug!(order_id = %event.order_id, event_id = %event.event_id,
+                        "already notified; repeating its records");
+                    for record in records(&event, &customer_id, handled.kind, &handled.outcome) {
+                        out.emit_notification(&self.topics.notifications, &record);
+                    }
+                }
+                Plan::Notify(notice) => {
+                    // The same event twice in one batch: deliver once.
+                    if !scheduled.insert(event.event_id) {
+                        continue;
+                    }
+                    let notification = Notification {
+                        event_id: event.event_id,
+                        request_id: derived_event_id(
+                            Self::NAME,
+                            event.event_id,
+                            event.occurred_at,
+                            0,
+                        ),
+                        order_id: event.order_id,
+                        customer_id: customer_id.clone(),
+                        kind: notice.kind,
+                        status: status(notice.kind).to_owned(),
+                        reason: notice.reason,
+                        amount_minor: notice.amount_minor,
+                        currency: notice.currency,
+                        occurred_at: event.occurred_at,
+                    };
+                    let g = *job_group.entry(event.order_id).or_insert_with(|| {
+                        jobs.push(Vec::new());
+                        jobs.len() - 1
+                    });
+                    jobs[g].push(Job {
+                        partition: input.partition,
+                        source: event,
+                        notification,
+                    });
+                }
             }
         }
         if jobs.is_empty() {
@@ -323,7 +384,7 @@ impl Stage for NotificationsStage {
         // Pass 2: deliver, orders concurrently, one order's notifications in order.
         let sink = &self.sink;
         let retry = self.retry;
-        let results: Vec<Vec<(Job, NotificationEvent)>> = self.handle.block_on(
+        let results: Vec<Vec<(Job, Outcome)>> = self.handle.block_on(
             stream::iter(jobs)
                 .map(|group| {
                     let sink = Arc::clone(sink);
@@ -332,21 +393,18 @@ impl Stage for NotificationsStage {
                         for job in group {
                             let delivery =
                                 deliver_with_retry(sink.as_ref(), &job.notification, &retry).await;
-                            let request_id = job.request.event_id;
                             let outcome = match delivery.result {
-                                Ok(()) => NotificationEvent::NotificationSent(NotificationSent {
-                                    request_id,
+                                Ok(()) => Outcome::Sent {
                                     attempts: delivery.attempts,
-                                }),
+                                },
                                 Err(err) => {
                                     tracing::warn!(order_id = %job.notification.order_id,
                                         event_id = %job.notification.event_id, error = %err,
                                         attempts = delivery.attempts, "notification failed");
-                                    NotificationEvent::NotificationFailed(NotificationFailed {
-                                        request_id,
+                                    Outcome::Failed {
                                         reason: err.message,
                                         attempts: delivery.attempts,
-                                    })
+                                    }
                                 }
                             };
                             done.push((job, outcome));
@@ -357,16 +415,37 @@ impl Stage for NotificationsStage {
                 .buffered(self.concurrency)
                 .collect(),
         );
-        let topic = &self.topics.notifications;
+        // Pass 3: record outcomes and the dedup state.
+        let mut changed: Vec<(i32, Uuid)> = Vec::new();
         for (job, outcome) in results.into_iter().flatten() {
-            out.emit_notification(topic, &job.request);
-            let record = NotificationEnvelope::new(
-                job.request.order_id,
+            let n = &job.notification;
+            for record in records(&job.source, &n.customer_id, n.kind, &outcome) {
+                out.emit_notification(&self.topics.notifications, &record);
+            }
+            let state = self
+                .partitions
+                .entry(job.partition)
+                .or_default()
+                .entry(n.order_id)
+                .or_default();
+            state.handled.push(Handled {
+                event_id: n.event_id,
+                kind: n.kind,
                 outcome,
-                Some(job.request.event_id),
-                job.request.correlation_id,
-            );
-            out.emit_notification(topic, &record);
+            });
+            if !changed.contains(&(job.partition, n.order_id)) {
+                changed.push((job.partition, n.order_id));
+            }
+        }
+        for (partition, order_id) in changed {
+            if let Some(state) = self
+                .partitions
+                .get(&partition)
+                .and_then(|p| p.get(&order_id))
+            {
+                let value = serde_json::to_vec(state).expect("state serializes");
+                out.put(partition, order_id.to_string(), value);
+            }
         }
     }
 }

@@ -39,52 +39,60 @@ pub enum ConfigError {
 #[derive(Debug, Clone, clap::Args)]
 pub struct PaymentsArgs {
     /// Payment gateway: `sim` (in-process simulated gateway) or `http`.
-    #[arg(long = "payments-gateway", env = "ORDERPIPE_PAYMENTS_GATEWAY", value_enum, default_value_t = GatewayKind::Sim)]
+    #[arg(id = "payments_gateway", long = "payments-gateway", env = "ORDERPIPE_PAYMENTS_GATEWAY", value_enum, default_value_t = GatewayKind::Sim)]
     pub gateway: GatewayKind,
     /// Base URL of the HTTP gateway (`http://host:port`), required with `--payments-gateway http`.
-    #[arg(long = "payments-gateway-url", env = "ORDERPIPE_PAYMENTS_GATEWAY_URL")]
+    #[arg(
+        id = "payments_gateway_url",
+        long = "payments-gateway-url",
+        env = "ORDERPIPE_PAYMENTS_GATEWAY_URL"
+    )]
     pub gateway_url: Option<String>,
     /// Simulated gateway: time every call takes (e.g. `20ms`).
-    #[arg(long = "payments-sim-latency", env = "ORDERPIPE_PAYMENTS_SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    #[arg(id = "payments_sim_latency", long = "payments-sim-latency", env = "ORDERPIPE_PAYMENTS_SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub sim_latency: Duration,
     /// Simulated gateway: share of orders declined, 0.0 to 1.0.
-    #[arg(long = "payments-sim-decline-rate", env = "ORDERPIPE_PAYMENTS_SIM_DECLINE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
+    #[arg(id = "payments_sim_decline_rate", long = "payments-sim-decline-rate", env = "ORDERPIPE_PAYMENTS_SIM_DECLINE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub sim_decline_rate: f64,
     /// Simulated gateway: seed of the decline decision (same seed, same declines).
     #[arg(
+        id = "payments_sim_seed",
         long = "payments-sim-seed",
         env = "ORDERPIPE_PAYMENTS_SIM_SEED",
         default_value_t = 0
     )]
     pub sim_seed: u64,
     /// HTTP gateway: longest wait for one attempt.
-    #[arg(long = "payments-http-timeout", env = "ORDERPIPE_PAYMENTS_HTTP_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(id = "payments_http_timeout", long = "payments-http-timeout", env = "ORDERPIPE_PAYMENTS_HTTP_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub http_timeout: Duration,
     /// HTTP gateway: attempts per call, retries included (1 = no retry).
     #[arg(
+        id = "payments_http_attempts",
         long = "payments-http-attempts",
         env = "ORDERPIPE_PAYMENTS_HTTP_ATTEMPTS",
         default_value_t = 4
     )]
     pub http_attempts: u32,
     /// HTTP gateway: delay before the first retry (doubles per retry, with jitter).
-    #[arg(long = "payments-http-backoff-min", env = "ORDERPIPE_PAYMENTS_HTTP_BACKOFF_MIN", default_value = "50ms", value_parser = humantime::parse_duration)]
+    #[arg(id = "payments_http_backoff_min", long = "payments-http-backoff-min", env = "ORDERPIPE_PAYMENTS_HTTP_BACKOFF_MIN", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub http_backoff_min: Duration,
     /// HTTP gateway: longest delay between two attempts.
-    #[arg(long = "payments-http-backoff-max", env = "ORDERPIPE_PAYMENTS_HTTP_BACKOFF_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(id = "payments_http_backoff_max", long = "payments-http-backoff-max", env = "ORDERPIPE_PAYMENTS_HTTP_BACKOFF_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
     pub http_backoff_max: Duration,
     /// HTTP gateway: consecutive failures that open the circuit breaker.
     #[arg(
+        id = "payments_breaker_failures",
         long = "payments-breaker-failures",
         env = "ORDERPIPE_PAYMENTS_BREAKER_FAILURES",
         default_value_t = 5
     )]
     pub breaker_failures: u32,
     /// HTTP gateway: how long an open circuit fails calls fast before a trial call.
-    #[arg(long = "payments-breaker-open-for", env = "ORDERPIPE_PAYMENTS_BREAKER_OPEN_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(id = "payments_breaker_open_for", long = "payments-breaker-open-for", env = "ORDERPIPE_PAYMENTS_BREAKER_OPEN_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
     pub breaker_open_for: Duration,
     /// Most gateway calls in flight at once (per batch; calls of one order stay sequential).
     #[arg(
+        id = "payments_concurrency",
         long = "payments-concurrency",
         env = "ORDERPIPE_PAYMENTS_CONCURRENCY",
         default_value_t = 64

@@ -30,19 +30,21 @@ use super::simulated::{SimConfig, SimulatedGateway};
 pub struct GatewaySimArgs {
     /// Address to listen on (`127.0.0.1:0` picks a free port).
     #[arg(
+        id = "gateway_sim_listen",
         long = "gateway-sim-listen",
         env = "ORDERPIPE_GATEWAY_SIM_LISTEN",
         default_value = "127.0.0.1:8089"
     )]
     pub listen: SocketAddr,
     /// Time every gateway call takes (e.g. `20ms`).
-    #[arg(long = "gateway-sim-latency", env = "ORDERPIPE_GATEWAY_SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
+    #[arg(id = "gateway_sim_latency", long = "gateway-sim-latency", env = "ORDERPIPE_GATEWAY_SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
     /// Share of orders declined, 0.0 to 1.0.
-    #[arg(long = "gateway-sim-decline-rate", env = "ORDERPIPE_GATEWAY_SIM_DECLINE_RATE", default_value_t = 0.0, value_parser = super::config::parse_rate)]
+    #[arg(id = "gateway_sim_decline_rate", long = "gateway-sim-decline-rate", env = "ORDERPIPE_GATEWAY_SIM_DECLINE_RATE", default_value_t = 0.0, value_parser = super::config::parse_rate)]
     pub decline_rate: f64,
     /// Seed of the decline decision (same seed, same declines).
     #[arg(
+        id = "gateway_sim_seed",
         long = "gateway-sim-seed",
         env = "ORDERPIPE_GATEWAY_SIM_SEED",
         default_value_t = 0

@@ -18,6 +18,7 @@ use super::config::{ConfigError, PaymentsArgs};
 use super::gateway::{ChargeOutcome, GatewayError, PaymentGateway, Refund};
 use super::{GATEWAY_ERROR_REASON, GATEWAY_TIMEOUT_REASON};
 use crate::runner::{Effects, Input, Stage};
+use crate::saga::derived_event_id;
 
 /// The payments stage.
 pub struct PaymentsStage {
@@ -186,13 +187,17 @@ fn declined_reason(err: &GatewayError) -> &'static str {
     }
 }
 
+/// The answer to `cause`, with an event id derived from it: handling the same input twice
+/// (redelivery) emits the same event, which consumers deduplicate.
 fn reply_to(cause: &OrderEnvelope, event: OrderEvent) -> OrderEnvelope {
-    OrderEnvelope::new(
+    let mut reply = OrderEnvelope::new(
         cause.order_id,
         event,
         Some(cause.event_id),
         cause.correlation_id,
-    )
+    );
+    reply.event_id = derived_event_id(PaymentsStage::NAME, cause.event_id, cause.occurred_at, 0);
+    reply
 }
 
 /// Whether the payments stage acts on `event`.

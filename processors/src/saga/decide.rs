@@ -1,8 +1,8 @@
 //! The saga's decision function: `(state, event) -> (new state, outputs)`, pure and total.
 //!
 //! Rules (one order; every event of an order arrives on one partition, in log order):
-//! - `order_placed`: first one opens the order and requests a reservation per line; any later
-//!   one (an idempotent client retry re-produced it) is ignored.
+//! - `order_placed`: the first one opens the order and requests a reservation per line; a later
+//!   one with another event id (an idempotent client retry re-produced it) is ignored.
 //! - `stock_line_reserved` / `stock_line_rejected`: recorded per line, the first answer of a line
 //!   wins (duplicates ignored). Once every line has answered: all reserved -> `stock_reserved` +
 //!   `payment_requested`; otherwise `release_requested` for exactly the reserved lines,
@@ -11,12 +11,16 @@
 //! - `payment_settled` while paying -> `order_confirmed` + `sale_requested` per line.
 //! - `payment_declined` while paying -> `release_requested` per line + `order_rejected`
 //!   (`payment_timeout` when the reason is [`GATEWAY_TIMEOUT_REASON`], else `payment_declined`).
-//! - Anything after the terminal event is ignored: the terminal event is emitted once. A
+//! - Anything after the terminal event is ignored: the terminal event is decided once. A
 //!   `payment_settled` for an order already rejected needs a refund; the payments stage owns
 //!   money and refunds every charge of an order rejected for a payment reason (see
 //!   [`crate::payments`]), so the saga has nothing to add.
 //! - The saga's own outputs and the payments stage's `refunded` come back on the orders topic and
 //!   are ignored.
+//! - The same input again (same `event_id`: a redelivery) that moved the order repeats its
+//!   outputs, identically (same content; the stage derives the same event ids), because the
+//!   runner's at-least-once mode writes state before outputs and a crash in between must not
+//!   lose them. Consumers deduplicate the repeats by event id.
 
 use orderpipe_schemas::{
     OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced, OrderRejected, PaymentRequested,
@@ -25,7 +29,10 @@ use orderpipe_schemas::{
 };
 use uuid::Uuid;
 
-use super::state::{LineAnswer, LineState, OpenOrder, OrderState, Phase};
+use super::ids::derived_event_id;
+use super::state::{
+    LineAnswer, LineState, OrderDetails, OrderState, Phase, Transition, TransitionKind,
+};
 use crate::payments::GATEWAY_TIMEOUT_REASON;
 
 /// What the saga does with one event.
@@ -35,7 +42,7 @@ pub struct Decision {
     pub new_state: Option<OrderState>,
     /// Events to emit, in order.
     pub outputs: Vec<Output>,
-    /// Whether the event was applied, ignored (and why) or is invalid (dead-letter it).
+    /// Whether the event was applied, repeated, ignored (and why) or is invalid (dead-letter it).
     pub verdict: Verdict,
 }
 
@@ -44,6 +51,8 @@ pub struct Decision {
 pub enum Verdict {
     /// The event moved the order on.
     Applied,
+    /// The event had moved the order before (a redelivery): its outputs are repeated.
+    Repeated,
     /// Nothing to do (duplicate, late or not the saga's business); the label says which.
     Ignored(Ignored),
     /// The event contradicts the order (e.g. an answer for a line it does not have): dead-letter it.
@@ -105,22 +114,28 @@ pub enum OutputEnvelope {
 }
 
 impl Output {
-    /// Wraps the output: `causation_id` = the triggering event, `correlation_id` = the order's.
+    /// Wraps output number `index` of the decision on `cause`: `causation_id` = the cause,
+    /// `correlation_id` = the order's, `event_id` derived from (cause, index), so a repeated
+    /// decision emits the same ids.
     pub fn into_envelope(
         self,
         order_id: Uuid,
-        cause: Uuid,
+        cause: &OrderEnvelope,
         correlation_id: Uuid,
+        index: u32,
     ) -> OutputEnvelope {
+        let event_id = derived_event_id("saga", cause.event_id, cause.occurred_at, index);
         match self {
-            Self::Order(event) => OutputEnvelope::Order(OrderEnvelope::new(
-                order_id,
-                event,
-                Some(cause),
-                correlation_id,
-            )),
+            Self::Order(event) => {
+                let mut e =
+                    OrderEnvelope::new(order_id, event, Some(cause.event_id), correlation_id);
+                e.event_id = event_id;
+                OutputEnvelope::Order(e)
+            }
             Self::Stock { sku, event } => {
-                OutputEnvelope::Stock(StockEnvelope::new(sku, event, Some(cause), correlation_id))
+                let mut e = StockEnvelope::new(sku, event, Some(cause.event_id), correlation_id);
+                e.event_id = event_id;
+                OutputEnvelope::Stock(e)
             }
         }
     }
@@ -142,28 +157,33 @@ impl Decision {
             verdict: Verdict::Invalid(detail),
         }
     }
-
-    fn apply(new_state: OrderState, outputs: Vec<Output>) -> Self {
-        Self {
-            new_state: Some(new_state),
-            outputs,
-            verdict: Verdict::Applied,
-        }
-    }
 }
 
 /// Decides what one orders-topic event does to an order in `state` (`None`: never seen).
 pub fn decide(state: Option<&OrderState>, event: &OrderEnvelope) -> Decision {
     let order_id = event.order_id;
+    if let Some(state) = state {
+        let earlier = state.transitions.iter().find(|t| t.cause == event.event_id);
+        if let (Some(transition), Some(details)) = (earlier, &state.details) {
+            return Decision {
+                new_state: None,
+                outputs: outputs_of(transition.kind, order_id, details, &state.phase),
+                verdict: Verdict::Repeated,
+            };
+        }
+    }
     match (&event.event, state) {
         (OrderEvent::OrderPlaced(_), Some(_)) => Decision::ignore(Ignored::DuplicateOrderPlaced),
-        (OrderEvent::OrderPlaced(placed), None) => place(order_id, event.correlation_id, placed),
-        (OrderEvent::StockLineReserved(_) | OrderEvent::StockLineRejected(_), None)
-        | (OrderEvent::PaymentSettled(_) | OrderEvent::PaymentDeclined(_), None) => {
-            Decision::ignore(Ignored::UnknownOrder)
-        }
+        (OrderEvent::OrderPlaced(placed), None) => place(event, placed),
+        (
+            OrderEvent::StockLineReserved(_)
+            | OrderEvent::StockLineRejected(_)
+            | OrderEvent::PaymentSettled(_)
+            | OrderEvent::PaymentDeclined(_),
+            None,
+        ) => Decision::ignore(Ignored::UnknownOrder),
         (OrderEvent::StockLineReserved(line), Some(state)) => answer(
-            order_id,
+            event,
             state,
             line.line_index,
             &line.sku,
@@ -171,7 +191,7 @@ pub fn decide(state: Option<&OrderState>, event: &OrderEnvelope) -> Decision {
             LineAnswer::Reserved,
         ),
         (OrderEvent::StockLineRejected(line), Some(state)) => answer(
-            order_id,
+            event,
             state,
             line.line_index,
             &line.sku,
@@ -180,52 +200,29 @@ pub fn decide(state: Option<&OrderState>, event: &OrderEnvelope) -> Decision {
                 reason: line.reason,
             },
         ),
-        (OrderEvent::PaymentSettled(settled), Some(state)) => match &state.phase {
-            Phase::Paying { order } => {
-                let mut outputs =
-                    vec![Output::Order(OrderEvent::OrderConfirmed(OrderConfirmed {}))];
-                outputs.extend(order.lines.iter().enumerate().map(|(i, line)| {
-                    stock_output(
-                        line,
-                        StockEvent::SaleRequested(SaleRequested {
-                            order_id,
-                            customer_id: order.customer_id.clone(),
-                            line_index: index(i),
-                            quantity: line.quantity,
-                        }),
-                    )
-                }));
-                let new_state = OrderState {
-                    correlation_id: state.correlation_id,
-                    phase: Phase::Confirmed {
-                        charge_id: settled.charge_id.clone(),
-                    },
+        (OrderEvent::PaymentSettled(settled), Some(state)) => match state.phase {
+            Phase::Paying => {
+                let phase = Phase::Confirmed {
+                    charge_id: settled.charge_id.clone(),
                 };
-                Decision::apply(new_state, outputs)
+                moved(event, state.clone(), phase, Some(TransitionKind::Confirmed))
             }
             _ => Decision::ignore(Ignored::UnexpectedPayment),
         },
-        (OrderEvent::PaymentDeclined(declined), Some(state)) => match &state.phase {
-            Phase::Paying { order } => {
+        (OrderEvent::PaymentDeclined(declined), Some(state)) => match state.phase {
+            Phase::Paying => {
                 let reason = if declined.reason == GATEWAY_TIMEOUT_REASON {
                     RejectReason::PaymentTimeout
                 } else {
                     RejectReason::PaymentDeclined
                 };
-                let mut outputs: Vec<Output> = order
-                    .lines
-                    .iter()
-                    .enumerate()
-                    .map(|(i, line)| release(order_id, order, i, line))
-                    .collect();
-                outputs.push(Output::Order(OrderEvent::OrderRejected(OrderRejected {
-                    reason,
-                })));
-                let new_state = OrderState {
-                    correlation_id: state.correlation_id,
-                    phase: Phase::Rejected { reason },
-                };
-                Decision::apply(new_state, outputs)
+                let phase = Phase::Rejected { reason };
+                moved(
+                    event,
+                    state.clone(),
+                    phase,
+                    Some(TransitionKind::PaymentRejected),
+                )
             }
             _ => Decision::ignore(Ignored::UnexpectedPayment),
         },
@@ -242,84 +239,86 @@ pub fn decide(state: Option<&OrderState>, event: &OrderEnvelope) -> Decision {
     }
 }
 
-/// A new order: one reservation request per line (an order without lines cannot be reserved:
-/// rejected as invalid right away, so it still ends in a terminal event).
-fn place(order_id: Uuid, correlation_id: Uuid, placed: &OrderPlaced) -> Decision {
-    if placed.lines.is_empty() {
-        let state = OrderState {
-            correlation_id,
-            phase: Phase::Rejected {
-                reason: RejectReason::Invalid,
-            },
-        };
-        let outputs = vec![Output::Order(OrderEvent::OrderRejected(OrderRejected {
-            reason: RejectReason::Invalid,
-        }))];
-        return Decision::apply(state, outputs);
+/// The order moves to `phase`; a transition that emits records its cause, and its outputs follow
+/// from the new state (so that a repeat computes the very same outputs).
+fn moved(
+    cause: &OrderEnvelope,
+    mut state: OrderState,
+    phase: Phase,
+    kind: Option<TransitionKind>,
+) -> Decision {
+    state.phase = phase;
+    let mut outputs = Vec::new();
+    if let Some(kind) = kind {
+        state.transitions.push(Transition {
+            cause: cause.event_id,
+            kind,
+        });
+        if let Some(details) = &state.details {
+            outputs = outputs_of(kind, cause.order_id, details, &state.phase);
+        }
     }
-    let line_count = index(placed.lines.len());
-    let lines: Vec<LineState> = placed
-        .lines
-        .iter()
-        .map(|line| LineState {
-            sku: line.sku.clone(),
-            quantity: line.quantity,
-            answer: LineAnswer::Pending,
-        })
-        .collect();
-    let outputs = lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| {
-            stock_output(
-                line,
-                StockEvent::ReservationRequested(ReservationRequested {
-                    order_id,
-                    customer_id: placed.customer_id.clone(),
-                    line_index: index(i),
-                    line_count,
-                    quantity: line.quantity,
-                }),
-            )
-        })
-        .collect();
-    let state = OrderState {
-        correlation_id,
-        phase: Phase::Reserving {
-            order: OpenOrder {
-                customer_id: placed.customer_id.clone(),
-                currency: placed.currency.clone(),
-                total_minor: placed.total_minor,
-                lines,
-            },
-            payment: placed.payment.clone(),
-        },
+    Decision {
+        new_state: Some(state),
+        outputs,
+        verdict: Verdict::Applied,
+    }
+}
+
+/// A new order (an order without lines cannot be reserved: rejected as invalid right away, so
+/// it still ends in a terminal event).
+fn place(event: &OrderEnvelope, placed: &OrderPlaced) -> Decision {
+    let details = OrderDetails {
+        customer_id: placed.customer_id.clone(),
+        currency: placed.currency.clone(),
+        total_minor: placed.total_minor,
+        payment: placed.payment.clone(),
+        lines: placed
+            .lines
+            .iter()
+            .map(|line| LineState {
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                answer: LineAnswer::Pending,
+            })
+            .collect(),
     };
-    Decision::apply(state, outputs)
+    let phase = if details.lines.is_empty() {
+        Phase::Rejected {
+            reason: RejectReason::Invalid,
+        }
+    } else {
+        Phase::Reserving
+    };
+    let state = OrderState {
+        correlation_id: event.correlation_id,
+        phase: phase.clone(),
+        details: Some(details),
+        transitions: Vec::new(),
+    };
+    moved(event, state, phase, Some(TransitionKind::Placed))
 }
 
 /// A stock answer for one line.
 fn answer(
-    order_id: Uuid,
+    event: &OrderEnvelope,
     state: &OrderState,
     line_index: u32,
     sku: &str,
     quantity: u32,
     answer: LineAnswer,
 ) -> Decision {
-    let (order, payment) = match &state.phase {
-        Phase::Reserving { order, payment } => (order, payment),
-        Phase::Paying { .. } | Phase::Confirmed { .. } | Phase::Rejected { .. } => {
-            return Decision::ignore(Ignored::LateLineAnswer)
-        }
+    let details = match (&state.phase, &state.details) {
+        (Phase::Reserving, Some(details)) => details,
+        _ => return Decision::ignore(Ignored::LateLineAnswer),
     };
     let Some(line) = usize::try_from(line_index)
         .ok()
-        .and_then(|i| order.lines.get(i))
+        .and_then(|i| details.lines.get(i))
     else {
         return Decision::invalid(format!(
             "line_index {line_index} out of range: the order has {} lines",
-            order.lines.len()
+            details.lines.len()
         ));
     };
     if line.sku != sku || line.quantity != quantity {
@@ -331,85 +330,134 @@ fn answer(
     if line.answer != LineAnswer::Pending {
         return Decision::ignore(Ignored::DuplicateLineAnswer);
     }
-    let mut order = order.clone();
-    order.lines[line_index as usize].answer = answer;
-    if order.lines.iter().any(|l| l.answer == LineAnswer::Pending) {
-        let new_state = OrderState {
-            correlation_id: state.correlation_id,
-            phase: Phase::Reserving {
-                order,
-                payment: payment.clone(),
-            },
-        };
-        return Decision::apply(new_state, Vec::new());
+    let mut state = state.clone();
+    let details = state.details.as_mut().expect("checked above");
+    details.lines[line_index as usize].answer = answer;
+    if details
+        .lines
+        .iter()
+        .any(|l| l.answer == LineAnswer::Pending)
+    {
+        return moved(event, state, Phase::Reserving, None);
     }
     // Every line has answered.
-    let first_rejected = order.lines.iter().find_map(|l| match l.answer {
-        LineAnswer::Rejected { reason } => Some((l.sku.clone(), reason)),
-        LineAnswer::Pending | LineAnswer::Reserved => None,
-    });
-    match first_rejected {
-        None => {
-            let outputs = vec![
-                Output::Order(OrderEvent::StockReserved(StockReserved {})),
-                Output::Order(OrderEvent::PaymentRequested(PaymentRequested {
-                    amount_minor: order.total_minor,
-                    currency: order.currency.clone(),
-                    payment: payment.clone(),
-                })),
-            ];
-            let new_state = OrderState {
-                correlation_id: state.correlation_id,
-                phase: Phase::Paying { order },
+    match first_rejected(details) {
+        None => moved(
+            event,
+            state,
+            Phase::Paying,
+            Some(TransitionKind::StockReserved),
+        ),
+        Some((_, stock_reason)) => {
+            let phase = Phase::Rejected {
+                reason: order_reason(stock_reason),
             };
-            Decision::apply(new_state, outputs)
-        }
-        Some((sku, stock_reason)) => {
-            let reason = match stock_reason {
-                StockRejectReason::OutOfStock | StockRejectReason::UnknownSku => {
-                    RejectReason::OutOfStock
-                }
-                StockRejectReason::LimitExceeded => RejectReason::LimitExceeded,
-            };
-            let mut outputs: Vec<Output> = order
-                .lines
-                .iter()
-                .enumerate()
-                .filter(|(_, l)| l.answer == LineAnswer::Reserved)
-                .map(|(i, l)| release(order_id, &order, i, l))
-                .collect();
-            outputs.push(Output::Order(OrderEvent::StockRejected(StockRejected {
-                sku,
-                reason: stock_reason,
-            })));
-            outputs.push(Output::Order(OrderEvent::OrderRejected(OrderRejected {
-                reason,
-            })));
-            let new_state = OrderState {
-                correlation_id: state.correlation_id,
-                phase: Phase::Rejected { reason },
-            };
-            Decision::apply(new_state, outputs)
+            moved(event, state, phase, Some(TransitionKind::StockRejected))
         }
     }
 }
 
-fn release(order_id: Uuid, order: &OpenOrder, i: usize, line: &LineState) -> Output {
-    stock_output(
-        line,
-        StockEvent::ReleaseRequested(ReleaseRequested {
-            order_id,
-            customer_id: order.customer_id.clone(),
-            line_index: index(i),
-            quantity: line.quantity,
-        }),
-    )
+/// The first (by position) rejected line: its SKU and reason.
+fn first_rejected(details: &OrderDetails) -> Option<(String, StockRejectReason)> {
+    details.lines.iter().find_map(|l| match l.answer {
+        LineAnswer::Rejected { reason } => Some((l.sku.clone(), reason)),
+        LineAnswer::Pending | LineAnswer::Reserved => None,
+    })
 }
 
-fn stock_output(line: &LineState, event: StockEvent) -> Output {
-    Output::Stock {
-        sku: line.sku.clone(),
+fn order_reason(stock_reason: StockRejectReason) -> RejectReason {
+    match stock_reason {
+        StockRejectReason::OutOfStock | StockRejectReason::UnknownSku => RejectReason::OutOfStock,
+        StockRejectReason::LimitExceeded => RejectReason::LimitExceeded,
+    }
+}
+
+/// The outputs of a transition, from the order's details and phase after it.
+pub fn outputs_of(
+    kind: TransitionKind,
+    order_id: Uuid,
+    details: &OrderDetails,
+    phase: &Phase,
+) -> Vec<Output> {
+    let stock = |i: usize, event: StockEvent| Output::Stock {
+        sku: details.lines[i].sku.clone(),
         event,
+    };
+    let release = |i: usize| {
+        stock(
+            i,
+            StockEvent::ReleaseRequested(ReleaseRequested {
+                order_id,
+                customer_id: details.customer_id.clone(),
+                line_index: index(i),
+                quantity: details.lines[i].quantity,
+            }),
+        )
+    };
+    let rejected = |reason| Output::Order(OrderEvent::OrderRejected(OrderRejected { reason }));
+    let lines = 0..details.lines.len();
+    match kind {
+        TransitionKind::Placed if details.lines.is_empty() => vec![rejected(RejectReason::Invalid)],
+        TransitionKind::Placed => lines
+            .map(|i| {
+                stock(
+                    i,
+                    StockEvent::ReservationRequested(ReservationRequested {
+                        order_id,
+                        customer_id: details.customer_id.clone(),
+                        line_index: index(i),
+                        line_count: index(details.lines.len()),
+                        quantity: details.lines[i].quantity,
+                    }),
+                )
+            })
+            .collect(),
+        TransitionKind::StockReserved => vec![
+            Output::Order(OrderEvent::StockReserved(StockReserved {})),
+            Output::Order(OrderEvent::PaymentRequested(PaymentRequested {
+                amount_minor: details.total_minor,
+                currency: details.currency.clone(),
+                payment: details.payment.clone(),
+            })),
+        ],
+        TransitionKind::StockRejected => {
+            let mut outputs: Vec<Output> = lines
+                .filter(|i| details.lines[*i].answer == LineAnswer::Reserved)
+                .map(release)
+                .collect();
+            if let Some((sku, reason)) = first_rejected(details) {
+                outputs.push(Output::Order(OrderEvent::StockRejected(StockRejected {
+                    sku,
+                    reason,
+                })));
+                outputs.push(rejected(order_reason(reason)));
+            }
+            outputs
+        }
+        TransitionKind::Confirmed => {
+            let mut outputs = vec![Output::Order(OrderEvent::OrderConfirmed(OrderConfirmed {}))];
+            outputs.extend(lines.map(|i| {
+                stock(
+                    i,
+                    StockEvent::SaleRequested(SaleRequested {
+                        order_id,
+                        customer_id: details.customer_id.clone(),
+                        line_index: index(i),
+                        quantity: details.lines[i].quantity,
+                    }),
+                )
+            }));
+            outputs
+        }
+        TransitionKind::PaymentRejected => {
+            let reason = match phase {
+                Phase::Rejected { reason } => *reason,
+                _ => RejectReason::PaymentDeclined,
+            };
+            let mut outputs: Vec<Output> = lines.map(release).collect();
+            outputs.push(rejected(reason));
+            outputs
+        }
     }
 }
 

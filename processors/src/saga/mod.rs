@@ -3,18 +3,25 @@
 //!
 //! Layout:
 //! - [`state`]: [`OrderState`], the per-order record kept in memory and in `saga.changelog`.
+//! - [`ids`]: deterministic event ids of outputs (also used by payments and notifications).
 //! - [`decide`](mod@decide): the pure decision function [`decide()`] and its rules.
 //! - [`stage`]: [`SagaStage`], the runner stage around it.
 //!
 //! Every order ends in exactly one terminal event (`order_confirmed` or `order_rejected`): the
-//! state machine emits it on the transition into a terminal phase, and a terminal order keeps a
-//! small record (phase and reason or charge id) so that duplicates and late events of it are
-//! recognised and ignored, across restarts (the changelog restores it).
+//! state machine decides it on the transition into a terminal phase, once. A redelivered input
+//! repeats its outputs with the same event ids (a repeat, not a second event: consumers dedupe
+//! by event id), and a terminal order keeps a small record (phase and reason or charge id) so
+//! that duplicates and late events of it are recognised and ignored, across restarts (the
+//! changelog restores it).
 
 pub mod decide;
+pub mod ids;
 pub mod stage;
 pub mod state;
 
-pub use decide::{decide, Decision, Ignored, Output, OutputEnvelope, Verdict};
+pub use decide::{decide, outputs_of, Decision, Ignored, Output, OutputEnvelope, Verdict};
+pub use ids::derived_event_id;
 pub use stage::SagaStage;
-pub use state::{LineAnswer, LineState, OpenOrder, OrderState, Phase};
+pub use state::{
+    LineAnswer, LineState, OrderDetails, OrderState, Phase, Transition, TransitionKind,
+};

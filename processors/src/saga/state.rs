@@ -1,18 +1,31 @@
 //! The saga's state of one order, as kept in memory and in the `saga.changelog` topic (JSON,
-//! keyed by `order_id`). Open orders keep what the saga still needs (lines, payment); terminal
-//! orders shrink to a small record so that late duplicates are recognised and ignored.
+//! keyed by `order_id`).
+//!
+//! While an order is open, and for a short while after its terminal event, the state keeps the
+//! order's details and the inputs that moved it ([`Transition`]s), so that a redelivered input
+//! repeats its outputs (at-least-once: the runner writes state before outputs, so a crash in
+//! between leaves outputs to repeat). Once no input of the order can be redelivered any more, the
+//! stage compacts a terminal order to a small record (phase and reason or charge id) so that
+//! late duplicates are still recognised and ignored.
 
 use orderpipe_schemas::{PaymentRef, RejectReason, StockRejectReason};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Where one order stands, plus the ids every event of the order carries.
+/// Where one order stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderState {
     /// Correlation id of the order (from `order_placed`), stamped on everything the saga emits.
     pub correlation_id: Uuid,
-    /// The phase and the data it needs.
+    /// The phase.
+    #[serde(flatten)]
     pub phase: Phase,
+    /// The order itself; `None` once a terminal order is compacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<OrderDetails>,
+    /// The inputs that moved the order, oldest first; emptied by compaction.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transitions: Vec<Transition>,
 }
 
 /// The phases of the order state machine: reserving -> paying -> confirmed, or rejected.
@@ -20,17 +33,9 @@ pub struct OrderState {
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
     /// Reservation requests are out; waiting for one answer per line.
-    Reserving {
-        /// The order's lines and their answers so far.
-        order: OpenOrder,
-        /// Instrument to charge once every line is reserved (dropped after `payment_requested`).
-        payment: PaymentRef,
-    },
+    Reserving,
     /// Every line is reserved and `payment_requested` is out; waiting for the payment outcome.
-    Paying {
-        /// The order's lines (all reserved).
-        order: OpenOrder,
-    },
+    Paying,
     /// Terminal: `order_confirmed` was emitted.
     Confirmed {
         /// Gateway charge of the order.
@@ -43,17 +48,55 @@ pub enum Phase {
     },
 }
 
+/// An input that moved the order, and what it did (its outputs follow from it and the details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// `event_id` of the input.
+    pub cause: Uuid,
+    /// What it did.
+    pub kind: TransitionKind,
+}
+
+/// The transitions that emit something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionKind {
+    /// `order_placed` opened the order: a reservation request per line (or, without lines, the
+    /// rejection as invalid).
+    Placed,
+    /// The last line answer, all reserved: `stock_reserved` + `payment_requested`.
+    StockReserved,
+    /// The last line answer, some rejected: releases of the reserved lines, `stock_rejected`,
+    /// `order_rejected`.
+    StockRejected,
+    /// `payment_settled`: `order_confirmed` + a sale request per line.
+    Confirmed,
+    /// `payment_declined`: a release per line + `order_rejected`.
+    PaymentRejected,
+}
+
 impl OrderState {
     /// True once the order's one terminal event was emitted.
     pub fn is_terminal(&self) -> bool {
         matches!(self.phase, Phase::Confirmed { .. } | Phase::Rejected { .. })
     }
 
+    /// True for a terminal order that still keeps its details (not compacted yet).
+    pub fn is_compactable(&self) -> bool {
+        self.is_terminal() && (self.details.is_some() || !self.transitions.is_empty())
+    }
+
+    /// Drops what only redeliveries need; a terminal order keeps its phase.
+    pub fn compact(&mut self) {
+        self.details = None;
+        self.transitions.clear();
+    }
+
     /// Short name of the phase (`reserving`, `paying`, `confirmed`, `rejected`), for logs and tests.
     pub fn phase_name(&self) -> &'static str {
         match self.phase {
-            Phase::Reserving { .. } => "reserving",
-            Phase::Paying { .. } => "paying",
+            Phase::Reserving => "reserving",
+            Phase::Paying => "paying",
             Phase::Confirmed { .. } => "confirmed",
             Phase::Rejected { .. } => "rejected",
         }
@@ -70,20 +113,22 @@ impl OrderState {
     }
 }
 
-/// What the saga keeps of an order that is not terminal yet.
+/// The order as the saga needs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenOrder {
+pub struct OrderDetails {
     /// Customer (reservation, release and sale requests carry it for per-customer limits).
     pub customer_id: String,
     /// ISO 4217 code of the total.
     pub currency: String,
     /// Amount to charge, in minor units.
     pub total_minor: i64,
+    /// Instrument to charge (token redacted in `Debug`).
+    pub payment: PaymentRef,
     /// The lines, in `order_placed` order (`line_index` = position).
     pub lines: Vec<LineState>,
 }
 
-/// One line of an open order and the stock stage's answer to it.
+/// One line of an order and the stock stage's answer to it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LineState {
     /// SKU of the line.
