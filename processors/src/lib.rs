@@ -6,7 +6,7 @@
 //! - [`kafka`]: client settings every stage shares, [`ensure_topics`] for changelog/dlq topics.
 //! - [`metrics`]: every metric the processors record, with their names.
 //! - [`stock`]: per-SKU stock reservation (pure decisions in [`stock::core`], the stage, admin).
-//! - [`saga`]: the per-order state machine (pure [`saga::decide`]) and its stage.
+//! - [`saga`]: the per-order state machine (pure [`saga::decide()`]) and its stage.
 //! - [`payments`]: the payment gateway trait, simulated and HTTP gateways, the gateway simulator
 //!   server, and the payments stage.
 //! - [`notifications`]: sinks (log, signed webhook) and the notifications stage.
