@@ -1,0 +1,413 @@
+//! End-to-end harness: the real `orderpipe` binary as child processes against the test broker,
+//! a sale driven through the ingest HTTP API, and the outcome read back from the topics.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use orderpipe_schemas::{
+    OrderEnvelope, OrderEvent, RejectReason, StockEnvelope, StockEvent, StockLevels, Topics,
+};
+use orderpipe_testkit::http::Conn;
+use orderpipe_testkit::kafka::{self, TestTopics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use uuid::Uuid;
+
+/// Partitions of every topic in these tests: enough to spread SKUs and orders, few enough to
+/// keep assignment and changelog restore quick.
+pub const PARTITIONS: i32 = 4;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `orderpipe` child process; killed (SIGKILL) on drop if still running.
+pub struct Orderpipe {
+    child: Child,
+    pub log: PathBuf,
+    pub admin: SocketAddr,
+}
+
+impl Orderpipe {
+    /// Start `orderpipe run` with `args` plus the test's broker, prefix and a fresh admin port.
+    pub fn run(name: &str, topics: &TestTopics, args: &[&str]) -> Self {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let log = std::env::temp_dir().join(format!(
+            "orderpipe-{}{name}-{}.log",
+            topics.prefix,
+            admin.port()
+        ));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_orderpipe"))
+            .arg("run")
+            .args(["--kafka-bootstrap", &kafka::bootstrap()])
+            .args(["--topic-prefix", &topics.prefix])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--ingest-partitions", &PARTITIONS.to_string()])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("starting orderpipe");
+        Self { child, log, admin }
+    }
+
+    /// Wait until `/readyz` answers 200 (every stage assigned and restored).
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("orderpipe exited early ({status}):\n{}", self.log_tail());
+            }
+            let mut conn = Conn::new(self.admin);
+            if let Ok(reply) = conn
+                .send(
+                    hyper::Method::GET,
+                    "/readyz",
+                    &[],
+                    orderpipe_testkit::http::full(""),
+                )
+                .await
+            {
+                if reply.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "orderpipe not ready in {within:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no commit, open transactions left hanging.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for a graceful exit.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.kill();
+    }
+
+    /// The last lines of the process's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Orderpipe {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every topic `orderpipe run` creates under the test prefix, so TestTopics deletes them after.
+pub fn adopt_pipeline_topics(topics: &mut TestTopics) {
+    let names = Topics::with_prefix(topics.prefix.clone());
+    for spec in orderpipe_ingest::kafka::topic_plan(&names, PARTITIONS) {
+        topics.adopt(&spec.name);
+    }
+}
+
+/// `orderpipe stock set`.
+pub fn set_stock(topics: &TestTopics, sku: &str, quantity: u32) {
+    let output = Command::new(env!("CARGO_BIN_EXE_orderpipe"))
+        .args(["stock", "set", sku, &quantity.to_string()])
+        .args(["--kafka-bootstrap", &kafka::bootstrap()])
+        .args(["--topic-prefix", &topics.prefix])
+        .output()
+        .expect("running orderpipe stock set");
+    assert!(
+        output.status.success(),
+        "stock set failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// One order of a sale: (sku, quantity) lines, all at 1000 minor units per unit.
+pub type OrderSpec = Vec<(String, u32)>;
+
+fn order_body(customer: &str, lines: &OrderSpec) -> String {
+    let lines_json: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|(sku, quantity)| serde_json::json!({"sku": sku, "quantity": quantity, "unit_price_minor": 1000}))
+        .collect();
+    let total: i64 = lines.iter().map(|(_, q)| i64::from(*q) * 1000).sum();
+    serde_json::json!({
+        "customer_id": customer,
+        "currency": "EUR",
+        "lines": lines_json,
+        "total_minor": total,
+        "payment": {"method": "card", "token": "tok_test"},
+    })
+    .to_string()
+}
+
+/// Post `orders` through the ingest API from `clients` concurrent clients, each order with its own
+/// Idempotency-Key (retried with the same key on 503, as a checkout frontend would). Calls
+/// `after_each(acked_so_far)` after every acknowledgement. Returns order id -> lines.
+pub async fn run_sale(
+    ingest: SocketAddr,
+    orders: Vec<OrderSpec>,
+    clients: usize,
+    after_each: impl Fn(usize) + Send + Sync + 'static,
+) -> HashMap<Uuid, OrderSpec> {
+    let orders = Arc::new(orders);
+    let next = Arc::new(AtomicUsize::new(0));
+    let acked = Arc::new(Mutex::new(HashMap::new()));
+    let after_each = Arc::new(after_each);
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let (orders, next, acked, after_each) = (
+            orders.clone(),
+            next.clone(),
+            acked.clone(),
+            after_each.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut conn = Conn::new(ingest);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(lines) = orders.get(i) else { break };
+                let body = order_body(&format!("customer-{}", i % 997), lines);
+                let key = format!("sale-{i}");
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let order_id = loop {
+                    let reply = conn.post_order(&[("idempotency-key", &key)], &body).await;
+                    match reply.status.as_u16() {
+                        202 => {
+                            break reply.json()["order_id"]
+                                .as_str()
+                                .unwrap()
+                                .parse::<Uuid>()
+                                .unwrap()
+                        }
+                        429 | 503 if Instant::now() < deadline => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => panic!("client {client}: order {i} got {other}: {:?}", reply.body),
+                    }
+                };
+                let count = {
+                    let mut acked = acked.lock().unwrap();
+                    acked.insert(order_id, lines.clone());
+                    acked.len()
+                };
+                after_each(count);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    Arc::try_unwrap(acked).unwrap().into_inner().unwrap()
+}
+
+/// What the topics say about the sale.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Every committed event of each order, in topic order.
+    pub events: HashMap<Uuid, Vec<OrderEvent>>,
+    /// The last `stock_levels` of each SKU.
+    pub levels: BTreeMap<String, StockLevels>,
+    /// `release_requested` events per SKU, in units.
+    pub released_units: BTreeMap<String, u64>,
+}
+
+impl Outcome {
+    /// The terminal events of an order (`order_confirmed` / `order_rejected`).
+    pub fn terminals(&self, order: &Uuid) -> Vec<&OrderEvent> {
+        self.events
+            .get(order)
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| {
+                        matches!(
+                            e,
+                            OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The rejection reason of an order, if it was rejected.
+    pub fn rejection(&self, order: &Uuid) -> Option<RejectReason> {
+        self.terminals(order).into_iter().find_map(|e| match e {
+            OrderEvent::OrderRejected(r) => Some(r.reason),
+            _ => None,
+        })
+    }
+
+    /// Whether the order was confirmed.
+    pub fn confirmed(&self, order: &Uuid) -> bool {
+        self.terminals(order)
+            .iter()
+            .any(|e| matches!(e, OrderEvent::OrderConfirmed(_)))
+    }
+}
+
+/// Read the orders and stock topics (read_committed) until every order in `orders` has a terminal
+/// event and the stock levels show nothing reserved, or `within` passes.
+pub async fn collect_outcome(
+    topics: &TestTopics,
+    orders: &HashMap<Uuid, OrderSpec>,
+    within: Duration,
+) -> Outcome {
+    let names = Topics::with_prefix(topics.prefix.clone());
+    let group = topics.name(&format!("check-{}", orderpipe_testkit::unique_suffix()));
+    let consumer: StreamConsumer = kafka::consumer(&group, true).unwrap();
+    consumer.subscribe(&[&names.orders, &names.stock]).unwrap();
+    let mut outcome = Outcome::default();
+    let deadline = Instant::now() + within;
+    let mut settled_since: Option<Instant> = None;
+    loop {
+        let done = orders.keys().all(|id| !outcome.terminals(id).is_empty())
+            && outcome.levels.values().all(|l| l.reserved == 0);
+        // Once everything looks terminal, keep reading a little longer: a duplicate terminal
+        // event would show up right behind the first.
+        match (done, settled_since) {
+            (true, None) => settled_since = Some(Instant::now()),
+            (true, Some(since)) if since.elapsed() > Duration::from_secs(2) => return outcome,
+            (false, _) => settled_since = None,
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            let missing = orders
+                .keys()
+                .filter(|id| outcome.terminals(id).is_empty())
+                .count();
+            panic!("sale not settled within {within:?}: {missing} orders without a terminal event, levels {:?}", outcome.levels);
+        }
+        let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
+        {
+            Err(_) => continue,
+            Ok(message) => message.expect("consumer error"),
+        };
+        let payload = message.payload().unwrap_or_default();
+        if message.topic() == names.orders {
+            let event = OrderEnvelope::decode(payload).expect("orders topic holds valid events");
+            outcome
+                .events
+                .entry(event.order_id)
+                .or_default()
+                .push(event.event);
+        } else {
+            match StockEnvelope::decode(payload).expect("stock topic holds valid events") {
+                StockEnvelope {
+                    sku,
+                    event: StockEvent::StockLevels(levels),
+                    ..
+                } => {
+                    outcome.levels.insert(sku, levels);
+                }
+                StockEnvelope {
+                    sku,
+                    event: StockEvent::ReleaseRequested(r),
+                    ..
+                } => {
+                    *outcome.released_units.entry(sku).or_default() += u64::from(r.quantity);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Invariants every sale keeps: each order exactly one terminal event; per SKU, confirmed units
+/// equal `sold`, `sold + available` equals the stock (nothing left reserved), never more sold than
+/// stocked; a rejected order's reserved lines were released.
+pub fn assert_invariants(
+    outcome: &Outcome,
+    orders: &HashMap<Uuid, OrderSpec>,
+    stock: &BTreeMap<String, u64>,
+) {
+    let mut confirmed_units: BTreeMap<String, u64> = BTreeMap::new();
+    for (id, lines) in orders {
+        let terminals = outcome.terminals(id);
+        assert_eq!(
+            terminals.len(),
+            1,
+            "order {id} has {} terminal events: {:?}",
+            terminals.len(),
+            outcome.events.get(id)
+        );
+        if outcome.confirmed(id) {
+            for (sku, quantity) in lines {
+                *confirmed_units.entry(sku.clone()).or_default() += u64::from(*quantity);
+            }
+        } else {
+            let events = &outcome.events[id];
+            let reserved = events
+                .iter()
+                .filter(|e| matches!(e, OrderEvent::StockLineReserved(_)))
+                .count();
+            let all_reserved = reserved == lines.len();
+            let paid = events
+                .iter()
+                .any(|e| matches!(e, OrderEvent::PaymentSettled(_)));
+            assert!(
+                !paid || events.iter().any(|e| matches!(e, OrderEvent::Refunded(_))),
+                "rejected order {id} was charged and not refunded"
+            );
+            if !all_reserved {
+                assert_ne!(
+                    outcome.rejection(id),
+                    Some(RejectReason::PaymentDeclined),
+                    "order {id}"
+                );
+            }
+        }
+    }
+    for (sku, stocked) in stock {
+        let levels = outcome
+            .levels
+            .get(sku)
+            .unwrap_or_else(|| panic!("no stock_levels for {sku}"));
+        let sold = confirmed_units.get(sku).copied().unwrap_or(0);
+        assert_eq!(
+            levels.sold, sold,
+            "{sku}: stock stage's sold vs confirmed units"
+        );
+        assert!(sold <= *stocked, "{sku}: oversold {sold} > {stocked}");
+        assert_eq!(
+            levels.reserved, 0,
+            "{sku}: units still reserved after every order ended"
+        );
+        assert_eq!(
+            levels.available + levels.sold,
+            *stocked,
+            "{sku}: units lost or invented: {levels:?}"
+        );
+    }
+}

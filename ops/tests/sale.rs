@@ -1,0 +1,259 @@
+//! Flash sales end to end: the `orderpipe` binary (ingest + stock + payments + saga +
+//! notifications) against the real broker, orders posted through the ingest API by concurrent
+//! clients, outcomes read back from the topics. Each scenario runs in both processing modes.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use orderpipe_processors::payments::gateway_sim;
+use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
+use orderpipe_processors::ProcessingMode;
+use orderpipe_schemas::RejectReason;
+use orderpipe_testkit::kafka::TestTopics;
+use tokio_util::sync::CancellationToken;
+
+const SETTLE: Duration = Duration::from_secs(120);
+
+fn pipeline_args(mode: ProcessingMode, ingest_port: u16) -> Vec<String> {
+    vec![
+        "--components".into(),
+        "ingest,stock,payments,saga,notifications".into(),
+        "--processing".into(),
+        mode.as_str().into(),
+        "--ingest-listen".into(),
+        format!("127.0.0.1:{ingest_port}"),
+    ]
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Stock 100 of one SKU, 2,000 single-unit orders from 50 concurrent clients: exactly 100 units
+/// confirmed, 1,900 orders rejected out_of_stock, the SKU ends at 0 available.
+async fn hot_sku_sale(mode: ProcessingMode) {
+    let mut topics = TestTopics::new().unwrap();
+    adopt_pipeline_topics(&mut topics);
+    let ingest_port = free_port();
+    let mut pipeline = Orderpipe::run("all", &topics, &refs(&pipeline_args(mode, ingest_port)));
+    pipeline.wait_ready(Duration::from_secs(60)).await;
+    set_stock(&topics, "HOT-1", 100);
+
+    let orders: Vec<OrderSpec> = (0..2000).map(|_| vec![("HOT-1".to_string(), 1)]).collect();
+    let acked = run_sale(
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        orders,
+        50,
+        |_| {},
+    )
+    .await;
+    assert_eq!(acked.len(), 2000, "every order acknowledged");
+
+    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
+    let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
+    assert_invariants(&outcome, &acked, &stock);
+    let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
+    let out_of_stock = acked
+        .keys()
+        .filter(|id| outcome.rejection(id) == Some(RejectReason::OutOfStock))
+        .count();
+    assert_eq!((confirmed, out_of_stock), (100, 1900), "{mode}");
+    let levels = &outcome.levels["HOT-1"];
+    assert_eq!(
+        (levels.available, levels.reserved, levels.sold),
+        (0, 0, 100),
+        "{mode}"
+    );
+    pipeline.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_sku_sale_exactly_once() {
+    hot_sku_sale(ProcessingMode::ExactlyOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hot_sku_sale_at_least_once() {
+    hot_sku_sale(ProcessingMode::AtLeastOnce).await;
+}
+
+/// A deterministic mix of 1 to 3 line orders over `skus` SKUs (xorshift: no dependency, same
+/// sale on every run).
+fn mixed_orders(count: usize, skus: usize) -> Vec<OrderSpec> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    (0..count)
+        .map(|_| {
+            let lines = 1 + next(3) as usize;
+            let first = next(skus as u64) as usize;
+            (0..lines.min(skus))
+                .map(|l| {
+                    (
+                        format!("SKU-{}", (first + l * 3) % skus),
+                        1 + next(2) as u32,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Multi-line orders over 10 SKUs with 20% of payments declined: no oversell, every order
+/// terminal exactly once, declined orders' stock released and sold again.
+async fn multi_sku_sale_with_declines(mode: ProcessingMode) {
+    let mut topics = TestTopics::new().unwrap();
+    adopt_pipeline_topics(&mut topics);
+    let ingest_port = free_port();
+    let mut args = pipeline_args(mode, ingest_port);
+    args.extend([
+        "--payments-sim-decline-rate".into(),
+        "0.2".into(),
+        "--payments-sim-seed".into(),
+        "7".into(),
+    ]);
+    let mut pipeline = Orderpipe::run("all", &topics, &refs(&args));
+    pipeline.wait_ready(Duration::from_secs(60)).await;
+    let mut stock = BTreeMap::new();
+    for sku in 0..10 {
+        let name = format!("SKU-{sku}");
+        set_stock(&topics, &name, 40);
+        stock.insert(name, 40u64);
+    }
+
+    let acked = run_sale(
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        mixed_orders(800, 10),
+        50,
+        |_| {},
+    )
+    .await;
+    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
+    assert_invariants(&outcome, &acked, &stock);
+
+    let declined = acked
+        .keys()
+        .filter(|id| outcome.rejection(id) == Some(RejectReason::PaymentDeclined))
+        .count();
+    let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
+    assert!(
+        declined > 0 && confirmed > 0,
+        "{mode}: declined {declined}, confirmed {confirmed}"
+    );
+    let released: u64 = outcome.released_units.values().sum();
+    let available: u64 = outcome.levels.values().map(|l| l.available).sum();
+    assert!(released > 0, "{mode}: declined orders released nothing");
+    // Demand is ten times the stock: units released by declined orders are reserved again by
+    // later orders, so what is left available is less than what was ever released.
+    assert!(
+        available < released,
+        "{mode}: released {released} units, {available} left unsold"
+    );
+    pipeline.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_sku_sale_with_declines_exactly_once() {
+    multi_sku_sale_with_declines(ProcessingMode::ExactlyOnce).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_sku_sale_with_declines_at_least_once() {
+    multi_sku_sale_with_declines(ProcessingMode::AtLeastOnce).await;
+}
+
+/// The processors' process is SIGKILLed mid-sale and restarted with the same instance id: every
+/// invariant still holds and the gateway (its own process role: here, this test) charged no order
+/// twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn processors_killed_mid_sale_keep_every_invariant() {
+    let mut topics = TestTopics::new().unwrap();
+    adopt_pipeline_topics(&mut topics);
+
+    let gateway = Arc::new(SimulatedGateway::new(SimConfig {
+        decline_rate: 0.1,
+        seed: 3,
+        ..SimConfig::default()
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway_url = format!("http://{}", listener.local_addr().unwrap());
+    let stop_gateway = CancellationToken::new();
+    tokio::spawn(gateway_sim::serve(
+        listener,
+        gateway.clone(),
+        stop_gateway.clone(),
+    ));
+
+    let ingest_port = free_port();
+    let ingest_listen = format!("127.0.0.1:{ingest_port}");
+    let mut ingest = Orderpipe::run(
+        "ingest",
+        &topics,
+        &["--components", "ingest", "--ingest-listen", &ingest_listen],
+    );
+    ingest.wait_ready(Duration::from_secs(30)).await;
+    let processor_args = [
+        "--components",
+        "stock,payments,saga,notifications",
+        "--processing",
+        "exactly-once",
+        "--instance-id",
+        "p1",
+        "--payments-gateway",
+        "http",
+        "--payments-gateway-url",
+        &gateway_url,
+    ];
+    let mut processors = Orderpipe::run("processors", &topics, &processor_args);
+    processors.wait_ready(Duration::from_secs(60)).await;
+    set_stock(&topics, "HOT-1", 100);
+
+    // Kill the processors once 600 of 2,000 orders are acknowledged, while the sale is running.
+    let kill_now = Arc::new(AtomicBool::new(false));
+    let flag = kill_now.clone();
+    let orders: Vec<OrderSpec> = (0..2000).map(|_| vec![("HOT-1".to_string(), 1)]).collect();
+    let sale = tokio::spawn(run_sale(
+        ingest_listen.parse().unwrap(),
+        orders,
+        50,
+        move |acked| {
+            if acked == 600 {
+                flag.store(true, Ordering::SeqCst);
+            }
+        },
+    ));
+    while !kill_now.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    processors.kill();
+    // Same instance id: static membership gives the partitions back at once, and the new
+    // transactional producer fences the dead one's open transaction.
+    let mut processors = Orderpipe::run("processors-restarted", &topics, &processor_args);
+    let acked = sale.await.unwrap();
+    processors.wait_ready(Duration::from_secs(60)).await;
+
+    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
+    let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
+    assert_invariants(&outcome, &acked, &stock);
+    let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
+    assert_eq!(outcome.levels["HOT-1"].sold, confirmed as u64);
+
+    let totals = gateway.totals();
+    assert_eq!(totals.orders_charged_twice, 0, "{totals:?}");
+    assert_eq!(
+        totals.charges, confirmed as u64,
+        "every confirmed order charged once, no other charge kept: {totals:?}"
+    );
+    processors.stop();
+    ingest.stop();
+    stop_gateway.cancel();
+}
