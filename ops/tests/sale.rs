@@ -257,3 +257,134 @@ async fn processors_killed_mid_sale_keep_every_invariant() {
     ingest.stop();
     stop_gateway.cancel();
 }
+
+/// After a real flash sale through every component, the query API's views agree with the topics:
+/// each order's status, reason and timeline; stock available + reserved + sold equals what was
+/// set; sales totals equal the confirmed orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn views_agree_with_the_topics_after_a_flash_sale() {
+    let mut topics = TestTopics::new().unwrap();
+    adopt_pipeline_topics(&mut topics);
+    let keyspace = orderpipe_testkit::cql::TestKeyspace::new().await.unwrap();
+    let ingest_port = free_port();
+    let query_port = free_port();
+    let started = chrono::Utc::now() - chrono::Duration::minutes(1);
+    let args = [
+        "--ingest-listen".to_string(),
+        format!("127.0.0.1:{ingest_port}"),
+        "--query-listen".to_string(),
+        format!("127.0.0.1:{query_port}"),
+        "--scylla-nodes".to_string(),
+        orderpipe_testkit::cql::nodes().join(","),
+        "--keyspace".to_string(),
+        keyspace.name().to_string(),
+        "--payments-sim-decline-rate".to_string(),
+        "0.2".to_string(),
+    ];
+    let mut pipeline = Orderpipe::run("all", &topics, &refs(&args));
+    pipeline.wait_ready(Duration::from_secs(60)).await;
+    set_stock(&topics, "HOT-1", 100);
+
+    let orders: Vec<OrderSpec> = (0..400)
+        .map(|i| vec![("HOT-1".to_string(), 1 + (i % 2) as u32)])
+        .collect();
+    let acked = run_sale(
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        orders,
+        20,
+        |_| {},
+    )
+    .await;
+    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
+    assert_invariants(
+        &outcome,
+        &acked,
+        &BTreeMap::from([("HOT-1".to_string(), 100)]),
+    );
+
+    let query: std::net::SocketAddr = format!("127.0.0.1:{query_port}").parse().unwrap();
+    let mut conn = orderpipe_testkit::http::Conn::new(query);
+    let mut confirmed = (0u64, 0i64, 0i64); // orders, units, revenue
+    for (id, lines) in &acked {
+        let expected_status = if outcome.confirmed(id) {
+            "confirmed"
+        } else {
+            "rejected"
+        };
+        // The projector runs behind the processors: long-poll until the view reached the end.
+        let view = loop {
+            let reply = conn
+                .get(&format!("/v1/orders/{id}?wait=5s&status=placed"))
+                .await;
+            assert_eq!(reply.status, 200, "{id}: {:?}", reply.body);
+            let view = reply.json();
+            if view["status"] == expected_status {
+                break view;
+            }
+        };
+        let reason = outcome
+            .rejection(id)
+            .map(|r| serde_json::to_value(r).unwrap());
+        assert_eq!(
+            view["reason"],
+            reason.unwrap_or(serde_json::Value::Null),
+            "{id}"
+        );
+        let mut timeline: Vec<String> = view["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap().to_string())
+            .collect();
+        let mut events: Vec<String> = outcome.events[id]
+            .iter()
+            .map(|e| e.event_type().to_string())
+            .collect();
+        timeline.sort();
+        events.sort();
+        // Duplicated events (same order, same type) may collapse into one timeline row when they
+        // share an event id; every event type the topic holds is on the timeline.
+        events.dedup();
+        timeline.dedup();
+        assert_eq!(timeline, events, "{id}: timeline vs topic");
+        if outcome.confirmed(id) {
+            let units: i64 = lines.iter().map(|(_, q)| i64::from(*q)).sum();
+            confirmed = (
+                confirmed.0 + 1,
+                confirmed.1 + units,
+                confirmed.2 + units * 1000,
+            );
+        }
+    }
+
+    let stock = conn.get("/v1/stock/HOT-1").await.json();
+    let (available, reserved, sold) = (
+        stock["available"].as_u64().unwrap(),
+        stock["reserved"].as_u64().unwrap(),
+        stock["sold"].as_u64().unwrap(),
+    );
+    assert_eq!(available + reserved + sold, 100, "{stock}");
+    assert_eq!(sold as i64, confirmed.1, "{stock}");
+
+    let to = chrono::Utc::now() + chrono::Duration::minutes(1);
+    let sales = conn
+        .get(&format!(
+            "/v1/sales?from={}&to={}",
+            started.format("%Y-%m-%dT%H:%M:00Z"),
+            to.format("%Y-%m-%dT%H:%M:00Z")
+        ))
+        .await
+        .json();
+    let totals = &sales["totals"];
+    assert_eq!(
+        (
+            totals["orders"].as_u64().unwrap(),
+            totals["units"].as_i64().unwrap(),
+            totals["revenue_minor"].as_i64().unwrap()
+        ),
+        confirmed,
+        "{sales}"
+    );
+    pipeline.stop();
+    keyspace.drop_keyspace().await.unwrap();
+}
