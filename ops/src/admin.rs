@@ -5,7 +5,7 @@ use orderpipe_processors::payments::{gateway_sim, GatewaySimArgs};
 use orderpipe_schemas::{StockAdjustment, Topics};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::StockSetArgs;
+use crate::cli::{RebuildArgs, StockSetArgs};
 
 /// `orderpipe stock set`: emit `stock_adjusted`, acknowledged by the broker.
 pub async fn stock_set(args: StockSetArgs) -> anyhow::Result<()> {
@@ -38,5 +38,39 @@ pub async fn gateway_sim(args: GatewaySimArgs, shutdown: CancellationToken) -> a
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     gateway_sim::serve(listener, std::sync::Arc::new(args.gateway()), shutdown).await?;
+    Ok(())
+}
+
+/// `orderpipe rebuild`: every view from offset 0 into a fresh keyspace, with progress on stderr.
+pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
+    let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
+    let report = orderpipe_projections::rebuild(
+        &args.projections,
+        &args.connections.kafka_bootstrap,
+        &nodes,
+        &topics,
+        &args.target_keyspace,
+        |p| {
+            eprintln!(
+                "rebuild: {} events applied, {} remaining, {:.0} events/s, {} poison skipped{}",
+                p.events,
+                p.remaining,
+                p.events_per_second,
+                p.poison,
+                if p.done { " (done)" } else { "" }
+            )
+        },
+    )
+    .await
+    .context("rebuilding the views")?;
+    println!(
+        "rebuilt keyspace {}: {} events in {:.1} s ({:.0} events/s), {} poison events skipped",
+        report.keyspace,
+        report.events,
+        report.elapsed.as_secs_f64(),
+        report.events_per_second,
+        report.poison
+    );
     Ok(())
 }

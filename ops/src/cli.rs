@@ -27,8 +27,23 @@ pub enum Command {
     /// Stock administration.
     #[command(subcommand)]
     Stock(StockCommand),
+    /// Rebuild every view from offset 0 into a fresh keyspace (the live views and consumer groups
+    /// are not touched); shows progress, prints a summary.
+    Rebuild(RebuildArgs),
     /// Run the payment gateway simulator over HTTP (for `--payments-gateway http` in tests and demos).
     GatewaySim(orderpipe_processors::payments::GatewaySimArgs),
+}
+
+/// `orderpipe rebuild --into KEYSPACE`.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// Keyspace to build the views into (created when missing; must differ from `--keyspace`).
+    #[arg(long = "into")]
+    pub target_keyspace: String,
+    #[command(flatten)]
+    pub connections: Connections,
+    #[command(flatten)]
+    pub projections: orderpipe_projections::Config,
 }
 
 /// `orderpipe stock ...`.

@@ -3,7 +3,7 @@
 //! Layout:
 //! - [`cli`]: the clap command line (flags, environment variables, defaults).
 //! - [`components`]: the pipeline components `orderpipe run` can start.
-//! - [`admin`]: admin commands (`stock set`, `gateway-sim`).
+//! - [`admin`]: admin commands (`stock set`, `rebuild`, `gateway-sim`).
 //! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
 
 pub mod admin;

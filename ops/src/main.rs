@@ -14,6 +14,7 @@ async fn main() -> ExitCode {
             orderpipe_ops::run::run(args, orderpipe_runtime::shutdown::on_signal()).await
         }
         Command::Stock(StockCommand::Set(args)) => orderpipe_ops::admin::stock_set(args).await,
+        Command::Rebuild(args) => orderpipe_ops::admin::rebuild(args).await,
         Command::GatewaySim(args) => {
             orderpipe_ops::admin::gateway_sim(args, orderpipe_runtime::shutdown::on_signal()).await
         }
