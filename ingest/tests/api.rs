@@ -551,19 +551,28 @@ async fn bursts_beyond_the_rate_limit_get_429_with_retry_after() {
     let mut conn = ingest.conn();
     let a = [("x-api-key", "key-a")];
 
-    // When client A sends 5 orders at once
+    // When client A sends 10 orders back to back
+    let started = std::time::Instant::now();
     let mut statuses = Vec::new();
     let mut limited = None;
-    for _ in 0..5 {
+    for _ in 0..10 {
         let reply = conn.post_order(&a, &order_body()).await;
         statuses.push(reply.status.as_u16());
         if reply.status == 429 {
             limited = Some(reply);
         }
     }
+    let elapsed = started.elapsed().as_secs_f64();
 
-    // Then the burst passes and the rest get 429 with Retry-After
-    assert_eq!(statuses, [202, 202, 202, 429, 429]);
+    // Then the burst passes and the rest get 429 with Retry-After, except the one token a second
+    // that refills while the requests run (a loaded machine may take over a second for them)
+    assert_eq!(&statuses[..3], [202, 202, 202], "{statuses:?}");
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    assert!(
+        accepted as f64 <= 3.0 + elapsed.ceil(),
+        "{accepted} accepted in {elapsed:.2} s: {statuses:?}"
+    );
+    assert!(statuses.iter().all(|s| *s == 202 || *s == 429), "{statuses:?}");
     let limited = limited.unwrap();
     let retry_after: u64 = limited
         .header("retry-after")
