@@ -8,8 +8,7 @@
 //! broker in `KAFKA_BOOTSTRAP` (default 127.0.0.1:9092). The proper open-loop load generator
 //! lives in `benches/`.
 
-#[path = "../tests/common/http.rs"]
-mod http;
+use orderpipe_testkit::http;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod http;
+pub use orderpipe_testkit::http;
 
 use std::net::SocketAddr;
 use std::time::Duration;
