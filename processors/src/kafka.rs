@@ -31,6 +31,14 @@ pub(crate) fn base_config(bootstrap: &str, client_id: &str) -> ClientConfig {
     config
 }
 
+/// The operator's extra settings (`Config::kafka_options`), applied last so they win.
+fn with_options(mut client: ClientConfig, config: &Config) -> ClientConfig {
+    for (key, value) in &config.kafka_options {
+        client.set(key, value);
+    }
+    client
+}
+
 /// Consumer group of a stage: `<prefix>orderpipe-<stage>`.
 pub fn group_id(topics: &Topics, stage: &str) -> String {
     format!("{}orderpipe-{stage}", topics.prefix())
@@ -70,7 +78,7 @@ pub(crate) fn consumer_config(
             "statistics.interval.ms",
             config.stats_interval.as_millis().to_string(),
         );
-    client
+    with_options(client, config)
 }
 
 /// The stage's producer: transactional (`exactly-once`) or idempotent with `acks=all`
@@ -99,7 +107,7 @@ pub(crate) fn producer_config(
             )
             .set("transaction.timeout.ms", "60000");
     }
-    client
+    with_options(client, config)
 }
 
 /// A manually assigned consumer that reads changelog partitions from the beginning to their end
@@ -121,8 +129,11 @@ pub(crate) fn restore_consumer_config(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "true")
-        .set("auto.offset.reset", "earliest");
-    client
+        .set("auto.offset.reset", "earliest")
+        // The broker holds a fetch for up to fetch.wait.max.ms when there is nothing new, and the
+        // end of the partition is only reported after such a fetch: keep restore from paying it.
+        .set("fetch.wait.max.ms", "10");
+    with_options(client, config)
 }
 
 /// Partition count of `topic`, or `None` if it does not exist.

@@ -34,17 +34,22 @@ impl std::fmt::Display for ProcessingMode {
 
 /// Options of the stage runner (flatten into a binary's clap config with `#[command(flatten)]`).
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "processors_config")]
 pub struct Config {
     /// Processing guarantee: `exactly-once` (Kafka transactions) or `at-least-once`.
     #[arg(long, env = "ORDERPIPE_PROCESSING", value_enum, default_value_t = ProcessingMode::ExactlyOnce)]
     pub processing: ProcessingMode,
 
     /// Most input messages per batch (one transaction per batch).
-    #[arg(long, env = "ORDERPIPE_BATCH_MAX_MESSAGES", default_value_t = 500)]
+    #[arg(
+        long = "processor-batch-max-messages",
+        env = "ORDERPIPE_PROCESSOR_BATCH_MAX_MESSAGES",
+        default_value_t = 500
+    )]
     pub batch_max_messages: usize,
 
     /// Longest wait for a batch to fill once its first message arrived (e.g. `20ms`).
-    #[arg(long, env = "ORDERPIPE_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[arg(long = "processor-batch-linger", env = "ORDERPIPE_PROCESSOR_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 
     /// Identity of this process among the stage's instances: part of `group.instance.id`
@@ -53,8 +58,22 @@ pub struct Config {
     pub instance_id: String,
 
     /// How often librdkafka reports statistics (consumer lag metric); `0s` turns them off.
-    #[arg(long, env = "ORDERPIPE_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long = "processor-stats-interval", env = "ORDERPIPE_PROCESSOR_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
+
+    /// Extra librdkafka settings for every client of the stages, `key=value`, comma-separated
+    /// (e.g. `security.protocol=SASL_SSL`); they override the runner's own settings.
+    #[arg(id = "processor_kafka_options", long = "processor-kafka-option", env = "ORDERPIPE_PROCESSOR_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    pub kafka_options: Vec<(String, String)>,
+}
+
+fn parse_key_value(option: &str) -> Result<(String, String), String> {
+    match option.split_once('=') {
+        Some((key, value)) if !key.trim().is_empty() => {
+            Ok((key.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("kafka option {option:?} is not key=value")),
+    }
 }
 
 impl Default for Config {
@@ -65,6 +84,7 @@ impl Default for Config {
             batch_linger: Duration::from_millis(20),
             instance_id: "0".to_owned(),
             stats_interval: Duration::from_secs(5),
+            kafka_options: Vec::new(),
         }
     }
 }
@@ -76,5 +96,53 @@ impl Config {
             processing,
             ..Self::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let parsed = Cli::parse_from(["orderpipe"]).config;
+        let default = Config::default();
+        assert_eq!(parsed.processing, default.processing);
+        assert_eq!(parsed.batch_max_messages, default.batch_max_messages);
+        assert_eq!(parsed.batch_linger, default.batch_linger);
+        assert_eq!(parsed.instance_id, default.instance_id);
+        assert_eq!(parsed.stats_interval, default.stats_interval);
+        assert!(parsed.kafka_options.is_empty());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Cli::parse_from([
+            "orderpipe",
+            "--processing",
+            "at-least-once",
+            "--processor-batch-linger",
+            "5ms",
+            "--processor-kafka-option",
+            "security.protocol=SASL_SSL,sasl.mechanism=PLAIN",
+        ])
+        .config;
+        assert_eq!(c.processing, ProcessingMode::AtLeastOnce);
+        assert_eq!(c.batch_linger, Duration::from_millis(5));
+        assert_eq!(
+            c.kafka_options,
+            vec![
+                ("security.protocol".to_owned(), "SASL_SSL".to_owned()),
+                ("sasl.mechanism".to_owned(), "PLAIN".to_owned())
+            ]
+        );
+        assert!(Cli::try_parse_from(["orderpipe", "--processor-kafka-option", "nokey"]).is_err());
     }
 }

@@ -129,6 +129,19 @@ impl DeliveryContext {
     }
 }
 
+/// Restore consumer context: partition EOF is how a restore ends, not an error worth a log line.
+pub(crate) struct RestoreContext;
+
+impl ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::Global(RDKafkaErrorCode::PartitionEOF)) {
+            tracing::warn!(error = %error, reason, "kafka restore consumer error");
+        }
+    }
+}
+
+impl ConsumerContext for RestoreContext {}
+
 pub(crate) type StageConsumer = BaseConsumer<RunnerContext>;
 pub(crate) type StageProducer = BaseProducer<DeliveryContext>;
 
@@ -264,7 +277,7 @@ impl Runner {
         for event in events {
             match event {
                 GroupEvent::Revoked(partitions) => {
-                    tracing::info!(stage = self.name, ?partitions, "partitions revoked");
+                    tracing::info!(stage = self.name, instance = %self.config.instance_id, ?partitions, "partitions revoked");
                     for &p in &partitions {
                         self.stage.revoke(p);
                         self.assigned.remove(&p);
@@ -272,7 +285,7 @@ impl Runner {
                     batch.retain(|m| !partitions.contains(&m.partition()));
                 }
                 GroupEvent::Assigned(partitions) => {
-                    tracing::info!(stage = self.name, ?partitions, "partitions assigned");
+                    tracing::info!(stage = self.name, instance = %self.config.instance_id, ?partitions, "partitions assigned");
                     let fresh: Vec<i32> = partitions
                         .into_iter()
                         .filter(|p| !self.assigned.contains(p))
@@ -293,13 +306,13 @@ impl Runner {
             return Ok(());
         }
         let started = Instant::now();
-        let consumer: BaseConsumer =
-            self.restore_config
-                .create()
-                .map_err(|source| Error::Kafka {
-                    context: "creating changelog restore consumer",
-                    source,
-                })?;
+        let consumer: BaseConsumer<RestoreContext> = self
+            .restore_config
+            .create_with_context(RestoreContext)
+            .map_err(|source| Error::Kafka {
+                context: "creating changelog restore consumer",
+                source,
+            })?;
         let mut tpl = TopicPartitionList::new();
         for &p in partitions {
             tpl.add_partition_offset(&self.changelog_topic, p, Offset::Beginning)
@@ -350,6 +363,7 @@ impl Runner {
         metrics::restored(self.name, records);
         tracing::info!(
             stage = self.name,
+            instance = %self.config.instance_id,
             ?partitions,
             records,
             elapsed_ms = started.elapsed().as_millis() as u64,
