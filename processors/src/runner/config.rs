@@ -37,11 +37,14 @@ impl std::fmt::Display for ProcessingMode {
 #[group(id = "processors_config")]
 pub struct Config {
     /// Processing guarantee: `exactly-once` (Kafka transactions) or `at-least-once`.
-    #[arg(long, env = "ORDERPIPE_PROCESSING", value_enum, default_value_t = ProcessingMode::ExactlyOnce)]
+    #[arg(id = "processor_processing",
+        value_name = "MODE", long = "processing", env = "ORDERPIPE_PROCESSING", value_enum, default_value_t = ProcessingMode::ExactlyOnce)]
     pub processing: ProcessingMode,
 
     /// Most input messages per batch (one transaction per batch).
     #[arg(
+        id = "processor_batch_max_messages",
+        value_name = "N",
         long = "processor-batch-max-messages",
         env = "ORDERPIPE_PROCESSOR_BATCH_MAX_MESSAGES",
         default_value_t = 500
@@ -49,21 +52,30 @@ pub struct Config {
     pub batch_max_messages: usize,
 
     /// Longest wait for a batch to fill once its first message arrived (e.g. `20ms`).
-    #[arg(long = "processor-batch-linger", env = "ORDERPIPE_PROCESSOR_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    #[arg(id = "processor_batch_linger",
+        value_name = "DURATION", long = "processor-batch-linger", env = "ORDERPIPE_PROCESSOR_BATCH_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
     pub batch_linger: Duration,
 
     /// Identity of this process among the stage's instances: part of `group.instance.id`
     /// (static membership) and `transactional.id`. Unique per running instance, stable across restarts.
-    #[arg(long, env = "ORDERPIPE_INSTANCE_ID", default_value = "0")]
+    #[arg(
+        id = "processor_instance_id",
+        value_name = "ID",
+        long = "instance-id",
+        env = "ORDERPIPE_INSTANCE_ID",
+        default_value = "0"
+    )]
     pub instance_id: String,
 
     /// How often librdkafka reports statistics (consumer lag metric); `0s` turns them off.
-    #[arg(long = "processor-stats-interval", env = "ORDERPIPE_PROCESSOR_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(id = "processor_stats_interval",
+        value_name = "DURATION", long = "processor-stats-interval", env = "ORDERPIPE_PROCESSOR_STATS_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub stats_interval: Duration,
 
     /// Extra librdkafka settings for every client of the stages, `key=value`, comma-separated
     /// (e.g. `security.protocol=SASL_SSL`); they override the runner's own settings.
-    #[arg(id = "processor_kafka_options", long = "processor-kafka-option", env = "ORDERPIPE_PROCESSOR_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+    #[arg(id = "processor_kafka_options",
+        value_name = "KEY=VALUE", long = "processor-kafka-option", env = "ORDERPIPE_PROCESSOR_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
     pub kafka_options: Vec<(String, String)>,
 }
 
@@ -112,6 +124,8 @@ mod tests {
 
     #[test]
     fn defaults_match_the_documented_ones() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
         let parsed = Cli::parse_from(["orderpipe"]).config;
         let default = Config::default();
         assert_eq!(parsed.processing, default.processing);
