@@ -28,21 +28,7 @@ use uuid::Uuid;
 const WAIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "kafka-test-secret";
 
-macro_rules! both_modes {
-    ($($body:ident),* $(,)?) => {$(
-        mod $body {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn exactly_once() {
-                super::$body(ProcessingMode::ExactlyOnce).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn at_least_once() {
-                super::$body(ProcessingMode::AtLeastOnce).await;
-            }
-        }
-    )*};
-}
+use orderpipe_testkit::both_modes;
 
 both_modes!(terminal_events_are_delivered_once_and_recorded);
 

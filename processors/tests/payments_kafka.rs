@@ -23,21 +23,7 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-macro_rules! both_modes {
-    ($($body:ident),* $(,)?) => {$(
-        mod $body {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn exactly_once() {
-                super::$body(ProcessingMode::ExactlyOnce).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn at_least_once() {
-                super::$body(ProcessingMode::AtLeastOnce).await;
-            }
-        }
-    )*};
-}
+use orderpipe_testkit::both_modes;
 
 both_modes!(charges_once_per_order_and_refunds_payment_rejections);
 

@@ -22,21 +22,7 @@ const WAIT: Duration = Duration::from_secs(60);
 /// How long "nothing more arrives" is watched for.
 const QUIET: Duration = Duration::from_secs(2);
 
-macro_rules! both_modes {
-    ($($body:ident),* $(,)?) => {$(
-        mod $body {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn exactly_once() {
-                super::$body(ProcessingMode::ExactlyOnce).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn at_least_once() {
-                super::$body(ProcessingMode::AtLeastOnce).await;
-            }
-        }
-    )*};
-}
+use orderpipe_testkit::both_modes;
 
 both_modes!(
     orders_reach_one_terminal_event_through_the_broker,

@@ -25,21 +25,7 @@ use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
 
-macro_rules! both_modes {
-    ($($body:ident),* $(,)?) => {$(
-        mod $body {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn exactly_once() {
-                super::$body(ProcessingMode::ExactlyOnce).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn at_least_once() {
-                super::$body(ProcessingMode::AtLeastOnce).await;
-            }
-        }
-    )*};
-}
+use orderpipe_testkit::both_modes;
 
 both_modes!(a_small_sale_through_all_stages);
 

@@ -26,22 +26,7 @@ use uuid::Uuid;
 const PARTITIONS: i32 = 2;
 const WAIT: Duration = Duration::from_secs(60);
 
-/// Runs an async test body once per processing mode.
-macro_rules! both_modes {
-    ($($body:ident),* $(,)?) => {$(
-        mod $body {
-            use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn exactly_once() {
-                super::$body(ProcessingMode::ExactlyOnce).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn at_least_once() {
-                super::$body(ProcessingMode::AtLeastOnce).await;
-            }
-        }
-    )*};
-}
+use orderpipe_testkit::both_modes;
 
 both_modes!(
     flash_sale_never_oversells_and_releases_restore_stock,

@@ -17,3 +17,23 @@ pub mod kafka;
 pub fn unique_suffix() -> String {
     uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
 }
+
+/// Runs each named async test body (`async fn body(mode: ProcessingMode)`) once per processing
+/// mode, as tests `body::exactly_once` and `body::at_least_once`: one test body, both guarantees.
+/// The calling file has `ProcessingMode` in scope.
+#[macro_export]
+macro_rules! both_modes {
+    ($($body:ident),* $(,)?) => {$(
+        mod $body {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn exactly_once() {
+                super::$body(ProcessingMode::ExactlyOnce).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn at_least_once() {
+                super::$body(ProcessingMode::AtLeastOnce).await;
+            }
+        }
+    )*};
+}
