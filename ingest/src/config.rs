@@ -60,11 +60,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_limit_burst: u32,
 
-    /// How long this instance remembers an Idempotency-Key's body fingerprint (same key, other body: 422).
+    /// How long an Idempotency-Key's body fingerprint is remembered (same key, other body: 422):
+    /// in this instance's memory, and in the shared store (its rows' TTL) with `cql`.
     #[arg(long = "ingest-idempotency-ttl", env = "ORDERPIPE_INGEST_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
 
-    /// Most Idempotency-Keys remembered at once (oldest forgotten first); bounds memory.
+    /// Most Idempotency-Keys remembered in memory at once (oldest forgotten first); bounds memory.
+    /// With the `cql` store this is the fast path in front of it.
     #[arg(
         long = "ingest-idempotency-capacity",
         env = "ORDERPIPE_INGEST_IDEMPOTENCY_CAPACITY",
@@ -94,6 +96,49 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub kafka_options: Vec<String>,
+
+    /// Where Idempotency-Key fingerprints are checked: `memory` (this instance only) or `cql`
+    /// (a ScyllaDB/Cassandra table shared by every instance, surviving restarts; memory stays
+    /// as a fast path in front). With `cql`, a keyed order is never accepted unchecked: when the
+    /// store fails or is slower than the ack deadline the answer is 503 with Retry-After.
+    #[arg(id = "ingest_idempotency_store", long = "ingest-idempotency-store", env = "ORDERPIPE_INGEST_IDEMPOTENCY_STORE",
+          value_enum, default_value_t = IdempotencyStore::Memory)]
+    pub idempotency_store: IdempotencyStore,
+
+    /// CQL contact points (host:port, comma-separated) of the `cql` idempotency store.
+    #[arg(id = "ingest_cql_nodes", long = "ingest-cql-nodes", env = "ORDERPIPE_INGEST_CQL_NODES",
+          default_value = DEFAULT_CQL_NODES, value_delimiter = ',')]
+    pub cql_nodes: Vec<String>,
+
+    /// Keyspace of the `cql` idempotency store (created at start when missing, with its table).
+    #[arg(id = "ingest_cql_keyspace", long = "ingest-cql-keyspace", env = "ORDERPIPE_INGEST_CQL_KEYSPACE",
+          default_value = DEFAULT_CQL_KEYSPACE)]
+    pub cql_keyspace: String,
+
+    /// SimpleStrategy replication factor used when the keyspace is created at start (an
+    /// existing keyspace is left as it is: create it beforehand for NetworkTopologyStrategy).
+    #[arg(id = "ingest_cql_replication_factor", long = "ingest-cql-replication-factor", env = "ORDERPIPE_INGEST_CQL_REPLICATION_FACTOR",
+          default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cql_replication_factor: u32,
+}
+
+/// Default of `--ingest-cql-nodes`.
+pub const DEFAULT_CQL_NODES: &str = "127.0.0.1:9042";
+
+/// Default of `--ingest-cql-keyspace`.
+pub const DEFAULT_CQL_KEYSPACE: &str = "orderpipe_ingest";
+
+/// Longest TTL CQL accepts (20 years), in seconds.
+pub(crate) const MAX_CQL_TTL_SECS: u64 = 630_720_000;
+
+/// Where Idempotency-Key fingerprints are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum IdempotencyStore {
+    /// In this instance's memory only: lost on restart, not shared between instances.
+    #[default]
+    Memory,
+    /// In a ScyllaDB/Cassandra table (`INSERT ... IF NOT EXISTS`), shared and durable.
+    Cql,
 }
 
 impl Default for Config {
@@ -116,6 +161,10 @@ impl Default for Config {
             producer_queue_kbytes: 65_536,
             producer_linger: Duration::from_millis(2),
             kafka_options: Vec::new(),
+            idempotency_store: IdempotencyStore::Memory,
+            cql_nodes: vec![DEFAULT_CQL_NODES.to_owned()],
+            cql_keyspace: DEFAULT_CQL_KEYSPACE.to_owned(),
+            cql_replication_factor: 1,
         }
     }
 }
@@ -135,6 +184,24 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err("max body bytes must be positive".into());
         }
+        if self.idempotency_store == IdempotencyStore::Cql {
+            if self.cql_nodes.iter().all(|n| n.trim().is_empty()) {
+                return Err("the cql idempotency store needs at least one CQL node".into());
+            }
+            if !is_cql_identifier(&self.cql_keyspace) {
+                return Err(format!(
+                    "CQL keyspace {:?} must be a letter then up to 47 letters, digits or _",
+                    self.cql_keyspace
+                ));
+            }
+            let ttl = self.idempotency_ttl.as_secs();
+            if ttl == 0 || ttl > MAX_CQL_TTL_SECS {
+                return Err(
+                    "with the cql idempotency store the idempotency TTL must be 1s to 20 years"
+                        .into(),
+                );
+            }
+        }
         for option in &self.kafka_options {
             if option
                 .split_once('=')
@@ -146,6 +213,16 @@ impl Config {
         Ok(())
     }
 
+    /// `cql_nodes` trimmed, without empty entries.
+    pub(crate) fn cql_node_list(&self) -> Vec<String> {
+        self.cql_nodes
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// `kafka_options` as (key, value) pairs.
     pub(crate) fn kafka_option_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
         self.kafka_options
@@ -153,6 +230,14 @@ impl Config {
             .filter_map(|o| o.split_once('='))
             .map(|(k, v)| (k.trim(), v.trim()))
     }
+}
+
+/// An unquoted CQL identifier that is a valid keyspace name.
+fn is_cql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.len() <= 48
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -207,6 +292,46 @@ mod tests {
         );
         assert!(parse(&["--ingest-create-topics"]).unwrap().create_topics);
         assert!(parse(&["--ingest-partitions", "0"]).is_err());
+    }
+
+    #[test]
+    fn idempotency_store_flags_parse() {
+        let c = parse(&[
+            "--ingest-idempotency-store",
+            "cql",
+            "--ingest-cql-nodes",
+            "10.0.0.1:9042, 10.0.0.2:9042",
+            "--ingest-cql-keyspace",
+            "ks_1",
+            "--ingest-cql-replication-factor",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(c.idempotency_store, IdempotencyStore::Cql);
+        assert_eq!(c.cql_node_list(), vec!["10.0.0.1:9042", "10.0.0.2:9042"]);
+        assert_eq!(c.cql_keyspace, "ks_1");
+        assert_eq!(c.cql_replication_factor, 3);
+        assert_eq!(c.check(), Ok(()));
+        assert!(parse(&["--ingest-idempotency-store", "redis"]).is_err());
+        assert!(parse(&["--ingest-cql-replication-factor", "0"]).is_err());
+        let bad = Config {
+            idempotency_store: IdempotencyStore::Cql,
+            cql_keyspace: "drop table".into(),
+            ..Config::default()
+        };
+        assert!(bad.check().unwrap_err().contains("keyspace"));
+        let bad = Config {
+            idempotency_store: IdempotencyStore::Cql,
+            idempotency_ttl: Duration::from_millis(500),
+            ..Config::default()
+        };
+        assert!(bad.check().unwrap_err().contains("TTL"));
+        // The memory store ignores the CQL settings.
+        let memory = Config {
+            cql_keyspace: "not checked".into(),
+            ..Config::default()
+        };
+        assert_eq!(memory.check(), Ok(()));
     }
 
     #[test]

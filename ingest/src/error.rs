@@ -63,6 +63,13 @@ pub enum ApiError {
         /// Advised wait.
         retry_after: Duration,
     },
+    /// 503: the shared idempotency store could not check the Idempotency-Key (unreachable,
+    /// failing or slow); the order was not accepted: retry with the same key after `retry_after`.
+    #[error("idempotency store unavailable")]
+    IdempotencyStoreUnavailable {
+        /// Advised wait.
+        retry_after: Duration,
+    },
     /// Any other status produced outside the handler (404, 405, 408, 413 from a layer...).
     #[error("HTTP {0}")]
     Status(StatusCode),
@@ -96,9 +103,9 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidOrder(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Overloaded { .. } | Self::NotAcknowledged { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Overloaded { .. }
+            | Self::NotAcknowledged { .. }
+            | Self::IdempotencyStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Status(status) => *status,
         }
     }
@@ -108,7 +115,8 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after }
             | Self::Overloaded { retry_after }
-            | Self::NotAcknowledged { retry_after } => Some(*retry_after),
+            | Self::NotAcknowledged { retry_after }
+            | Self::IdempotencyStoreUnavailable { retry_after } => Some(*retry_after),
             Self::Status(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
                 Some(Duration::from_secs(1))
             }
@@ -130,6 +138,7 @@ impl ApiError {
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Overloaded { .. } => "overloaded",
             Self::NotAcknowledged { .. } => "not-acknowledged",
+            Self::IdempotencyStoreUnavailable { .. } => "idempotency-store-unavailable",
             Self::Status(status) => match *status {
                 StatusCode::NOT_FOUND => "not-found",
                 StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
@@ -156,6 +165,7 @@ impl ApiError {
             Self::IdempotencyKeyReused => "Idempotency-Key reused with a different body",
             Self::Overloaded { .. } => "Service overloaded",
             Self::NotAcknowledged { .. } => "Order not acknowledged in time",
+            Self::IdempotencyStoreUnavailable { .. } => "Idempotency-Key could not be checked",
             Self::Status(status) => status.canonical_reason().unwrap_or("Error"),
         }
     }
@@ -185,6 +195,9 @@ impl ApiError {
             }
             Self::NotAcknowledged { .. } => {
                 "The order could not be confirmed as stored in time. It may or may not have been recorded: retry with the same Idempotency-Key after the Retry-After delay.".into()
+            }
+            Self::IdempotencyStoreUnavailable { .. } => {
+                "The Idempotency-Key could not be checked against the shared store in time, so the order was not accepted: retry with the same Idempotency-Key after the Retry-After delay.".into()
             }
             Self::Status(StatusCode::PAYLOAD_TOO_LARGE) => "The request body is too large.".into(),
             Self::Status(StatusCode::REQUEST_TIMEOUT) => {

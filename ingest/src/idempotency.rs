@@ -8,8 +8,9 @@
 //!
 //! What the id cannot tell is whether a retry carries the *same body*. [`RecentKeys`] remembers
 //! the body fingerprint of each key this instance saw (bounded, with a TTL) and refuses a
-//! different body with 422. Across instances and restarts that check needs a shared store
-//! (planned: ScyllaDB `INSERT ... IF NOT EXISTS` of (client, key) -> fingerprint).
+//! different body with 422. Across instances and restarts that check needs the shared store of
+//! [`crate::idempotency_store`] (`--ingest-idempotency-store cql`), with [`RecentKeys`] as its
+//! fast path.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -86,6 +87,45 @@ struct Inner {
     order: VecDeque<(Uuid, Instant)>,
 }
 
+impl Inner {
+    /// Forgets the entries expired at `now`.
+    fn expire(&mut self, now: Instant) {
+        while let Some(&(id, expires)) = self.order.front() {
+            if expires > now {
+                break;
+            }
+            self.order.pop_front();
+            self.fingerprints.remove(&id);
+        }
+    }
+
+    /// See [`RecentKeys::check`].
+    fn lookup(
+        &mut self,
+        order_id: Uuid,
+        fingerprint: &str,
+        now: Instant,
+    ) -> Result<bool, ApiError> {
+        self.expire(now);
+        match self.fingerprints.get(&order_id) {
+            Some(seen) if seen == fingerprint => Ok(true),
+            Some(_) => Err(ApiError::IdempotencyKeyReused),
+            None => Ok(false),
+        }
+    }
+
+    /// Adds an entry known to be absent, evicting the oldest past `capacity`.
+    fn insert(&mut self, order_id: Uuid, fingerprint: &str, expires: Instant, capacity: usize) {
+        if self.order.len() >= capacity {
+            if let Some((id, _)) = self.order.pop_front() {
+                self.fingerprints.remove(&id);
+            }
+        }
+        self.fingerprints.insert(order_id, fingerprint.to_owned());
+        self.order.push_back((order_id, expires));
+    }
+}
+
 impl RecentKeys {
     /// Remembers at most `capacity` keys, each for `ttl`.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
@@ -113,28 +153,38 @@ impl RecentKeys {
             return Ok(());
         }
         let mut inner = self.inner.lock().expect("idempotency lock");
-        while let Some(&(id, expires)) = inner.order.front() {
-            if expires > now {
-                break;
-            }
-            inner.order.pop_front();
-            inner.fingerprints.remove(&id);
+        if inner.lookup(order_id, fingerprint, now)? {
+            return Ok(());
         }
-        if let Some(seen) = inner.fingerprints.get(&order_id) {
-            return if seen == fingerprint {
-                Ok(())
-            } else {
-                Err(ApiError::IdempotencyKeyReused)
-            };
-        }
-        if inner.order.len() >= self.capacity {
-            if let Some((id, _)) = inner.order.pop_front() {
-                inner.fingerprints.remove(&id);
-            }
-        }
-        inner.fingerprints.insert(order_id, fingerprint.to_owned());
-        inner.order.push_back((order_id, now + self.ttl));
+        inner.insert(order_id, fingerprint, now + self.ttl, self.capacity);
         Ok(())
+    }
+
+    /// Looks `order_id` up without recording it: `Ok(true)` when it was seen with this body
+    /// within the TTL, `Ok(false)` when it is unknown here, 422 when seen with another body.
+    /// For the shared store's fast path: record with [`RecentKeys::remember`] only once the store
+    /// has confirmed the fingerprint, so that a failed store check is never skipped later.
+    pub fn check(&self, order_id: Uuid, fingerprint: &str) -> Result<bool, ApiError> {
+        if self.capacity == 0 {
+            return Ok(false);
+        }
+        self.inner
+            .lock()
+            .expect("idempotency lock")
+            .lookup(order_id, fingerprint, Instant::now())
+    }
+
+    /// Records that `order_id` belongs to a body with `fingerprint` (kept as is when already known).
+    pub fn remember(&self, order_id: Uuid, fingerprint: &str) {
+        if self.capacity == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut inner = self.inner.lock().expect("idempotency lock");
+        inner.expire(now);
+        if !inner.fingerprints.contains_key(&order_id) {
+            inner.insert(order_id, fingerprint, now + self.ttl, self.capacity);
+        }
     }
 
     /// How many keys are remembered now.
@@ -234,5 +284,27 @@ mod tests {
         // The oldest was forgotten, the newest are still checked.
         assert!(keys.check_and_remember_at(ids[3], "other", now).is_err());
         assert!(keys.check_and_remember_at(ids[1], "other", now).is_err());
+    }
+
+    #[test]
+    fn check_does_not_record_and_remember_keeps_the_first_body() {
+        let keys = RecentKeys::new(Duration::from_secs(60), 10);
+        let id = Uuid::now_v7();
+        assert!(!keys.check(id, "f1").unwrap());
+        assert!(
+            !keys.check(id, "f2").unwrap(),
+            "an unconfirmed body is not recorded"
+        );
+        keys.remember(id, "f1");
+        keys.remember(id, "f2");
+        assert!(keys.check(id, "f1").unwrap());
+        assert!(matches!(
+            keys.check(id, "f2"),
+            Err(ApiError::IdempotencyKeyReused)
+        ));
+        assert_eq!(keys.len(), 1);
+        let off = RecentKeys::new(Duration::from_secs(60), 0);
+        off.remember(id, "f1");
+        assert!(!off.check(id, "f2").unwrap());
     }
 }

@@ -7,6 +7,7 @@
 //! | `orderpipe_ingest_ack_seconds` | histogram | | time from handing `order_placed` to the producer to the broker's acknowledgement |
 //! | `orderpipe_ingest_producer_queue_depth` | gauge | | messages in the producer queue or in flight (`rd_kafka_outq_len`) |
 //! | `orderpipe_ingest_broker_up` | gauge | | 1 when the last metadata probe reached the broker |
+//! | `orderpipe_ingest_idempotency_store_seconds` | histogram | `outcome` | time of one check in the shared idempotency store (`new`, `same-body`, `other-body`, `error`) |
 
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ pub const ACK_SECONDS: &str = "orderpipe_ingest_ack_seconds";
 pub const PRODUCER_QUEUE_DEPTH: &str = "orderpipe_ingest_producer_queue_depth";
 /// Broker reachability.
 pub const BROKER_UP: &str = "orderpipe_ingest_broker_up";
+
+/// Shared idempotency store checks.
+pub const IDEMPOTENCY_STORE_SECONDS: &str = "orderpipe_ingest_idempotency_store_seconds";
 
 /// Installs the process-wide recorder (once) and describes the metrics above.
 pub(crate) fn init() {
@@ -36,6 +40,11 @@ pub(crate) fn init() {
         BROKER_UP,
         "1 when the broker answered the last metadata probe"
     );
+    metrics::describe_histogram!(
+        IDEMPOTENCY_STORE_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of one Idempotency-Key check in the shared store, by outcome"
+    );
 }
 
 pub(crate) fn request_answered(status: u16) {
@@ -52,4 +61,9 @@ pub(crate) fn queue_depth(depth: i32) {
 
 pub(crate) fn broker_up(up: bool) {
     metrics::gauge!(BROKER_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub(crate) fn store_checked(outcome: &'static str, elapsed: Duration) {
+    metrics::histogram!(IDEMPOTENCY_STORE_SECONDS, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
 }

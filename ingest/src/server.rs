@@ -25,9 +25,10 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use uuid::Uuid;
 
 use crate::auth::{ApiKeys, ANONYMOUS};
-use crate::config::Config;
+use crate::config::{Config, IdempotencyStore};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::idempotency::{self, IdempotencyKey, RecentKeys};
+use crate::idempotency_store::{CqlStore, Outcome};
 use crate::kafka::{self, Publisher};
 use crate::metrics;
 use crate::ratelimit::RateLimit;
@@ -55,8 +56,11 @@ struct App {
     keys: Option<ApiKeys>,
     limit: RateLimit,
     recent: RecentKeys,
+    /// The shared idempotency store, when configured (memory is then its fast path).
+    store: Option<Arc<CqlStore>>,
     publisher: Arc<Publisher>,
     max_body_bytes: usize,
+    retry_after: Duration,
 }
 
 /// A bound, ready-to-serve ingest API: topics created, producer configured.
@@ -83,7 +87,9 @@ impl Server {
 
     /// Prepares a server on an already bound listener (tests bind port 0): checks the config,
     /// loads the API keys, creates missing topics unless disabled (so the broker must be reachable
-    /// then), and configures the producer (which connects in the background).
+    /// then), configures the producer (which connects in the background), and with the `cql`
+    /// idempotency store connects to it, creating its keyspace and table when missing (when it
+    /// is unreachable the server starts anyway, answers keyed orders 503 and keeps connecting).
     pub async fn with_listener(
         listener: TcpListener,
         config: Config,
@@ -101,6 +107,19 @@ impl Server {
             kafka::ensure_topics(kafka_bootstrap, &config, &plan).await?;
         }
         let publisher = Arc::new(Publisher::new(kafka_bootstrap, &topics.orders, &config)?);
+        let store = match config.idempotency_store {
+            IdempotencyStore::Memory => None,
+            IdempotencyStore::Cql => {
+                let store = Arc::new(CqlStore::new(&config));
+                if let Err(err) = store.connect().await {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "idempotency store unreachable at start; keyed orders get 503 until it answers"
+                    );
+                }
+                Some(store)
+            }
+        };
         let readiness = Readiness::new();
         let probe = publisher.clone();
         readiness.add("kafka", move || probe.ready());
@@ -108,8 +127,10 @@ impl Server {
             keys,
             limit: RateLimit::new(config.rate_limit_per_second, config.rate_limit_burst),
             recent: RecentKeys::new(config.idempotency_ttl, config.idempotency_capacity),
+            store,
             publisher,
             max_body_bytes: config.max_body_bytes,
+            retry_after: config.retry_after,
         };
         Ok(Self {
             listener,
@@ -139,6 +160,9 @@ impl Server {
         let mut tasks = JoinSet::new();
         tasks.spawn(probe_broker(self.app.publisher.clone(), background.clone()));
         tasks.spawn(forget_idle_clients(self.app.clone(), background.clone()));
+        if let Some(store) = &self.app.store {
+            tasks.spawn(store.clone().connect_until_done(background.clone()));
+        }
 
         tracing::info!(%addr, "ingest listening");
         let served = axum::serve(
@@ -269,8 +293,7 @@ async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
     let order_id = match &key {
         Some(key) => {
             let order_id = idempotency::order_id_for(&client, key);
-            app.recent
-                .check_and_remember(order_id, &order.fingerprint())?;
+            check_key(app, &client, key, order_id, &order.fingerprint()).await?;
             order_id
         }
         None => Uuid::now_v7(),
@@ -285,6 +308,44 @@ async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
     app.publisher.publish(&envelope).await?;
     tracing::debug!(%client, %order_id, "order accepted");
     Ok(order_id)
+}
+
+/// The "same key, other body" check: in memory only, or through the shared store with memory as
+/// its fast path (a key known here with this body skips the store). Memory records a fingerprint
+/// only once the store confirmed it, so that a failed store check is never skipped later.
+async fn check_key(
+    app: &App,
+    client: &str,
+    key: &IdempotencyKey,
+    order_id: Uuid,
+    fingerprint: &str,
+) -> Result<(), ApiError> {
+    let Some(store) = &app.store else {
+        return app.recent.check_and_remember(order_id, fingerprint);
+    };
+    if app.recent.check(order_id, fingerprint)? {
+        return Ok(());
+    }
+    match store
+        .check(client, key.as_str(), fingerprint, order_id)
+        .await
+    {
+        Ok(Outcome::New | Outcome::SameBody) => {
+            app.recent.remember(order_id, fingerprint);
+            Ok(())
+        }
+        Ok(Outcome::OtherBody(stored)) => {
+            app.recent.remember(order_id, &stored);
+            Err(ApiError::IdempotencyKeyReused)
+        }
+        Err(err) => {
+            // Debug, like other 5xx: a store outage would otherwise log one error per request.
+            tracing::debug!(%order_id, error = format!("{err:#}"), "idempotency store check failed");
+            Err(ApiError::IdempotencyStoreUnavailable {
+                retry_after: app.retry_after,
+            })
+        }
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {

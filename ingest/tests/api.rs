@@ -572,7 +572,10 @@ async fn bursts_beyond_the_rate_limit_get_429_with_retry_after() {
         accepted as f64 <= 3.0 + elapsed.ceil(),
         "{accepted} accepted in {elapsed:.2} s: {statuses:?}"
     );
-    assert!(statuses.iter().all(|s| *s == 202 || *s == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 202 || *s == 429),
+        "{statuses:?}"
+    );
     let limited = limited.unwrap();
     let retry_after: u64 = limited
         .header("retry-after")
