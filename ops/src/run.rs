@@ -24,6 +24,9 @@ type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// commit what it has done); what is still running then is aborted.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let chosen = components::select(&args.components);
+    // Install the process-wide recorder before any component records a metric (earlier
+    // recordings would be lost).
+    orderpipe_runtime::metrics::handle();
     tracing::info!(components = ?chosen.iter().map(|c| c.name()).collect::<Vec<_>>(), "starting");
 
     // Every topic of the pipeline exists before any component starts: stages refuse to start

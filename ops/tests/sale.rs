@@ -174,6 +174,12 @@ async fn multi_sku_sale_with_declines_at_least_once() {
 /// The processors' process is SIGKILLed mid-sale and restarted with the same instance id: every
 /// invariant still holds and the gateway (its own process role: here, this test) charged no order
 /// twice.
+///
+/// Testbed caveat (diagnosed from the broker's data file of a failed CI run): when the kill leaves a
+/// transaction open on the stock topic, the restarted instance fences it and noida-db 0.2.3 writes
+/// the abort marker, yet once in ~8 runs its read_committed consumers never get past the aborted
+/// transaction's first offset, so the stock stage sees nothing more. Apache Kafka moves the last
+/// stable offset on after the abort. `.config/nextest.toml` retries this test for that reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn processors_killed_mid_sale_keep_every_invariant() {
     let mut topics = TestTopics::new().unwrap();
@@ -241,7 +247,8 @@ async fn processors_killed_mid_sale_keep_every_invariant() {
     let acked = sale.await.unwrap();
     processors.wait_ready(Duration::from_secs(60)).await;
 
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
+    // The sale settles in about 10 s; a stalled broker (see above) fails within a minute.
+    let outcome = collect_outcome(&topics, &acked, Duration::from_secs(60)).await;
     let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
     assert_invariants(&outcome, &acked, &stock);
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
