@@ -394,24 +394,7 @@ impl Writer {
             row;
         let mut state = OrderState::default();
         if let (Some(offset), Some(at)) = (placed_offset, placed_at) {
-            let lines = self
-                .session
-                .execute_unpaged(&self.read_lines, (order_id,))
-                .await
-                .cql("reading an order's lines")?
-                .into_rows_result()
-                .cql("reading an order's lines")?
-                .rows::<(i32, Option<String>, Option<i32>, Option<i64>)>()
-                .cql("reading an order's lines")?
-                .map(|row| {
-                    row.map(|(_, sku, quantity, price)| Line {
-                        sku: sku.unwrap_or_default(),
-                        quantity: quantity.unwrap_or(0),
-                        unit_price_minor: price.unwrap_or(0),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .cql("reading an order's lines")?;
+            let lines = read_lines(&self.session, &self.read_lines, order_id).await?;
             state.placed = Some(Placed {
                 offset,
                 at_ms: at.0,
@@ -430,6 +413,32 @@ impl Writer {
         }
         Ok(state)
     }
+}
+
+/// The lines of an order, in line order (`statement` selects line_index, sku, quantity,
+/// unit_price_minor by order_id; the writer and the reader each prepare it on their session).
+async fn read_lines(
+    session: &Session,
+    statement: &PreparedStatement,
+    order_id: Uuid,
+) -> Result<Vec<Line>, Error> {
+    session
+        .execute_unpaged(statement, (order_id,))
+        .await
+        .cql("reading an order's lines")?
+        .into_rows_result()
+        .cql("reading an order's lines")?
+        .rows::<(i32, Option<String>, Option<i32>, Option<i64>)>()
+        .cql("reading an order's lines")?
+        .map(|row| {
+            row.map(|(_, sku, quantity, price)| Line {
+                sku: sku.unwrap_or_default(),
+                quantity: quantity.unwrap_or(0),
+                unit_price_minor: price.unwrap_or(0),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .cql("reading an order's lines")
 }
 
 /// An order as the query API shows it.
@@ -606,24 +615,7 @@ impl Reader {
         let Some(mut record) = record else {
             return Ok(None);
         };
-        record.lines = self
-            .session
-            .execute_unpaged(&self.lines, (order_id,))
-            .await
-            .cql("reading an order's lines")?
-            .into_rows_result()
-            .cql("reading an order's lines")?
-            .rows::<(i32, Option<String>, Option<i32>, Option<i64>)>()
-            .cql("reading an order's lines")?
-            .map(|row| {
-                row.map(|(_, sku, quantity, price)| Line {
-                    sku: sku.unwrap_or_default(),
-                    quantity: quantity.unwrap_or(0),
-                    unit_price_minor: price.unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .cql("reading an order's lines")?;
+        record.lines = read_lines(&self.session, &self.lines, order_id).await?;
         Ok(Some(record))
     }
 
