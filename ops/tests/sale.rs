@@ -175,12 +175,16 @@ async fn multi_sku_sale_with_declines_at_least_once() {
 /// invariant still holds and the gateway (its own process role: here, this test) charged no order
 /// twice.
 ///
-/// Testbed caveat (diagnosed from the broker's data file of a failed CI run): when the kill leaves a
-/// transaction open on the stock topic, the restarted instance fences it and noida-db 0.2.3 writes
-/// the abort marker, yet once in ~8 runs its read_committed consumers never get past the aborted
-/// transaction's first offset, so the stock stage sees nothing more. Apache Kafka moves the last
-/// stable offset on after the abort. `.config/nextest.toml` retries this test for that reason.
+/// Ignored in CI (run it with `cargo nextest run -p orderpipe-ops --test sale --run-ignored all`):
+/// the testbed broker, noida-db 0.2.3, sometimes keeps the last stable offset stuck after the
+/// restarted instance fences and aborts the killed one's open transaction. In one failed CI run
+/// its data file showed the abort marker written and `aborted_txns` recorded, while the stock
+/// stage's read_committed consumer stayed at the aborted transaction's first offset for minutes;
+/// a second run stalled the same way on the orders topic. It passed 7 of 8 runs on an idle
+/// machine, and stalled in 2 of 3 attempts under CI load. Apache Kafka moves the last stable
+/// offset on after the abort; this test belongs in a run against real Kafka or Redpanda.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "noida-db 0.2.3 can leave the last stable offset stuck after fencing a killed transaction; run against real Kafka"]
 async fn processors_killed_mid_sale_keep_every_invariant() {
     let mut topics = TestTopics::new().unwrap();
     adopt_pipeline_topics(&mut topics);
