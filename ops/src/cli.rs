@@ -20,6 +20,8 @@ pub struct Cli {
 }
 
 /// What to do.
+// Parsed once at start-up: the size difference between variants costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run pipeline components in this process until SIGINT or SIGTERM.

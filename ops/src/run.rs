@@ -107,7 +107,11 @@ fn start(
     let readiness = readiness.clone();
     match component {
         Component::Ingest => {
-            let config = args.ingest.clone();
+            // The pipeline's topics were created above, once for every component.
+            let config = orderpipe_ingest::Config {
+                create_topics: false,
+                ..args.ingest.clone()
+            };
             let listen: SocketAddr = args.ingest_listen;
             Box::pin(async move {
                 orderpipe_ingest::run(config, &bootstrap, topics, listen, token).await
