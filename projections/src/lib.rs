@@ -28,7 +28,9 @@
 //! An order's events share a partition (key `order_id`), as do a SKU's snapshots (key `sku`), so
 //! offsets order them. Cells where the latest event wins (stock levels) use `offset + 1`; cells
 //! where the first event wins (placement, each stage's time, the terminal outcome, sales rows)
-//! use `2^62 - offset`. Re-applying an event rewrites the same value with the same timestamp
+//! use `ANCHOR - offset`, mirrored around a fixed instant in the past (2020-01-01 in
+//! microseconds), so every write timestamp lies in the past: ScyllaDB refuses timestamps more
+//! than 3 days ahead. Re-applying an event rewrites the same value with the same timestamp
 //! (a no-op); applying an old event after a newer one loses on timestamp. Each stage has its own
 //! column, so events may land in any order; the status is derived at read time: the first
 //! terminal outcome if any (a late `payment_settled` after `order_rejected` leaves it rejected),

@@ -5,8 +5,13 @@
 //! so a replay or a rebuild writes identical cells:
 //! - [`latest_wins`] (`offset + 1`): a later event overwrites an earlier one (stock levels,
 //!   timeline rows, which are immutable anyway);
-//! - [`first_wins`] (`2^62 - offset`): an earlier event wins over a later one (the order's
+//! - [`first_wins`] (`ANCHOR - offset`): an earlier event wins over a later one (the order's
 //!   placement, each stage's first time, the terminal outcome, sales rows).
+//!
+//! Every stamp lies in the past, whatever the offset: [`ANCHOR`] is 2020-01-01 in microseconds
+//! (CQL write timestamps are microseconds), and ScyllaDB refuses a timestamp more than 3 days in
+//! the future (`restrict_future_timestamp`). Offsets up to [`MAX_OFFSET`] (2^40) keep both
+//! mappings strictly ordered, positive, and every `latest_wins` stamp below every `first_wins` one.
 //!
 //! Offsets compare only within one partition; keys pin an order's events and a SKU's snapshots
 //! to one partition, which is all the comparisons here need.
@@ -15,12 +20,16 @@ use orderpipe_schemas::{OrderEnvelope, OrderEvent, StockEnvelope, StockEvent};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// Base of [`first_wins`] timestamps: far above any offset, far below `i64::MAX`.
-pub(crate) const FIRST_WINS_BASE: i64 = 1 << 62;
+/// Mirror of [`first_wins`] stamps: 2020-01-01T00:00:00Z in microseconds since the epoch, a
+/// fixed instant in the past, so that no write timestamp is ever in the future.
+pub(crate) const ANCHOR: i64 = 1_577_836_800_000_000;
 
-/// Write timestamp for cells where the earliest event wins.
+/// Largest offset the mappings keep in order (2^40, about 10^12 events per partition).
+pub(crate) const MAX_OFFSET: i64 = 1 << 40;
+
+/// Write timestamp for cells where the earliest event wins: `ANCHOR - offset`, in the past.
 pub(crate) fn first_wins(offset: i64) -> i64 {
-    FIRST_WINS_BASE - offset
+    ANCHOR - offset
 }
 
 /// Write timestamp for cells where the latest event wins.
@@ -661,6 +670,33 @@ mod tests {
         assert!(first_wins(1) > first_wins(2));
         assert!(latest_wins(2) > latest_wins(1));
         assert!(latest_wins(i64::from(u32::MAX) * 1000) < first_wins(i64::from(u32::MAX) * 1000));
+    }
+
+    /// Every stamp lies in the past (ScyllaDB refuses timestamps over 3 days ahead) and both
+    /// mappings keep their order for every offset up to 2^40.
+    #[test]
+    fn stamps_stay_in_the_past_and_ordered_up_to_2_pow_40() {
+        let now_micros = Utc::now().timestamp_micros();
+        let mut offsets: Vec<i64> = vec![0, 1, 2, 3, 1_000, MAX_OFFSET - 1, MAX_OFFSET];
+        offsets.extend((0..=40).map(|b| 1i64 << b));
+        offsets.extend((1..=40).map(|b| (1i64 << b) - 1));
+        offsets.extend((0..1000).map(|i| i * (MAX_OFFSET / 1000)));
+        offsets.sort_unstable();
+        offsets.dedup();
+        for pair in offsets.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            assert!(first_wins(a) > first_wins(b), "first_wins order at {a} < {b}");
+            assert!(latest_wins(a) < latest_wins(b), "latest_wins order at {a} < {b}");
+        }
+        for &o in &offsets {
+            for stamp in [first_wins(o), latest_wins(o)] {
+                assert!(stamp > 0, "stamp of offset {o} is not positive");
+                assert!(stamp < now_micros, "stamp of offset {o} is not in the past");
+            }
+            // Any latest-wins stamp is below any first-wins stamp.
+            assert!(latest_wins(MAX_OFFSET) < first_wins(o));
+        }
+        assert!(first_wins(0) <= ANCHOR);
     }
 
     #[test]

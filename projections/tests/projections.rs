@@ -42,6 +42,57 @@ fn ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Non-key columns of every view table (WRITETIME is defined for these only).
+const WRITTEN_COLUMNS: &[(&str, &[&str])] = &[
+    (
+        "orders",
+        &[
+            "event_type", "detail", "event_offset", "customer_id", "currency", "total_minor",
+            "line_count", "placed_at", "placed_offset", "reserved_at", "paid_at", "declined_at",
+            "terminal_status", "terminal_reason", "terminal_at", "terminal_offset",
+            "cancelled_at", "refunded_at", "refunded_minor",
+        ],
+    ),
+    ("order_lines", &["sku", "quantity", "unit_price_minor"]),
+    ("orders_by_customer", &["currency", "total_minor", "line_count"]),
+    (
+        "stock_by_sku",
+        &["available", "reserved", "sold", "per_customer_limit", "updated_at", "event_offset"],
+    ),
+    ("sales_by_minute", &["currency", "units", "revenue_minor"]),
+    ("sales_by_sku_minute", &["currency", "units", "revenue_minor"]),
+];
+
+/// Reads `WRITETIME` of every written cell of every view and asserts it is positive and below
+/// now + 1 day; returns how many cells it read.
+async fn assert_write_times_in_the_past(
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+) -> anyhow::Result<usize> {
+    let limit = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp_micros();
+    let mut checked = 0;
+    for (table, columns) in WRITTEN_COLUMNS {
+        for column in *columns {
+            let rows = session
+                .query_unpaged(
+                    format!("SELECT WRITETIME({column}) FROM {keyspace}.{table}"),
+                    &[],
+                )
+                .await?
+                .into_rows_result()?;
+            for row in rows.rows::<(Option<i64>,)>()? {
+                let (Some(stamp),) = row? else { continue };
+                assert!(
+                    stamp > 0 && stamp < limit,
+                    "{table}.{column} written at {stamp} µs, not in the past (limit {limit})"
+                );
+                checked += 1;
+            }
+        }
+    }
+    Ok(checked)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -> anyhow::Result<()>
 {
@@ -216,6 +267,11 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
         assert_eq!(got, expected, "{sku}");
         assert_eq!(got.0 + got.1 + got.2, stocked, "{sku}");
     }
+
+    // and every cell was written with a timestamp in the past (ScyllaDB refuses timestamps over
+    // 3 days ahead), first-wins cells included
+    let checked = assert_write_times_in_the_past(&session, keyspace.name()).await?;
+    assert!(checked > 50, "only {checked} write times read");
 
     // and sales per minute add up to the confirmed orders
     let all: Vec<Value> = [
