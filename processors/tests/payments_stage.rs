@@ -1,13 +1,17 @@
 //! The payments stage without a broker: batches of orders-topic events in, answers out.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
 
 use orderpipe_processors::payments::{
-    HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage, RetryPolicy, SimConfig,
-    SimulatedGateway, GATEWAY_TIMEOUT_REASON,
+    Charge, GatewayError, HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage,
+    PendingOp, Refund, RetryPolicy, RetrySchedule, SimConfig, SimulatedGateway,
+    GATEWAY_TIMEOUT_REASON,
 };
-use orderpipe_processors::{Effects, Input, Stage};
+use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, OrderRejected, PaymentDeclined, PaymentRef, PaymentRequested,
     PaymentSettled, Refunded, RejectReason, Topics,
@@ -175,7 +179,7 @@ fn stock_rejections_and_other_events_make_no_gateway_call() {
 }
 
 #[test]
-fn an_unreachable_gateway_declines_with_gateway_timeout_and_failed_refunds_are_dead_lettered() {
+fn an_unreachable_gateway_declines_only_after_the_retry_window_and_never_dead_letters_a_refund() {
     let rt = runtime();
     // A port nothing listens on
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -191,7 +195,11 @@ fn an_unreachable_gateway_declines_with_gateway_timeout_and_failed_refunds_are_d
         max_delay: Duration::from_millis(10),
     };
     let gw = Arc::new(HttpGateway::new(config).unwrap());
-    let mut stage = stage_with(&rt, gw);
+    // No retry window: a charge the gateway cannot take is declined at once
+    let mut stage = stage_with(&rt, gw).with_retry(RetrySchedule {
+        charge_retry_for: Duration::ZERO,
+        ..RetrySchedule::default()
+    });
     let id = Uuid::now_v7();
     let (out, emitted) = process(
         &mut stage,
@@ -206,12 +214,214 @@ fn an_unreachable_gateway_declines_with_gateway_timeout_and_failed_refunds_are_d
             reason: GATEWAY_TIMEOUT_REASON.into()
         })
     );
-    let dead: Vec<(&str, i64)> = out
-        .dead_letters()
+    assert_eq!(emitted.len(), 1);
+    // The refund is kept for a retry, not dead-lettered
+    assert!(out.dead_letters().is_empty(), "{:?}", out.dead_letters());
+    assert!(matches!(stage.pending(id), Some(PendingOp::Refund { .. })));
+}
+
+/// A gateway that answers like the simulated one, or fails every call with an open breaker.
+struct Flaky {
+    sim: SimulatedGateway,
+    down: AtomicBool,
+}
+
+impl Flaky {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            sim: SimulatedGateway::default(),
+            down: AtomicBool::new(false),
+        })
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+impl PaymentGateway for Flaky {
+    fn charge<'a>(
+        &'a self,
+        order_id: Uuid,
+        amount_minor: i64,
+        currency: &'a str,
+        payment: &'a PaymentRef,
+    ) -> BoxFuture<'a, Result<Charge, GatewayError>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(GatewayError::CircuitOpen) });
+        }
+        self.sim.charge(order_id, amount_minor, currency, payment)
+    }
+
+    fn refund(&self, order_id: Uuid) -> BoxFuture<'_, Result<Refund, GatewayError>> {
+        if self.down.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(GatewayError::CircuitOpen) });
+        }
+        self.sim.refund(order_id)
+    }
+}
+
+fn tick(stage: &mut PaymentsStage, at: SystemTime) -> (Effects, Vec<OrderEnvelope>) {
+    let mut out = Effects::new();
+    stage.tick(at, &mut out);
+    let emitted = out
+        .outputs()
         .iter()
-        .map(|d| (d.reason.as_str(), d.offset))
+        .map(|o| OrderEnvelope::decode(&o.payload).unwrap())
         .collect();
-    assert_eq!(dead, [("refund_failed", 1)]);
+    (out, emitted)
+}
+
+/// Replays `changelog` into a fresh stage, as the runner does after a restart.
+fn restarted(
+    rt: &Runtime,
+    gateway: Arc<dyn PaymentGateway>,
+    changelog: &[ChangelogRecord],
+) -> PaymentsStage {
+    let mut stage = stage_with(rt, gateway);
+    for record in changelog {
+        stage
+            .restore(record.partition, &record.key, record.value.as_deref())
+            .unwrap();
+    }
+    stage
+}
+
+#[test]
+fn a_refund_that_meets_an_open_breaker_is_retried_from_tick_until_confirmed_across_a_restart() {
+    let rt = runtime();
+    let gw = Flaky::new();
+    let mut stage = stage_with(&rt, gw.clone());
+    let id = Uuid::now_v7();
+    // Given a settled charge
+    let (_, settled) = process(&mut stage, &[requested(id, 700)]);
+    assert_eq!(settled[0].event_type(), "payment_settled");
+    // When the order is rejected while the breaker is open
+    gw.set_down(true);
+    let rejection = rejected(id, RejectReason::PaymentTimeout);
+    let (out, emitted) = process(&mut stage, std::slice::from_ref(&rejection));
+    // Then nothing is dead-lettered: the refund is pending in the changelog
+    assert!(out.dead_letters().is_empty(), "{:?}", out.dead_letters());
+    assert!(emitted.is_empty());
+    let mut changelog: Vec<ChangelogRecord> = out.changelog().to_vec();
+    assert_eq!(changelog.len(), 1);
+    assert_eq!(changelog[0].key, id.to_string());
+    assert!(matches!(stage.pending(id), Some(PendingOp::Refund { .. })));
+    // and ticks while the gateway is still down keep it (no new changelog record each time)
+    let now = SystemTime::now();
+    for minutes in [1, 5, 60] {
+        let (out, emitted) = tick(&mut stage, now + Duration::from_secs(60 * minutes));
+        assert!(emitted.is_empty() && out.changelog().is_empty() && out.dead_letters().is_empty());
+    }
+    assert!(gw.sim.stats(id).refund_attempts == 0 && gw.sim.stats(id).refunds == 0);
+    // When the process restarts (state from the changelog) and the gateway is back
+    drop(stage);
+    gw.set_down(false);
+    let mut stage = restarted(&rt, gw.clone(), &changelog);
+    assert!(matches!(stage.pending(id), Some(PendingOp::Refund { .. })));
+    let (out, emitted) = tick(&mut stage, SystemTime::now());
+    // Then the refund happens once and is announced, caused by the rejection
+    assert_eq!(emitted.len(), 1, "{emitted:?}");
+    assert_eq!(
+        emitted[0].event,
+        OrderEvent::Refunded(Refunded {
+            amount_minor: 700,
+            currency: "EUR".into()
+        })
+    );
+    assert_eq!(emitted[0].causation_id, Some(rejection.event_id));
+    assert_eq!((gw.sim.stats(id).charges, gw.sim.stats(id).refunds), (1, 1));
+    // and the pending refund is tombstoned
+    changelog.extend(out.changelog().iter().cloned());
+    assert_eq!(out.changelog().len(), 1);
+    assert_eq!(out.changelog()[0].value, None);
+    assert!(stage.pending(id).is_none());
+    let (_, again) = tick(&mut stage, SystemTime::now() + Duration::from_secs(3600));
+    assert!(again.is_empty());
+    // A restart after that has nothing left to do
+    let stage = restarted(&rt, gw, &changelog);
+    assert_eq!(stage.pending_count(), 0);
+}
+
+#[test]
+fn an_open_breaker_keeps_the_charge_pending_and_it_settles_once_the_gateway_is_back() {
+    let rt = runtime();
+    let gw = Flaky::new();
+    let mut stage = stage_with(&rt, gw.clone());
+    let id = Uuid::now_v7();
+    gw.set_down(true);
+    let request = requested(id, 1_000);
+    // When the breaker is open, the payment is not declined
+    let (out, emitted) = process(&mut stage, std::slice::from_ref(&request));
+    assert!(emitted.is_empty(), "{emitted:?}");
+    assert!(out.dead_letters().is_empty());
+    assert_eq!(out.changelog().len(), 1);
+    assert!(matches!(stage.pending(id), Some(PendingOp::Charge { .. })));
+    let now = SystemTime::now();
+    let (_, emitted) = tick(&mut stage, now + Duration::from_secs(5));
+    assert!(emitted.is_empty());
+    // Then, once the gateway is back, a tick charges it
+    gw.set_down(false);
+    let (out, emitted) = tick(&mut stage, now + Duration::from_secs(30));
+    assert_eq!(emitted.len(), 1);
+    assert!(matches!(emitted[0].event, OrderEvent::PaymentSettled(_)));
+    assert_eq!(emitted[0].causation_id, Some(request.event_id));
+    assert_eq!(out.changelog()[0].value, None);
+    // with the id a direct answer has: a redelivered request meets the same event
+    let (_, direct) = process(&mut stage, &[request]);
+    assert_eq!(direct[0].event_id, emitted[0].event_id);
+    assert_eq!(direct[0].encode(), emitted[0].encode());
+    assert_eq!(gw.sim.stats(id).charges, 1);
+}
+
+#[test]
+fn a_charge_the_gateway_cannot_take_is_declined_at_its_deadline_not_before() {
+    let rt = runtime();
+    let gw = Flaky::new();
+    let mut stage = stage_with(&rt, gw.clone()).with_retry(RetrySchedule {
+        min_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+        charge_retry_for: Duration::from_secs(20),
+    });
+    let id = Uuid::now_v7();
+    gw.set_down(true);
+    let request = requested(id, 1_000);
+    let requested_at: SystemTime = request.occurred_at.into();
+    let (_, emitted) = process(&mut stage, &[request]);
+    assert!(emitted.is_empty());
+    let (_, emitted) = tick(&mut stage, requested_at + Duration::from_secs(19));
+    assert!(emitted.is_empty(), "{emitted:?}");
+    let (out, emitted) = tick(&mut stage, requested_at + Duration::from_secs(21));
+    assert_eq!(
+        emitted[0].event,
+        OrderEvent::PaymentDeclined(PaymentDeclined {
+            reason: GATEWAY_TIMEOUT_REASON.into()
+        })
+    );
+    assert_eq!(out.changelog()[0].value, None);
+    assert_eq!(stage.pending_count(), 0);
+}
+
+#[test]
+fn a_rejection_drops_the_pending_charge_and_voids_the_order() {
+    let rt = runtime();
+    let gw = Flaky::new();
+    let mut stage = stage_with(&rt, gw.clone());
+    let id = Uuid::now_v7();
+    gw.set_down(true);
+    process(&mut stage, &[requested(id, 1_000)]);
+    let (out, _) = process(&mut stage, &[rejected(id, RejectReason::PaymentTimeout)]);
+    assert!(out.dead_letters().is_empty());
+    assert!(matches!(stage.pending(id), Some(PendingOp::Refund { .. })));
+    gw.set_down(false);
+    let (out, emitted) = tick(&mut stage, SystemTime::now() + Duration::from_secs(60));
+    // Nothing was charged, so nothing to refund; the order is voided and the charge never happens
+    assert!(emitted.is_empty(), "{emitted:?}");
+    assert_eq!(out.changelog()[0].value, None);
+    let (_, emitted) = tick(&mut stage, SystemTime::now() + Duration::from_secs(120));
+    assert!(emitted.is_empty());
+    assert_eq!(gw.sim.stats(id).charges, 0);
+    assert_eq!(gw.sim.stats(id).refund_attempts, 1);
 }
 
 #[test]

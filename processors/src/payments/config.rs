@@ -9,6 +9,7 @@ use super::gateway::PaymentGateway;
 use super::http::RetryPolicy;
 use super::http_gateway::{HttpGateway, HttpGatewayConfig};
 use super::simulated::{SimConfig, SimulatedGateway};
+use super::stage::RetrySchedule;
 
 /// Which gateway the payments stage talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -98,6 +99,18 @@ pub struct PaymentsArgs {
         default_value_t = 64
     )]
     pub concurrency: usize,
+    /// Delay before retrying a charge or refund the gateway could not take (open breaker,
+    /// timeout, 5xx); doubles per failed retry.
+    #[arg(id = "payments_retry_min", long = "payments-retry-min", env = "ORDERPIPE_PAYMENTS_RETRY_MIN", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub retry_min: Duration,
+    /// Longest delay between two retries of pending gateway work.
+    #[arg(id = "payments_retry_max", long = "payments-retry-max", env = "ORDERPIPE_PAYMENTS_RETRY_MAX", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+    /// How long after `payment_requested` a charge the gateway could not take is retried before
+    /// it is declined with `gateway_timeout` (keep it at the saga's `--saga-payment-timeout`).
+    /// Refunds are retried without limit.
+    #[arg(id = "payments_charge_retry_for", long = "payments-charge-retry-for", env = "ORDERPIPE_PAYMENTS_CHARGE_RETRY_FOR", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub charge_retry_for: Duration,
 }
 
 impl Default for PaymentsArgs {
@@ -115,6 +128,9 @@ impl Default for PaymentsArgs {
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(5),
             concurrency: 64,
+            retry_min: Duration::from_millis(250),
+            retry_max: Duration::from_secs(10),
+            charge_retry_for: Duration::from_secs(60),
         }
     }
 }
@@ -126,6 +142,15 @@ impl PaymentsArgs {
             latency: self.sim_latency,
             decline_rate: self.sim_decline_rate,
             seed: self.sim_seed,
+        }
+    }
+
+    /// How pending charges and refunds are retried.
+    pub fn retry_schedule(&self) -> RetrySchedule {
+        RetrySchedule {
+            min_delay: self.retry_min,
+            max_delay: self.retry_max.max(self.retry_min),
+            charge_retry_for: self.charge_retry_for,
         }
     }
 

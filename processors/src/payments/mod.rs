@@ -13,22 +13,26 @@
 //! - [`stage`]: the stage, [`PaymentsStage`].
 //!
 //! No double charge: every gateway call carries the order id as its idempotency key, and the
-//! gateway answers a repeated key with the first answer without moving money. So the stage needs
-//! no state of its own: an event redelivered after a crash (at-least-once), re-processed after
-//! an aborted transaction (exactly-once), or a client retry after a lost answer, all meet the
-//! first charge. Calls of one order run in offset order; orders of a batch run concurrently.
+//! gateway answers a repeated key with the first answer without moving money. So an event
+//! redelivered after a crash (at-least-once), re-processed after an aborted transaction
+//! (exactly-once), or a client retry after a lost answer, all meet the first charge. Calls of one
+//! order run in offset order; orders of a batch run concurrently.
 //!
-//! Unreachable gateway: once retries are exhausted (or while the circuit is open) the stage emits
-//! `payment_declined{reason: "gateway_timeout"}`, and the saga rejects the order with
-//! `payment_timeout` (releasing its stock). A timed-out charge may still have happened, so:
+//! Unreachable gateway (timeouts, 5xx, open circuit breaker): the charge is not declined; it
+//! stays pending in `payments.changelog` and is retried from the stage's tick with backoff until
+//! `payment_requested.occurred_at + --payments-charge-retry-for`, and only then declined with
+//! `gateway_timeout` (the saga rejects the order with `payment_timeout`, or has done so by its own
+//! deadline). Only the gateway's own decline (or refusal) declines a payment at once.
 //!
 //! Compensation: on `order_rejected` with reason `payment_declined` or `payment_timeout`, the
-//! stage asks the gateway to refund the order; if there was a charge it emits `refunded`. Any
-//! charge of such an order happened while handling its `payment_requested`, which precedes the
-//! rejection in the partition, so the refund comes after it (a `payment_settled` the saga sees
-//! after the rejection is refunded this way). A refund of an order with no charge voids it at
-//! the gateway, so a charge request still in flight cannot take money later. A refund that fails
-//! (gateway down) dead-letters the rejection with reason `refund_failed`; a redrive retries it.
+//! stage drops any pending charge of the order and asks the gateway to refund it; if there was a
+//! charge it emits `refunded`. Any charge of such an order happened while handling its
+//! `payment_requested`, which precedes the rejection in the partition, so the refund comes after
+//! it (a `payment_settled` the saga sees after the rejection is refunded this way). A refund of
+//! an order with no charge voids it at the gateway, so a charge request still in flight cannot
+//! take money later. A refund that fails (gateway down, breaker open, anything) stays pending in
+//! the changelog and is retried with backoff until the gateway confirms it, across restarts;
+//! it is never dead-lettered.
 //!
 //! Not covered: TLS to the gateway (plain `http://`; terminate TLS in a sidecar).
 
@@ -49,7 +53,7 @@ pub use gateway_sim::GatewaySimArgs;
 pub use http::RetryPolicy;
 pub use http_gateway::{HttpGateway, HttpGatewayConfig};
 pub use simulated::{OrderStats, SimConfig, SimulatedGateway, Totals};
-pub use stage::PaymentsStage;
+pub use stage::{Cause, PaymentsStage, PendingOp, RetrySchedule};
 
 /// `payment_declined.reason` when the gateway could not be reached (the saga rejects the order
 /// with `payment_timeout`).

@@ -1,16 +1,31 @@
 //! The payments stage: consumes the orders topic; charges `payment_requested` orders through the
 //! [`PaymentGateway`] and emits `payment_settled` / `payment_declined`; refunds the charge of an
-//! order rejected for a payment reason and emits `refunded`. Stateless: the gateway's idempotency
-//! (key = order id) is what makes a redelivered or re-processed event harmless.
+//! order rejected for a payment reason and emits `refunded`.
+//!
+//! The gateway's idempotency (key = order id) is what makes a redelivered or re-processed event
+//! harmless. The stage's own state is the gateway work that could not be finished yet:
+//! - a charge that met an open circuit breaker or a transient failure (timeout, 5xx) stays
+//!   pending and is retried from [`Stage::tick`] with backoff until its deadline
+//!   (`payment_requested.occurred_at` + `--payments-charge-retry-for`); only then, or on the
+//!   gateway's own decline, is the payment declined. An open breaker means "later", never "no".
+//! - a refund (or void) that fails for any reason stays pending and is retried from `tick`
+//!   with backoff until the gateway confirms it; it is never dead-lettered.
+//!
+//! Pending work is kept in `payments.changelog` (key = order id, value = [`PendingOp`] as
+//! JSON, tombstoned once done), so it survives restarts and rebalances: the restored stage
+//! retries it on its first tick.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
+use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, PaymentDeclined, PaymentRequested, PaymentSettled, Refunded,
     RejectReason, Topics,
 };
+use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
@@ -20,12 +35,107 @@ use super::{GATEWAY_ERROR_REASON, GATEWAY_TIMEOUT_REASON};
 use crate::runner::{Effects, Input, Stage};
 use crate::saga::derived_event_id;
 
+/// Gateway work of one order that is not finished yet (the `payments.changelog` value).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PendingOp {
+    /// A charge the gateway could not be asked successfully yet.
+    Charge {
+        /// The `payment_requested` event: its id, time and correlation id (the answer derives
+        /// its event id from them, so a retried answer is the same event).
+        cause: Cause,
+        /// What to charge.
+        request: PaymentRequested,
+        /// After this instant a failing charge is declined with `gateway_timeout`.
+        give_up_at: DateTime<Utc>,
+    },
+    /// A refund (or void) of a rejected order the gateway has not confirmed yet.
+    Refund {
+        /// The `order_rejected` event.
+        cause: Cause,
+    },
+}
+
+/// The input a pending operation answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    /// `event_id` of the input.
+    pub event_id: Uuid,
+    /// Its `occurred_at`.
+    pub occurred_at: DateTime<Utc>,
+    /// Its `correlation_id`.
+    pub correlation_id: Uuid,
+}
+
+impl Cause {
+    fn of(event: &OrderEnvelope) -> Self {
+        Self {
+            event_id: event.event_id,
+            occurred_at: event.occurred_at,
+            correlation_id: event.correlation_id,
+        }
+    }
+}
+
+impl PendingOp {
+    /// Changelog value (JSON).
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("pending operations always serialize")
+    }
+
+    /// Parses a changelog value.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Backoff of pending gateway work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetrySchedule {
+    /// Delay before the first retry (doubles per failed retry).
+    pub min_delay: Duration,
+    /// Longest delay between two retries.
+    pub max_delay: Duration,
+    /// How long after `payment_requested` a charge is retried before it is declined.
+    pub charge_retry_for: Duration,
+}
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        Self {
+            min_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(10),
+            charge_retry_for: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetrySchedule {
+    /// The delay after `failures` failed attempts.
+    pub fn delay(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+        self.min_delay.saturating_mul(factor).min(self.max_delay)
+    }
+}
+
+/// A pending operation in memory: the operation and when to try it next.
+#[derive(Debug, Clone)]
+struct Pending {
+    op: PendingOp,
+    failures: u32,
+    /// `None`: at the next tick.
+    next_at: Option<SystemTime>,
+}
+
 /// The payments stage.
 pub struct PaymentsStage {
     topics: Topics,
     gateway: Arc<dyn PaymentGateway>,
     handle: Handle,
     concurrency: usize,
+    retry: RetrySchedule,
+    /// Unfinished gateway work per input partition, per order.
+    pending: HashMap<i32, HashMap<Uuid, Pending>>,
 }
 
 impl std::fmt::Debug for PaymentsStage {
@@ -33,18 +143,27 @@ impl std::fmt::Debug for PaymentsStage {
         f.debug_struct("PaymentsStage")
             .field("topics", &self.topics)
             .field("concurrency", &self.concurrency)
+            .field("retry", &self.retry)
+            .field("pending", &self.pending_count())
             .finish_non_exhaustive()
     }
 }
 
-/// What one input leads to.
+/// What one gateway call leads to.
 enum Step {
     Emit(Box<OrderEnvelope>),
-    DeadLetter {
-        input: usize,
-        reason: &'static str,
-        detail: String,
-    },
+    /// Keep (or start) this pending operation; it failed `failures` times in a row.
+    Keep(PendingOp, u32),
+    /// The order has no pending work any more.
+    Done,
+}
+
+/// One order's events of a batch, with the order's pending work before them.
+struct OrderWork {
+    partition: i32,
+    order_id: Uuid,
+    before: Option<Pending>,
+    events: Vec<OrderEnvelope>,
 }
 
 impl PaymentsStage {
@@ -61,6 +180,8 @@ impl PaymentsStage {
             gateway,
             handle,
             concurrency: 64,
+            retry: RetrySchedule::default(),
+            pending: HashMap::new(),
         }
     }
 
@@ -70,62 +191,257 @@ impl PaymentsStage {
         self
     }
 
+    /// Retries pending gateway work on `schedule`.
+    pub fn with_retry(mut self, schedule: RetrySchedule) -> Self {
+        self.retry = schedule;
+        self
+    }
+
     /// The stage as `args` configure it.
     pub fn from_args(
         args: &PaymentsArgs,
         topics: Topics,
         handle: Handle,
     ) -> Result<Self, ConfigError> {
-        Ok(Self::new(topics, args.gateway()?, handle).with_concurrency(args.concurrency))
+        Ok(Self::new(topics, args.gateway()?, handle)
+            .with_concurrency(args.concurrency)
+            .with_retry(args.retry_schedule()))
     }
 
-    /// Handles one order's events in order (a refund must not overtake the charge before it).
+    /// Orders with unfinished gateway work (charges or refunds still to retry).
+    pub fn pending_count(&self) -> usize {
+        self.pending.values().map(HashMap::len).sum()
+    }
+
+    /// The unfinished gateway work of `order_id`, if any (tests, admin tools).
+    pub fn pending(&self, order_id: Uuid) -> Option<&PendingOp> {
+        self.pending
+            .values()
+            .find_map(|orders| orders.get(&order_id))
+            .map(|p| &p.op)
+    }
+
+    /// Handles one order's events in order (a refund must not overtake the charge before it),
+    /// starting from the order's pending work.
     async fn order_steps(
         gateway: Arc<dyn PaymentGateway>,
-        events: Vec<(usize, OrderEnvelope)>,
-    ) -> Vec<Step> {
+        retry: RetrySchedule,
+        work: OrderWork,
+    ) -> (OrderWork, Vec<Step>) {
         let mut steps = Vec::new();
-        for (input, event) in events {
-            match &event.event {
+        let mut pending = work.before.as_ref().map(|p| (p.op.clone(), p.failures));
+        for event in &work.events {
+            let op = match &event.event {
                 OrderEvent::PaymentRequested(request) => {
-                    let reply = charge(gateway.as_ref(), &event, request).await;
-                    steps.push(Step::Emit(Box::new(reply)));
-                }
-                OrderEvent::OrderRejected(_) => {
-                    match gateway.refund(event.order_id).await {
-                        Ok(Refund::Refunded {
-                            amount_minor,
-                            currency,
-                            refund_id,
-                        }) => {
-                            tracing::info!(order_id = %event.order_id, %refund_id,
-                                "charge of a rejected order refunded");
-                            steps.push(Step::Emit(Box::new(reply_to(
-                                &event,
-                                OrderEvent::Refunded(Refunded {
-                                    amount_minor,
-                                    currency,
-                                }),
-                            ))));
-                        }
-                        Ok(Refund::NoCharge) => {}
-                        Err(err) => {
-                            // Redriving the dead letter retries the refund (idempotent per order).
-                            tracing::error!(order_id = %event.order_id, error = %err,
-                                "refund failed; dead-lettering the rejection for a redrive");
-                            steps.push(Step::DeadLetter {
-                                input,
-                                reason: "refund_failed",
-                                detail: err.to_string(),
-                            });
-                        }
+                    if let Some((PendingOp::Refund { .. }, _)) = pending {
+                        // The order was rejected already (this is a redelivery): no new charge.
+                        continue;
+                    }
+                    PendingOp::Charge {
+                        cause: Cause::of(event),
+                        request: request.clone(),
+                        give_up_at: give_up_at(event.occurred_at, retry.charge_retry_for),
                     }
                 }
-                _ => {}
+                // A pending charge of a rejected order is dropped: the refund voids the order at
+                // the gateway, so no charge of it can land afterwards.
+                OrderEvent::OrderRejected(_) => PendingOp::Refund {
+                    cause: Cause::of(event),
+                },
+                _ => continue,
+            };
+            let failures = match &pending {
+                Some((kept, f)) if std::mem::discriminant(kept) == std::mem::discriminant(&op) => {
+                    *f
+                }
+                _ => 0,
+            };
+            let (more, still) =
+                attempt(gateway.as_ref(), work.order_id, op, failures, Utc::now()).await;
+            pending = still;
+            steps.extend(more);
+        }
+        (work, steps)
+    }
+
+    /// Retries every pending operation that is due at `now`; returns the steps per order.
+    fn retry_due(&mut self, now: SystemTime) -> Vec<(i32, Uuid, Vec<Step>)> {
+        let mut due = Vec::new();
+        for (&partition, orders) in &self.pending {
+            for (&order_id, p) in orders {
+                if p.next_at.is_none_or(|at| at <= now) {
+                    due.push((partition, order_id, p.op.clone(), p.failures));
+                }
             }
         }
-        steps
+        if due.is_empty() {
+            return Vec::new();
+        }
+        let now_utc: DateTime<Utc> = now.into();
+        let gateway = &self.gateway;
+        self.handle.block_on(
+            stream::iter(due)
+                .map(|(partition, order_id, op, failures)| {
+                    let gateway = Arc::clone(gateway);
+                    async move {
+                        let (steps, _) =
+                            attempt(gateway.as_ref(), order_id, op, failures, now_utc).await;
+                        (partition, order_id, steps)
+                    }
+                })
+                .buffer_unordered(self.concurrency)
+                .collect(),
+        )
     }
+
+    /// Applies the steps of one order: emits answers, keeps or drops its pending work.
+    fn apply(&mut self, partition: i32, order_id: Uuid, steps: Vec<Step>, now: SystemTime, out: &mut Effects) {
+        let before = self
+            .pending
+            .get(&partition)
+            .and_then(|orders| orders.get(&order_id))
+            .map(|p| p.op.clone());
+        let mut after = before.clone().map(|op| (op, 0u32));
+        let mut touched = false;
+        for step in steps {
+            match step {
+                Step::Emit(event) => out.emit_order(&self.topics.orders, &event),
+                Step::Keep(op, failures) => {
+                    after = Some((op, failures));
+                    touched = true;
+                }
+                Step::Done => {
+                    after = None;
+                    touched = true;
+                }
+            }
+        }
+        if !touched {
+            return;
+        }
+        let orders = self.pending.entry(partition).or_default();
+        match after {
+            Some((op, failures)) => {
+                if before.as_ref() != Some(&op) {
+                    out.put(partition, order_id.to_string(), op.to_json());
+                }
+                let next_at = now + self.retry.delay(failures.max(1));
+                orders.insert(
+                    order_id,
+                    Pending {
+                        op,
+                        failures,
+                        next_at: Some(next_at),
+                    },
+                );
+            }
+            None => {
+                if before.is_some() {
+                    out.delete(partition, order_id.to_string());
+                }
+                orders.remove(&order_id);
+            }
+        }
+    }
+}
+
+/// When a charge requested at `requested_at` stops being retried.
+fn give_up_at(requested_at: DateTime<Utc>, retry_for: Duration) -> DateTime<Utc> {
+    let retry_for = chrono::Duration::from_std(retry_for).unwrap_or(chrono::Duration::MAX);
+    requested_at
+        .checked_add_signed(retry_for)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// Tries `op` for `order_id` once (it failed `failures` times before): the step (an answer to
+/// emit, work to keep pending, or done) and what is pending afterwards.
+async fn attempt(
+    gateway: &dyn PaymentGateway,
+    order_id: Uuid,
+    op: PendingOp,
+    failures: u32,
+    now: DateTime<Utc>,
+) -> (Vec<Step>, Option<(PendingOp, u32)>) {
+    match op {
+        PendingOp::Charge {
+            cause,
+            request,
+            give_up_at,
+        } => {
+            let result = gateway
+                .charge(
+                    order_id,
+                    request.amount_minor,
+                    &request.currency,
+                    &request.payment,
+                )
+                .await;
+            let answer = match result {
+                Ok(charge) => match charge.outcome {
+                    ChargeOutcome::Settled => OrderEvent::PaymentSettled(PaymentSettled {
+                        amount_minor: request.amount_minor,
+                        currency: request.currency.clone(),
+                        charge_id: charge.charge_id,
+                    }),
+                    ChargeOutcome::Declined { reason } => {
+                        OrderEvent::PaymentDeclined(PaymentDeclined { reason })
+                    }
+                },
+                Err(err) if is_transient(&err) && now < give_up_at => {
+                    tracing::warn!(%order_id, error = %err, failures = failures + 1,
+                        "gateway unavailable; the charge stays pending and is retried");
+                    let op = PendingOp::Charge {
+                        cause,
+                        request,
+                        give_up_at,
+                    };
+                    return (vec![Step::Keep(op.clone(), failures + 1)], Some((op, failures + 1)));
+                }
+                Err(err) => {
+                    let reason = declined_reason(&err);
+                    tracing::warn!(%order_id, error = %err, reason,
+                        "gateway call failed for good; declining the payment");
+                    OrderEvent::PaymentDeclined(PaymentDeclined {
+                        reason: reason.to_owned(),
+                    })
+                }
+            };
+            (
+                vec![Step::Emit(Box::new(reply(order_id, &cause, answer))), Step::Done],
+                None,
+            )
+        }
+        PendingOp::Refund { cause } => match gateway.refund(order_id).await {
+            Ok(Refund::Refunded {
+                amount_minor,
+                currency,
+                refund_id,
+            }) => {
+                tracing::info!(%order_id, %refund_id, "charge of a rejected order refunded");
+                let refunded = OrderEvent::Refunded(Refunded {
+                    amount_minor,
+                    currency,
+                });
+                (
+                    vec![Step::Emit(Box::new(reply(order_id, &cause, refunded))), Step::Done],
+                    None,
+                )
+            }
+            Ok(Refund::NoCharge) => (vec![Step::Done], None),
+            Err(err) => {
+                // Never given up: a rejected order must end holding no charge.
+                tracing::warn!(%order_id, error = %err, failures = failures + 1,
+                    "refund failed; it stays pending and is retried");
+                let op = PendingOp::Refund { cause };
+                (vec![Step::Keep(op.clone(), failures + 1)], Some((op, failures + 1)))
+            }
+        },
+    }
+}
+
+/// Failures that mean "ask again later": timeouts, unreachable, overloaded, open breaker.
+fn is_transient(err: &GatewayError) -> bool {
+    err.is_unreachable()
 }
 
 /// Warns about a handle that [`Handle::block_on`] from the stage thread would hang on.
@@ -140,43 +456,6 @@ pub(crate) fn warn_if_current_thread(handle: &Handle, stage: &str) {
     }
 }
 
-/// Charges one `payment_requested` and builds the answer event.
-async fn charge(
-    gateway: &dyn PaymentGateway,
-    event: &OrderEnvelope,
-    request: &PaymentRequested,
-) -> OrderEnvelope {
-    let result = gateway
-        .charge(
-            event.order_id,
-            request.amount_minor,
-            &request.currency,
-            &request.payment,
-        )
-        .await;
-    let answer = match result {
-        Ok(charge) => match charge.outcome {
-            ChargeOutcome::Settled => OrderEvent::PaymentSettled(PaymentSettled {
-                amount_minor: request.amount_minor,
-                currency: request.currency.clone(),
-                charge_id: charge.charge_id,
-            }),
-            ChargeOutcome::Declined { reason } => {
-                OrderEvent::PaymentDeclined(PaymentDeclined { reason })
-            }
-        },
-        Err(err) => {
-            let reason = declined_reason(&err);
-            tracing::warn!(order_id = %event.order_id, error = %err, reason,
-                "gateway call failed; declining the payment");
-            OrderEvent::PaymentDeclined(PaymentDeclined {
-                reason: reason.to_owned(),
-            })
-        }
-    };
-    reply_to(event, answer)
-}
-
 /// The decline reason for a failed gateway call: unreachable (timeouts, 5xx, circuit open, retries
 /// exhausted) is `gateway_timeout`, which the saga turns into `payment_timeout`.
 fn declined_reason(err: &GatewayError) -> &'static str {
@@ -187,16 +466,13 @@ fn declined_reason(err: &GatewayError) -> &'static str {
     }
 }
 
-/// The answer to `cause`, with an event id derived from it: handling the same input twice
-/// (redelivery) emits the same event, which consumers deduplicate.
-fn reply_to(cause: &OrderEnvelope, event: OrderEvent) -> OrderEnvelope {
-    let mut reply = OrderEnvelope::new(
-        cause.order_id,
-        event,
-        Some(cause.event_id),
-        cause.correlation_id,
-    );
-    reply.event_id = derived_event_id(PaymentsStage::NAME, cause.event_id, cause.occurred_at, 0);
+/// The answer to `cause` (an event of `order_id`), with an event id derived from it: handling the
+/// same input twice (redelivery, a retry from `tick`) emits the same event, which consumers
+/// deduplicate.
+fn reply(order_id: Uuid, cause: &Cause, event: OrderEvent) -> OrderEnvelope {
+    let mut reply = OrderEnvelope::new(order_id, event, Some(cause.event_id), cause.correlation_id);
+    reply.event_id = derived_event_id(PaymentsStage::NAME, cause.event_id, 0);
+    reply.occurred_at = cause.occurred_at;
     reply
 }
 
@@ -222,15 +498,44 @@ impl Stage for PaymentsStage {
         self.topics.orders.clone()
     }
 
-    fn restore(&mut self, _partition: i32, _key: &str, _value: Option<&[u8]>) {}
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        let orders = self.pending.entry(partition).or_default();
+        let Ok(order_id) = key.parse::<Uuid>() else {
+            return Err("payments changelog: key is not an order id".to_owned());
+        };
+        match value.map(PendingOp::from_json) {
+            None => {
+                orders.remove(&order_id);
+            }
+            Some(Ok(op)) => {
+                // Retried at the first tick after the restore.
+                orders.insert(
+                    order_id,
+                    Pending {
+                        op,
+                        failures: 0,
+                        next_at: None,
+                    },
+                );
+            }
+            Some(Err(err)) => {
+                return Err(format!(
+                    "payments changelog: unreadable pending operation: {err}"
+                ));
+            }
+        }
+        Ok(())
+    }
 
-    fn revoke(&mut self, _partition: i32) {}
+    fn revoke(&mut self, partition: i32) {
+        self.pending.remove(&partition);
+    }
 
     fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
         // Group by order, keeping each order's events in offset order.
-        let mut groups: Vec<Vec<(usize, OrderEnvelope)>> = Vec::new();
-        let mut group_of: HashMap<Uuid, usize> = HashMap::new();
-        for (i, input) in batch.iter().enumerate() {
+        let mut groups: Vec<OrderWork> = Vec::new();
+        let mut group_of: HashMap<(i32, Uuid), usize> = HashMap::new();
+        for input in batch {
             let event = match OrderEnvelope::decode(input.bytes()) {
                 Ok(event) => event,
                 Err(err) => {
@@ -241,31 +546,42 @@ impl Stage for PaymentsStage {
             if !is_for_payments(&event.event) {
                 continue;
             }
-            let g = *group_of.entry(event.order_id).or_insert_with(|| {
-                groups.push(Vec::new());
+            let key = (input.partition, event.order_id);
+            let g = *group_of.entry(key).or_insert_with(|| {
+                groups.push(OrderWork {
+                    partition: input.partition,
+                    order_id: event.order_id,
+                    before: self
+                        .pending
+                        .get(&input.partition)
+                        .and_then(|orders| orders.get(&event.order_id))
+                        .cloned(),
+                    events: Vec::new(),
+                });
                 groups.len() - 1
             });
-            groups[g].push((i, event));
+            groups[g].events.push(event);
         }
         if groups.is_empty() {
             return;
         }
         let gateway = &self.gateway;
-        let steps: Vec<Vec<Step>> = self.handle.block_on(
+        let retry = self.retry;
+        let results: Vec<(OrderWork, Vec<Step>)> = self.handle.block_on(
             stream::iter(groups)
-                .map(|events| Self::order_steps(Arc::clone(gateway), events))
+                .map(|work| Self::order_steps(Arc::clone(gateway), retry, work))
                 .buffered(self.concurrency)
                 .collect(),
         );
-        for step in steps.into_iter().flatten() {
-            match step {
-                Step::Emit(event) => out.emit_order(&self.topics.orders, &event),
-                Step::DeadLetter {
-                    input,
-                    reason,
-                    detail,
-                } => out.dead_letter(&batch[input], reason, detail),
-            }
+        let now = SystemTime::now();
+        for (work, steps) in results {
+            self.apply(work.partition, work.order_id, steps, now, out);
+        }
+    }
+
+    fn tick(&mut self, now: SystemTime, out: &mut Effects) {
+        for (partition, order_id, steps) in self.retry_due(now) {
+            self.apply(partition, order_id, steps, now, out);
         }
     }
 }
