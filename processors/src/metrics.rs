@@ -10,6 +10,7 @@
 //! | `orderpipe_processor_dead_letters_total` | counter | stage, reason | messages sent to the stage's dead-letter topic |
 //! | `orderpipe_processor_consumer_lag` | gauge | stage | messages between the committed position and the end of the assigned input partitions (librdkafka statistics) |
 //! | `orderpipe_processor_restored_records_total` | counter | stage | changelog records replayed into memory (assignment or recovery) |
+//! | `orderpipe_changelog_restore_failures_total` | counter | stage, partition | changelog records that could not be restored (undecodable value, unreadable or non-UTF-8 key): the stage stopped instead of skipping them |
 //! | `orderpipe_processor_recoveries_total` | counter | stage, cause | state dropped and rebuilt from the changelog after a failed batch |
 //! | `orderpipe_stock_decisions_total` | counter | outcome | stock answers to `reservation_requested` (`reserved`, `out_of_stock`, `limit_exceeded`, `unknown_sku`), counted when decided (an aborted batch's decisions too) |
 
@@ -52,6 +53,12 @@ pub(crate) fn consumer_lag(stage: &'static str, lag: i64) {
 /// Changelog records replayed into memory.
 pub(crate) fn restored(stage: &'static str, n: u64) {
     metrics::counter!("orderpipe_processor_restored_records_total", "stage" => stage).increment(n);
+}
+
+/// A changelog record that could not be restored (the stage stops).
+pub(crate) fn restore_failure(stage: &'static str, partition: i32) {
+    metrics::counter!("orderpipe_changelog_restore_failures_total", "stage" => stage, "partition" => partition.to_string())
+        .increment(1);
 }
 
 /// State rebuilt after a failed batch.

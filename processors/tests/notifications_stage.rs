@@ -164,7 +164,9 @@ fn a_terminal_event_is_requested_delivered_and_recorded_once() {
         policy(),
     );
     for r in out.changelog() {
-        restarted.restore(r.partition, &r.key, r.value.as_deref());
+        restarted
+            .restore(r.partition, &r.key, r.value.as_deref())
+            .unwrap();
     }
     let (again, repeated) = process(&mut restarted, &[&rejected]);
     // Its records are repeated as they were (same ids: a redelivery may have lost them), and
@@ -258,6 +260,7 @@ fn plan_is_pure_and_dedups_by_event_id() {
             event_id: confirmed.event_id,
             kind: notice.kind,
             outcome: Outcome::Sent { attempts: 1 },
+            at: None,
         }],
     };
     assert!(

@@ -28,7 +28,9 @@ impl Stage for Shout {
     fn input_topic(&self) -> String {
         format!("{}in", self.topics.prefix())
     }
-    fn restore(&mut self, _: i32, _: &str, _: Option<&[u8]>) {}
+    fn restore(&mut self, _: i32, _: &str, _: Option<&[u8]>) -> Result<(), String> {
+        Ok(())
+    }
     fn revoke(&mut self, _: i32) {}
     fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
         for input in batch {

@@ -129,7 +129,9 @@ fn restored_state_recognises_duplicates_and_revoke_forgets() {
     // Given a new instance restored from the first one's changelog
     let mut second = SagaStage::new(topics);
     for record in out.changelog() {
-        second.restore(record.partition, &record.key, record.value.as_deref());
+        second
+            .restore(record.partition, &record.key, record.value.as_deref())
+            .unwrap();
     }
     assert_eq!(second.order(id), first.order(id));
     // When the client retries the order (same order id, new event id), nothing is emitted
@@ -144,12 +146,14 @@ fn restored_state_recognises_duplicates_and_revoke_forgets() {
     second.revoke(0);
     assert_eq!(second.order_count(), 0);
     // A tombstone deletes a restored order
-    second.restore(
-        0,
-        &id.to_string(),
-        Some(&first.order(id).unwrap().to_json()),
-    );
-    second.restore(0, &id.to_string(), None);
+    second
+        .restore(
+            0,
+            &id.to_string(),
+            Some(&first.order(id).unwrap().to_json()),
+        )
+        .unwrap();
+    second.restore(0, &id.to_string(), None).unwrap();
     assert!(second.order(id).is_none());
 }
 
@@ -243,7 +247,9 @@ fn a_restored_terminal_order_repeats_in_the_first_batch_and_is_compacted_after()
     // A new instance restores the state that was written, then gets the batch again
     let mut stage = SagaStage::new(topics);
     for r in lost.changelog() {
-        stage.restore(r.partition, &r.key, r.value.as_deref());
+        stage
+            .restore(r.partition, &r.key, r.value.as_deref())
+            .unwrap();
     }
     let again = process(&mut stage, "orders", 0, &batch);
     assert_eq!(same(&again), same(&lost));

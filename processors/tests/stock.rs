@@ -29,6 +29,7 @@ const WAIT: Duration = Duration::from_secs(60);
 use orderpipe_testkit::both_modes;
 
 both_modes!(
+    late_duplicate_of_a_forgotten_line_is_not_decided_afresh,
     flash_sale_never_oversells_and_releases_restore_stock,
     limits_count_earlier_orders_and_unknown_skus_are_rejected,
     poison_events_are_dead_lettered_and_the_partition_moves_on,
@@ -39,13 +40,11 @@ both_modes!(
 mod second_instance_takes_over_a_partition_with_its_state {
     use super::*;
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "noida-db 0.2.3 loses JoinGroup answers of a joining member; run against real Kafka"]
     async fn exactly_once() {
         super::second_instance_takes_over_a_partition_with_its_state(ProcessingMode::ExactlyOnce)
             .await;
     }
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "noida-db 0.2.3 loses JoinGroup answers of a joining member; run against real Kafka"]
     async fn at_least_once() {
         super::second_instance_takes_over_a_partition_with_its_state(ProcessingMode::AtLeastOnce)
             .await;
@@ -599,15 +598,20 @@ async fn restart_restores_state_from_the_changelog(mode: ProcessingMode) {
     stage.stop().await.unwrap();
 }
 
-/// Wraps the stock stage: on the first batch with input, it first writes an oversized changelog
-/// record (the broker-bound write fails, as a broker error or a crash would make it) and appends
-/// a made-up 10-unit reservation to the batch. The runner must drop that batch's state (the phantom units),
-/// restore from the changelog, and redo the batch.
+/// Wraps the stock stage: on the first batch with input, it inserts a made-up 10-unit
+/// reservation into the batch and writes an oversized changelog record (the broker-bound write
+/// fails, as a broker error or a crash would make it) *after* the first half of the batch's real
+/// changelog records: at-least-once, those land (a partial write), exactly-once the transaction
+/// aborts. The phantom's own record comes after the failing one, so it never lands. The runner
+/// must drop the batch's in-memory state (the phantom units), restore from the changelog (with
+/// the partial write, if any) and redo the batch, repeating what was already decided.
 struct FailOnce {
     inner: StockStage,
     sku: String,
     failed: Arc<AtomicBool>,
     revokes: Arc<AtomicUsize>,
+    /// Real changelog records placed before the failing one.
+    before_failure: Arc<AtomicUsize>,
 }
 
 impl Stage for FailOnce {
@@ -617,7 +621,7 @@ impl Stage for FailOnce {
     fn input_topic(&self) -> String {
         self.inner.input_topic()
     }
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         self.inner.restore(partition, key, value)
     }
     fn revoke(&mut self, partition: i32) {
@@ -628,8 +632,8 @@ impl Stage for FailOnce {
         if batch.is_empty() || self.failed.swap(true, Ordering::Relaxed) {
             return self.inner.process(batch, out);
         }
-        out.put(batch[0].partition, "oversized", vec![0u8; 2_000_000]);
-        let phantom = reserve(&self.sku, Uuid::now_v7(), 0, "phantom", 10).encode();
+        let phantom_order = Uuid::now_v7();
+        let phantom = reserve(&self.sku, phantom_order, 0, "phantom", 10).encode();
         // Right after the stock is set (if in this batch), before any real request.
         let at = batch
             .iter()
@@ -646,12 +650,39 @@ impl Stage for FailOnce {
                 ..batch[0]
             },
         );
-        self.inner.process(&with_phantom, out);
+        let mut effects = Effects::new();
+        self.inner.process(&with_phantom, &mut effects);
         let held = self
             .inner
             .sku(&self.sku)
             .map_or(0, |s| s.held_by("phantom"));
         assert_eq!(held, 10, "the phantom holds its units in memory");
+        assert!(effects.dead_letters().is_empty());
+        let phantom_key = phantom_order.to_string();
+        let (phantom_records, real): (Vec<_>, Vec<_>) = effects
+            .changelog()
+            .iter()
+            .cloned()
+            .partition(|r| r.key.contains(&phantom_key));
+        let half = real.len().div_ceil(2);
+        self.before_failure.store(half, Ordering::Relaxed);
+        fn put(out: &mut Effects, r: orderpipe_processors::ChangelogRecord) {
+            match r.value {
+                Some(v) => out.put(r.partition, r.key, v),
+                None => out.delete(r.partition, r.key),
+            }
+        }
+        let mut real = real.into_iter();
+        for r in real.by_ref().take(half) {
+            put(out, r);
+        }
+        out.put(batch[0].partition, "oversized", vec![0u8; 2_000_000]);
+        for r in real.chain(phantom_records) {
+            put(out, r);
+        }
+        for o in effects.outputs() {
+            out.emit(&o.topic, o.key.clone(), o.payload.clone());
+        }
     }
 }
 
@@ -662,6 +693,7 @@ async fn failed_batch_leaves_no_trace(mode: ProcessingMode) {
     env.set_stock(sku, 100, None).await;
     let failed = Arc::new(AtomicBool::new(false));
     let revokes = Arc::new(AtomicUsize::new(0));
+    let before_failure = Arc::new(AtomicUsize::new(0));
     let stage = Running::start(
         &env,
         Box::new(FailOnce {
@@ -669,6 +701,7 @@ async fn failed_batch_leaves_no_trace(mode: ProcessingMode) {
             sku: sku.to_owned(),
             failed: failed.clone(),
             revokes: revokes.clone(),
+            before_failure: before_failure.clone(),
         }),
         &config(mode, "0"),
     );
@@ -687,6 +720,10 @@ async fn failed_batch_leaves_no_trace(mode: ProcessingMode) {
     // exactly 100 real requests are reserved, each line answered once
     let answers = read_answers(&reader, 300, mode).await;
     assert!(failed.load(Ordering::Relaxed));
+    assert!(
+        before_failure.load(Ordering::Relaxed) >= 1,
+        "the failing write came after real changelog records (a partial write at-least-once)"
+    );
     let counts = count(&answers);
     assert_eq!(counts.get("reserved"), Some(&100), "{counts:?}");
     assert_eq!(counts.get("OutOfStock"), Some(&200), "{counts:?}");
@@ -712,7 +749,7 @@ impl Stage for Gate {
     fn input_topic(&self) -> String {
         self.inner.input_topic()
     }
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         self.inner.restore(partition, key, value)
     }
     fn revoke(&mut self, partition: i32) {
@@ -802,7 +839,7 @@ impl Stage for Counting {
     fn input_topic(&self) -> String {
         self.inner.input_topic()
     }
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         self.restored.fetch_add(1, Ordering::Relaxed);
         self.inner.restore(partition, key, value)
     }
@@ -888,4 +925,132 @@ async fn second_instance_takes_over_a_partition_with_its_state(mode: ProcessingM
     }
     second.stop().await.unwrap();
     first.stop().await.unwrap();
+}
+
+/// Item 9: a reservation request for a line the stage already forgot (pruned after the line
+/// retention) is never decided afresh: a late duplicate is dead-lettered as `stale_request`
+/// instead of getting a second, different answer.
+async fn late_duplicate_of_a_forgotten_line_is_not_decided_afresh(mode: ProcessingMode) {
+    // Given a stage that forgets done lines after 2 s, and a request rejected for lack of stock
+    let env = env().await;
+    let sku = "L-1";
+    env.set_stock(sku, 0, None).await;
+    let stage = Running::start(
+        &env,
+        Box::new(
+            StockStage::new(env.topics.clone()).with_line_retention(Duration::from_secs(2)),
+        ),
+        &config(mode, "0"),
+    );
+    let reader = env.reader(&env.topics.orders);
+    let changelog_reader = env.reader(&env.topics.changelog("stock"));
+    let dlq_reader = env.reader(&env.topics.dlq("stock"));
+    let order = Uuid::now_v7();
+    let request = reserve(sku, order, 0, "c", 1);
+    env.send(vec![request.clone()]).await;
+    let first = read_answers(&reader, 1, mode).await;
+    assert_eq!(first[&(order, 0)].rejected, Some(StockRejectReason::OutOfStock));
+    // and the line was forgotten (its changelog record tombstoned)
+    let line_key = format!("l|{sku}|{order}|0");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "line never pruned");
+        let got = consume_n(&changelog_reader, 1, Duration::from_secs(2)).await;
+        if got
+            .iter()
+            .any(|m| m.key() == Some(line_key.as_bytes()) && m.payload().is_none())
+        {
+            break;
+        }
+    }
+
+    // When stock comes back and the same request arrives again (a late duplicate), then a new one
+    env.set_stock(sku, 5, None).await;
+    env.send(vec![request.clone()]).await;
+    let fresh = Uuid::now_v7();
+    env.send(vec![reserve(sku, fresh, 0, "d", 1)]).await;
+
+    // Then the new one is reserved, the duplicate gets no second answer and is dead-lettered
+    let mut later: Vec<Answer> = Vec::new();
+    while !later.iter().any(|a| a.order == fresh) {
+        let got = consume_n(&reader, 1, WAIT).await;
+        assert!(!got.is_empty(), "timed out waiting for the fresh answer");
+        later.extend(answers(&got));
+    }
+    for a in &later {
+        if a.order == order {
+            assert_eq!(a, &first[&(order, 0)], "the forgotten line was decided afresh");
+        }
+    }
+    assert_eq!(
+        later.iter().find(|a| a.order == fresh).unwrap().rejected,
+        None
+    );
+    let dead = consume_n(&dlq_reader, 1, WAIT).await;
+    assert_eq!(dead.len(), 1, "the late duplicate is dead-lettered");
+    let reason = dead[0]
+        .headers()
+        .unwrap()
+        .iter()
+        .find(|h| h.key == "orderpipe.dlq.reason")
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(reason.as_deref(), Some("stale_request"));
+    stage.stop().await.unwrap();
+}
+
+/// Item 6: a changelog record the stage cannot restore (an undecodable value, a key that is not
+/// UTF-8) stops the stage with `Error::Restore` and a metric; it is never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_changelog_record_stops_the_stage_loudly() {
+    let counters = br#"{"kind":"counters","sku":"U-1","stocked":true,"capacity":5,"per_customer_limit":null,"recent_adjustments":[]}"#.to_vec();
+    let cases: [(&str, Vec<u8>, Vec<u8>); 2] = [
+        (
+            "undecodable value",
+            format!("l|U-1|{}|0", Uuid::now_v7()).into_bytes(),
+            b"{\"kind\":\"line\",".to_vec(),
+        ),
+        ("non-UTF-8 key", vec![0xff, 0xfe, b'x'], counters.clone()),
+    ];
+    for (what, bad_key, bad_value) in cases {
+        // Given a stock changelog whose partition 1 holds a good record, then a bad one
+        let env = env().await;
+        let changelog = env.topics.changelog("stock");
+        for (key, value) in [(b"s|U-1".to_vec(), counters.clone()), (bad_key, bad_value)] {
+            env.producer
+                .send(
+                    FutureRecord::to(&changelog)
+                        .partition(1)
+                        .key(&key)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        // When a stage is assigned that partition
+        let stage = env.start(ProcessingMode::ExactlyOnce);
+        // Then it stops, saying which record it cannot restore
+        let ended = tokio::time::timeout(WAIT, stage.handle.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: the stage kept running on incomplete state"));
+        match ended {
+            Err(Error::Restore {
+                stage: "stock",
+                partition: 1,
+                offset: 1,
+                ..
+            }) => {}
+            other => panic!("{what}: expected a restore error, got {other:?}"),
+        }
+        // And the failure is counted
+        let text = orderpipe_runtime::metrics::render();
+        assert!(
+            text.lines().any(|l| l
+                .starts_with("orderpipe_changelog_restore_failures_total{")
+                && l.contains(r#"stage="stock""#)
+                && l.contains(r#"partition="1""#)),
+            "{what}: metric missing from:\n{text}"
+        );
+    }
 }

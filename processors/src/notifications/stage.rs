@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt};
 use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, NotificationFailed, NotificationKind,
@@ -49,6 +50,11 @@ pub struct Handled {
     pub kind: NotificationKind,
     /// Delivered or given up.
     pub outcome: Outcome,
+    /// When the delivery ended: the `occurred_at` of `notification_sent` / `_failed`, kept so
+    /// that a repeat is byte-identical (state written before this field existed: `None`, and the
+    /// source event's time is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
 }
 
 /// How a delivery ended.
@@ -141,22 +147,17 @@ pub fn plan(state: Option<&NotifyState>, event: &OrderEnvelope) -> Plan {
     }
 }
 
-/// The records of a notification: `notification_requested` and its outcome, with event ids
-/// derived from the source event (a repeat emits the same ids).
+/// The records of a notification: `notification_requested` (at the source event's time) and its
+/// outcome (at `handled.at`), with event ids derived from the source event: a repeat emits
+/// byte-identical records.
 fn records(
     source: &OrderEnvelope,
     customer_id: &str,
-    kind: NotificationKind,
-    outcome: &Outcome,
+    handled: &Handled,
 ) -> [NotificationEnvelope; 2] {
-    let id = |index| {
-        derived_event_id(
-            NotificationsStage::NAME,
-            source.event_id,
-            source.occurred_at,
-            index,
-        )
-    };
+    let kind = handled.kind;
+    let outcome = &handled.outcome;
+    let id = |index| derived_event_id(NotificationsStage::NAME, source.event_id, index);
     let mut request = NotificationEnvelope::new(
         source.order_id,
         NotificationEvent::NotificationRequested(NotificationRequested {
@@ -167,6 +168,7 @@ fn records(
         source.correlation_id,
     );
     request.event_id = id(0);
+    request.occurred_at = source.occurred_at;
     let result = match outcome {
         Outcome::Sent { attempts } => NotificationEvent::NotificationSent(NotificationSent {
             request_id: request.event_id,
@@ -187,6 +189,7 @@ fn records(
         source.correlation_id,
     );
     result.event_id = id(1);
+    result.occurred_at = handled.at.unwrap_or(source.occurred_at);
     [request, result]
 }
 
@@ -284,14 +287,9 @@ impl Stage for NotificationsStage {
         self.topics.orders.clone()
     }
 
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         let Ok(order_id) = key.parse::<Uuid>() else {
-            tracing::warn!(
-                partition,
-                key,
-                "notifications changelog: key is not an order id"
-            );
-            return;
+            return Err("notifications changelog: key is not an order id".to_owned());
         };
         let orders = self.partitions.entry(partition).or_default();
         match value.map(serde_json::from_slice::<NotifyState>) {
@@ -302,10 +300,10 @@ impl Stage for NotificationsStage {
                 orders.insert(order_id, state);
             }
             Some(Err(err)) => {
-                tracing::warn!(partition, %order_id, error = %err,
-                    "notifications changelog: unreadable state; skipped");
+                return Err(format!("notifications changelog: unreadable state: {err}"));
             }
         }
+        Ok(())
     }
 
     fn revoke(&mut self, partition: i32) {
@@ -340,7 +338,7 @@ impl Stage for NotificationsStage {
                 Plan::Repeat(handled) => {
                     tracing::debug!(order_id = %event.order_id, event_id = %event.event_id,
                         "already notified; repeating its records");
-                    for record in records(&event, &customer_id, handled.kind, &handled.outcome) {
+                    for record in records(&event, &customer_id, &handled) {
                         out.emit_notification(&self.topics.notifications, &record);
                     }
                 }
@@ -351,12 +349,7 @@ impl Stage for NotificationsStage {
                     }
                     let notification = Notification {
                         event_id: event.event_id,
-                        request_id: derived_event_id(
-                            Self::NAME,
-                            event.event_id,
-                            event.occurred_at,
-                            0,
-                        ),
+                        request_id: derived_event_id(Self::NAME, event.event_id, 0),
                         order_id: event.order_id,
                         customer_id: customer_id.clone(),
                         kind: notice.kind,
@@ -419,7 +412,13 @@ impl Stage for NotificationsStage {
         let mut changed: Vec<(i32, Uuid)> = Vec::new();
         for (job, outcome) in results.into_iter().flatten() {
             let n = &job.notification;
-            for record in records(&job.source, &n.customer_id, n.kind, &outcome) {
+            let handled = Handled {
+                event_id: n.event_id,
+                kind: n.kind,
+                outcome,
+                at: Some(Utc::now()),
+            };
+            for record in records(&job.source, &n.customer_id, &handled) {
                 out.emit_notification(&self.topics.notifications, &record);
             }
             let state = self
@@ -428,11 +427,7 @@ impl Stage for NotificationsStage {
                 .or_default()
                 .entry(n.order_id)
                 .or_default();
-            state.handled.push(Handled {
-                event_id: n.event_id,
-                kind: n.kind,
-                outcome,
-            });
+            state.handled.push(handled);
             if !changed.contains(&(job.partition, n.order_id)) {
                 changed.push((job.partition, n.order_id));
             }

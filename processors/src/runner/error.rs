@@ -48,6 +48,27 @@ pub enum Error {
         /// The `transactional.id` or `group.instance.id`.
         id: String,
     },
+    /// A changelog record could not be restored (undecodable value, unreadable or non-UTF-8
+    /// key). The stage stops rather than run on incomplete state (a skipped reserved line would
+    /// oversell): inspect the record at `offset`, fix or tombstone it, then restart.
+    #[error(
+        "stage {stage}: changelog {topic} partition {partition} offset {offset} (key {key:?}) \
+         cannot be restored: {reason}; the stage stopped instead of skipping it"
+    )]
+    Restore {
+        /// Stage name.
+        stage: &'static str,
+        /// Changelog topic.
+        topic: String,
+        /// Changelog partition.
+        partition: i32,
+        /// Offset of the record.
+        offset: i64,
+        /// Its key, lossily decoded.
+        key: String,
+        /// Why it cannot be restored.
+        reason: String,
+    },
     /// The client hit an unrecoverable error: restart the process.
     #[error("fatal kafka error: {0}")]
     Fatal(String),

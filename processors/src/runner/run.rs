@@ -338,17 +338,28 @@ impl Runner {
             match consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(message)) => {
                     let partition = message.partition();
-                    match message.key().map(std::str::from_utf8) {
-                        Some(Ok(key)) => {
-                            self.stage.restore(partition, key, message.payload());
-                            records += 1;
+                    let restored = match message.key().map(std::str::from_utf8) {
+                        Some(Ok(key)) => self.stage.restore(partition, key, message.payload()),
+                        Some(Err(err)) => Err(format!("key is not UTF-8: {err}")),
+                        None => Err("record without a key".to_owned()),
+                    };
+                    match restored {
+                        Ok(()) => records += 1,
+                        Err(reason) => {
+                            metrics::restore_failure(self.name, partition);
+                            let err = Error::Restore {
+                                stage: self.name,
+                                topic: self.changelog_topic.clone(),
+                                partition,
+                                offset: message.offset(),
+                                key: String::from_utf8_lossy(message.key().unwrap_or_default())
+                                    .into_owned(),
+                                reason,
+                            };
+                            tracing::error!(stage = self.name, partition, error = %err, "changelog restore failed: stopping the stage");
+                            self.ready.store(false, Ordering::Relaxed);
+                            return Err(err);
                         }
-                        _ => tracing::warn!(
-                            stage = self.name,
-                            partition,
-                            offset = message.offset(),
-                            "changelog record without a UTF-8 key: skipped"
-                        ),
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
@@ -709,6 +720,12 @@ impl Runner {
             }
         };
         metrics::recovery(self.name, cause);
+        if !self.exactly_once() {
+            // At-least-once, part of the failed batch may still be in flight: let it land (or
+            // fail) before restoring, so the restore sees every record that will ever land.
+            let _ = self.drain();
+            self.producer.context().take_failure();
+        }
         if matches!(failure, Failure::Fatal(_)) {
             self.producer = create_producer(&self.producer_config, self.exactly_once())?;
         }

@@ -25,7 +25,12 @@ pub trait Stage: Send + 'static {
     /// A partition was assigned: called once per changelog record of that partition, in offset
     /// order, before any input of it; `value` is `None` for a tombstone (delete `key`). Compaction
     /// may or may not have removed older records of a key: apply each record as an upsert.
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>);
+    ///
+    /// A record the stage cannot read (undecodable value, unknown key) is an `Err` with the
+    /// reason, never skipped: the runner stops the stage with [`crate::Error::Restore`] and
+    /// counts it in `orderpipe_changelog_restore_failures_total`, because state restored without
+    /// it would be wrong (e.g. a dropped reserved line frees units and oversells).
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String>;
 
     /// Partition revoked or lost, or its state must be rebuilt: forget everything about it.
     fn revoke(&mut self, partition: i32);

@@ -124,17 +124,20 @@ impl Output {
         correlation_id: Uuid,
         index: u32,
     ) -> OutputEnvelope {
-        let event_id = derived_event_id("saga", cause.event_id, cause.occurred_at, index);
+        // Id and time come from the cause only, so a repeat is byte-identical to the first.
+        let event_id = derived_event_id("saga", cause.event_id, index);
         match self {
             Self::Order(event) => {
                 let mut e =
                     OrderEnvelope::new(order_id, event, Some(cause.event_id), correlation_id);
                 e.event_id = event_id;
+                e.occurred_at = cause.occurred_at;
                 OutputEnvelope::Order(e)
             }
             Self::Stock { sku, event } => {
                 let mut e = StockEnvelope::new(sku, event, Some(cause.event_id), correlation_id);
                 e.event_id = event_id;
+                e.occurred_at = cause.occurred_at;
                 OutputEnvelope::Stock(e)
             }
         }

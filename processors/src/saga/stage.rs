@@ -125,14 +125,9 @@ impl Stage for SagaStage {
         self.topics.orders.clone()
     }
 
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         let Ok(order_id) = key.parse::<Uuid>() else {
-            tracing::warn!(
-                partition,
-                key,
-                "saga changelog: key is not an order id; skipped"
-            );
-            return;
+            return Err("saga changelog: key is not an order id".to_owned());
         };
         let orders = self.partitions.entry(partition).or_default();
         match value.map(OrderState::from_json) {
@@ -146,10 +141,10 @@ impl Stage for SagaStage {
                 orders.insert(order_id, state);
             }
             Some(Err(err)) => {
-                tracing::warn!(partition, %order_id, error = %err,
-                    "saga changelog: unreadable state; skipped");
+                return Err(format!("saga changelog: unreadable state: {err}"));
             }
         }
+        Ok(())
     }
 
     fn revoke(&mut self, partition: i32) {

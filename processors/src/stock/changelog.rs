@@ -136,6 +136,7 @@ mod tests {
                 status: LineStatus::Rejected(StockRejectReason::LimitExceeded),
                 answer_event_id: Uuid::from_u128(2),
                 changed_at_ms: 5,
+                answer_cause: None,
             },
         };
         assert_eq!(decode(&encode(&line)).unwrap(), line);

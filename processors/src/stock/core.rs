@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use chrono::{DateTime, Utc};
 use orderpipe_schemas::{StockAdjustment, StockLevels, StockRejectReason};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -58,6 +59,19 @@ pub struct Line {
     /// When the line last changed (ms since the epoch, from the input's timestamp); done lines
     /// older than the retention are pruned.
     pub changed_at_ms: i64,
+    /// The request the answer replied to: its `causation_id` and `occurred_at`, so a repeated
+    /// answer is byte-identical to the first (`None` in records written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_cause: Option<AnswerCause>,
+}
+
+/// Causation and time of a line's answer (see [`Line::answer_cause`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerCause {
+    /// `event_id` of the `reservation_requested` answered.
+    pub causation_id: Uuid,
+    /// Its `occurred_at`, which is also the answer's.
+    pub occurred_at: DateTime<Utc>,
 }
 
 impl Line {
@@ -303,6 +317,7 @@ impl SkuState {
                 status,
                 answer_event_id,
                 changed_at_ms: now_ms,
+                answer_cause: None,
             },
         );
         Reservation {
@@ -368,6 +383,13 @@ impl SkuState {
     /// Restore: the counters record.
     pub fn restore_counters(&mut self, counters: Counters) {
         self.counters = counters;
+    }
+
+    /// Remember the request a new line's answer replied to (see [`Line::answer_cause`]).
+    pub fn set_answer_cause(&mut self, id: &LineId, cause: AnswerCause) {
+        if let Some(line) = self.lines.get_mut(id) {
+            line.answer_cause = Some(cause);
+        }
     }
 
     /// Restore: a line record (insert or replace).

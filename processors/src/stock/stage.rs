@@ -23,9 +23,10 @@ use orderpipe_schemas::{
 use uuid::Uuid;
 
 use super::changelog::{self, Key, Record};
-use super::core::{Answer, LineChange, LineId, ReserveRequest, SkuState};
+use super::core::{Answer, AnswerCause, LineChange, LineId, ReserveRequest, SkuState};
 use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
+use crate::saga::derived_event_id;
 
 /// The stage name: group `orderpipe-stock`, topics `stock.changelog` and `stock.dlq`.
 pub const STAGE_NAME: &str = "stock";
@@ -56,11 +57,24 @@ impl StockStage {
         }
     }
 
-    /// Keep rejected and released lines for `retention` (default 7 days): a duplicate request
-    /// older than that would be decided afresh.
+    /// Keep rejected and released lines for `retention` (default 7 days). A reservation request
+    /// for an unknown line that happened more than about `retention` ago is dead-lettered
+    /// (`stale_request`), never decided afresh: memory stays bounded and a late duplicate of a
+    /// forgotten line cannot be answered twice.
     pub fn with_line_retention(mut self, retention: Duration) -> Self {
         self.line_retention = retention;
         self
+    }
+
+    /// Reservation requests that happened before this (ms since the epoch, `now_ms` being the
+    /// wall clock) are refused unless their line is known: a line is pruned once unchanged for
+    /// the retention, and it changed after its request happened, so a duplicate of a pruned
+    /// line always happened before `now - retention`. The margin (a tenth of the retention, at
+    /// most an hour) absorbs clock skew between the requester and the broker.
+    fn stale_before_ms(&self, now_ms: i64) -> i64 {
+        let retention = i64::try_from(self.line_retention.as_millis()).unwrap_or(i64::MAX);
+        let margin = (retention / 10).min(3_600_000);
+        now_ms.saturating_sub(retention).saturating_add(margin)
     }
 
     /// The state of `sku`, if this instance holds it (for tests and diagnostics).
@@ -79,6 +93,7 @@ impl StockStage {
             Err(err) => return out.dead_letter_decode(input, &err),
         };
         let partition = input.partition;
+        let stale_before_ms = self.stale_before_ms(now_ms());
         let now_ms = input.timestamp_ms.unwrap_or_else(now_ms);
         let skus = self.partitions.entry(partition).or_default();
         let sku = envelope.sku.clone();
@@ -113,18 +128,50 @@ impl StockStage {
                     line_index: request.line_index,
                 };
                 let state = skus.entry(sku.clone()).or_default();
+                // A request older than the retention may be a late duplicate of a line already
+                // pruned: deciding it afresh could answer it twice, differently. Refuse it.
+                if state.line(&id).is_none()
+                    && envelope.occurred_at.timestamp_millis() < stale_before_ms
+                {
+                    return out.dead_letter(
+                        input,
+                        "stale_request",
+                        format!(
+                            "reservation request of {} is older than the line retention ({:?}): \
+                             a late duplicate of a forgotten line is never decided afresh",
+                            envelope.occurred_at, self.line_retention
+                        ),
+                    );
+                }
                 let decision = state.reserve(
                     &ReserveRequest {
                         line: id,
                         customer_id: request.customer_id,
                         quantity: request.quantity,
                     },
-                    Uuid::now_v7(),
+                    // Derived from the request's id only: a repeat gets the same id.
+                    derived_event_id(STAGE_NAME, envelope.event_id, 0),
                     now_ms,
                 );
                 if decision.changed {
+                    state.set_answer_cause(
+                        &id,
+                        AnswerCause {
+                            causation_id: envelope.event_id,
+                            occurred_at: envelope.occurred_at,
+                        },
+                    );
                     put_line(out, partition, &sku, state, id);
                 }
+                // The answer carries the original request's id and time: a repeat is
+                // byte-identical to the first answer.
+                let cause = state
+                    .line(&id)
+                    .and_then(|l| l.answer_cause)
+                    .unwrap_or(AnswerCause {
+                        causation_id: envelope.event_id,
+                        occurred_at: envelope.occurred_at,
+                    });
                 let event = match decision.answer {
                     Answer::Reserved => OrderEvent::StockLineReserved(StockLineReserved {
                         sku: sku.clone(),
@@ -149,12 +196,13 @@ impl StockStage {
                 let mut answer = OrderEnvelope::new(
                     id.order_id,
                     event,
-                    Some(envelope.event_id),
+                    Some(cause.causation_id),
                     envelope.correlation_id,
                 );
                 answer.event_id = decision.answer_event_id;
+                answer.occurred_at = cause.occurred_at;
                 out.emit_order(&self.topics.orders, &answer);
-                touched.insert((partition, sku), cause);
+                touched.insert((partition, sku), (envelope.event_id, envelope.correlation_id));
             }
             StockEvent::ReleaseRequested(request) => {
                 let id = LineId {
@@ -243,7 +291,7 @@ impl Stage for StockStage {
         self.topics.stock.clone()
     }
 
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) {
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
         let skus = self.partitions.entry(partition).or_default();
         match value {
             Some(bytes) => match changelog::decode(bytes) {
@@ -253,9 +301,7 @@ impl Stage for StockStage {
                 Ok(Record::Line { sku, id, line }) => {
                     skus.entry(sku).or_default().restore_line(id, line)
                 }
-                Err(err) => {
-                    tracing::error!(partition, key, error = %err, "unreadable stock changelog record: skipped")
-                }
+                Err(err) => return Err(format!("unreadable stock changelog record: {err}")),
             },
             None => match changelog::parse_key(key) {
                 Some(Key::Counters(sku)) => {
@@ -268,11 +314,10 @@ impl Stage for StockStage {
                         state.remove_line(&id);
                     }
                 }
-                None => {
-                    tracing::error!(partition, key, "unreadable stock changelog key: skipped")
-                }
+                None => return Err("tombstone with an unreadable stock changelog key".to_owned()),
             },
         }
+        Ok(())
     }
 
     fn revoke(&mut self, partition: i32) {
@@ -300,9 +345,11 @@ impl Stage for StockStage {
     }
 
     fn tick(&mut self, now: SystemTime, out: &mut Effects) {
+        // At least twice per retention, so a short retention (tests) prunes in time.
+        let every = PRUNE_EVERY.min(self.line_retention / 2);
         if self
             .last_prune
-            .is_some_and(|last| now.duration_since(last).unwrap_or_default() < PRUNE_EVERY)
+            .is_some_and(|last| now.duration_since(last).unwrap_or_default() < every)
         {
             return;
         }
