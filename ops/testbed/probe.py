@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Real protocol handshakes, used by the testbed scripts to decide that a server is up.
 
-    probe.py kafka HOST:PORT      Kafka ApiVersions (v0) request; ok when error_code == 0
+    probe.py kafka HOST:PORT [N]  Kafka ApiVersions, then Metadata; ok when the broker lists at
+                                  least N (default 1) live brokers, i.e. it has joined its cluster
     probe.py cql HOST:PORT [V]    CQL OPTIONS frame (protocol V, default 4); ok on SUPPORTED
 
 Exit 0 when the server answered correctly, 1 otherwise. An open port alone is not enough:
@@ -22,15 +23,38 @@ def recv_exact(sock, n):
     return buf
 
 
-def kafka(sock):
+def kafka_request(sock, api_key, version, correlation_id, body):
     client_id = b"orderpipe-probe"
-    # ApiVersions v0: api_key 18, api_version 0, correlation_id, client_id
-    body = struct.pack(">hhih", 18, 0, 42, len(client_id)) + client_id
-    sock.sendall(struct.pack(">i", len(body)) + body)
+    header = struct.pack(">hhih", api_key, version, correlation_id, len(client_id)) + client_id
+    sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
     (size,) = struct.unpack(">i", recv_exact(sock, 4))
     payload = recv_exact(sock, size)
-    correlation_id, error_code = struct.unpack(">ih", payload[:6])
-    return correlation_id == 42 and error_code == 0
+    if struct.unpack(">i", payload[:4])[0] != correlation_id:
+        raise ConnectionError("unexpected correlation id")
+    return payload[4:]
+
+
+def kafka(sock, brokers):
+    # ApiVersions v0 (every broker answers it): error_code, then [api_key, min, max] per API.
+    answer = kafka_request(sock, 18, 0, 1, b"")
+    error_code, count = struct.unpack(">hi", answer[:6])
+    if error_code != 0:
+        return False
+    versions = {}
+    for i in range(count):
+        key, low, high = struct.unpack(">hhh", answer[6 + 6 * i : 12 + 6 * i])
+        versions[key] = (low, high)
+    # Metadata (api 3), a non-flexible version from 4 to 8: throttle_time_ms, then the brokers
+    # array. A KRaft broker lists only registered, unfenced brokers, so the count says the
+    # cluster is formed. Request: all topics (null), no auto-creation (+ two flags from v8).
+    low, high = versions.get(3, (99, -1))
+    version = max(low, 4)
+    if version > min(high, 8):
+        return False
+    body = struct.pack(">ib", -1, 0) + (b"\x00\x00" if version >= 8 else b"")
+    answer = kafka_request(sock, 3, version, 2, body)
+    _throttle, live = struct.unpack(">ii", answer[:8])
+    return live >= brokers
 
 
 def cql(sock, version):
@@ -51,7 +75,7 @@ def main():
         with socket.create_connection((host, int(port)), timeout=3) as sock:
             sock.settimeout(3)
             if sys.argv[1] == "kafka":
-                ok = kafka(sock)
+                ok = kafka(sock, int(sys.argv[3]) if len(sys.argv) > 3 else 1)
             else:
                 ok = cql(sock, int(sys.argv[3]) if len(sys.argv) > 3 else 4)
     except (OSError, ConnectionError, struct.error):

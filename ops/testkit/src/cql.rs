@@ -1,9 +1,7 @@
 //! CQL helpers: a session on the CQL server named by `SCYLLA_NODES` (comma-separated host:port,
-//! default `127.0.0.1:9042`, the testbed's adapter in front of Cassandra 2.1) and a throw-away
-//! keyspace per test.
+//! default `127.0.0.1:9042`, the testbed's Apache Cassandra) and a throw-away keyspace per test.
 //!
-//! Statements used in tests must be valid on ScyllaDB and on Cassandra 2.1 alike
-//! (see shared/TESTBED.md, "Not available in 2.1").
+//! Statements used in tests must be valid on ScyllaDB and on Cassandra alike (see shared/TESTBED.md).
 
 use anyhow::Context as _;
 use scylla::client::session::Session;

@@ -1,6 +1,6 @@
-//! Against the real CQL server (testbed: Cassandra 2.1 behind ops/cql-adapter; or ScyllaDB via
+//! Against the real CQL server (testbed: Apache Cassandra 5.0; or ScyllaDB via
 //! SCYLLA_NODES): what the projections rely on works through the `scylla` driver.
-//! Every statement here is valid on ScyllaDB and on Cassandra 2.1.
+//! Every statement here is valid on ScyllaDB and on Cassandra alike.
 
 use orderpipe_testkit::cql::{session, TestKeyspace};
 use scylla::response::query_result::QueryResult;
