@@ -109,6 +109,9 @@ pub struct RunArgs {
     pub payments: orderpipe_processors::payments::PaymentsArgs,
 
     #[command(flatten)]
+    pub saga: orderpipe_processors::saga::SagaArgs,
+
+    #[command(flatten)]
     pub notifications: orderpipe_processors::notifications::NotificationsArgs,
 
     /// How long components get to finish in-flight work after a shutdown signal.

@@ -139,12 +139,13 @@ fn start(
         Component::Stock | Component::Saga | Component::Payments | Component::Notifications => {
             let config = args.processors.clone();
             let payments = args.payments.clone();
+            let saga = args.saga.clone();
             let notifications = args.notifications.clone();
             Box::pin(async move {
                 let handle = tokio::runtime::Handle::current();
                 let stage: Box<dyn Stage> = match component {
                     Component::Stock => Box::new(StockStage::new(topics.clone())),
-                    Component::Saga => Box::new(SagaStage::new(topics.clone())),
+                    Component::Saga => Box::new(SagaStage::from_args(&saga, topics.clone())),
                     Component::Payments => {
                         Box::new(PaymentsStage::from_args(&payments, topics.clone(), handle)?)
                     }

@@ -1,10 +1,13 @@
 //! The saga stage without a broker: batches in, effects out; changelog restore; dead letters.
 
-use orderpipe_processors::saga::{OrderState, SagaStage};
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use orderpipe_processors::saga::{OrderState, SagaStage, Timeouts};
 use orderpipe_processors::{Effects, Input, Stage};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, StockEnvelope, StockEvent,
-    StockLineReserved, Topics,
+    OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, RejectReason, StockEnvelope,
+    StockEvent, StockLineReserved, Topics,
 };
 use uuid::Uuid;
 
@@ -212,14 +215,14 @@ fn a_redelivered_batch_repeats_identical_outputs_until_the_order_is_compacted() 
     // Batch 1 confirms the order
     let first = process(&mut stage, "orders", 0, &batch);
     assert_eq!(stage.order(id).unwrap().phase_name(), "confirmed");
-    // The same batch again (at-least-once redelivery: state was written, outputs were lost):
-    // every output comes again, with the same event ids
-    let again = process(&mut stage, "orders", 0, &batch);
-    assert_eq!(same(&again), same(&first));
-    assert!(again.changelog().is_empty());
-    // The batch after that compacts the order to a small record...
+    // While it is not committed, the order keeps its details: a repeat within the batch works
+    let mut again = Effects::new();
+    stage.tick(SystemTime::now(), &mut again);
+    assert!(stage.order(id).unwrap().details.is_some());
+    assert!(!first.outputs().is_empty());
+    // The batch after that (the first one is committed) compacts the order to a small record...
     let other = Uuid::now_v7();
-    let third = process(&mut stage, "orders", 0, &[placed(other, corr).encode()]);
+    let third = process_at(&mut stage, 0, 3, &[placed(other, corr).encode()]);
     let compacted = third
         .changelog()
         .iter()
@@ -262,4 +265,258 @@ fn a_restored_terminal_order_repeats_in_the_first_batch_and_is_compacted_after()
     );
     assert!(next.changelog().iter().any(|c| c.key == id.to_string()));
     assert!(stage.order(id).unwrap().details.is_none());
+}
+
+/// Processes `payloads` as one batch of `partition` starting at `first_offset`.
+fn process_at(stage: &mut SagaStage, partition: i32, first_offset: i64, payloads: &[Vec<u8>]) -> Effects {
+    let inputs: Vec<Input<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input {
+            topic: "orders",
+            partition,
+            offset: first_offset + i as i64,
+            key: None,
+            payload: Some(p),
+            timestamp_ms: None,
+        })
+        .collect();
+    let mut out = Effects::new();
+    stage.process(&inputs, &mut out);
+    out
+}
+
+/// One runner handle: a batch (possibly empty), then the tick, as the runner calls them.
+fn handle(
+    stage: &mut SagaStage,
+    first_offset: i64,
+    payloads: &[Vec<u8>],
+    now: DateTime<Utc>,
+) -> Effects {
+    let mut out = if payloads.is_empty() {
+        Effects::new()
+    } else {
+        process_at(stage, 0, first_offset, payloads)
+    };
+    stage.tick(now.into(), &mut out);
+    out
+}
+
+fn order_types(out: &Effects) -> Vec<String> {
+    out.outputs()
+        .iter()
+        .filter(|o| o.topic == "orders")
+        .map(|o| OrderEnvelope::decode(&o.payload).unwrap().event_type().to_owned())
+        .collect()
+}
+
+fn stock_types(out: &Effects) -> Vec<(String, u32)> {
+    out.outputs()
+        .iter()
+        .filter(|o| o.topic == "stock")
+        .map(|o| {
+            let e = StockEnvelope::decode(&o.payload).unwrap();
+            let line = match &e.event {
+                StockEvent::ReservationRequested(r) => r.line_index,
+                StockEvent::ReleaseRequested(r) => r.line_index,
+                StockEvent::SaleRequested(r) => r.line_index,
+                _ => u32::MAX,
+            };
+            (e.event_type().to_owned(), line)
+        })
+        .collect()
+}
+
+fn placed_lines(order_id: Uuid, correlation: Uuid, skus: &[&str], at: DateTime<Utc>) -> OrderEnvelope {
+    let mut e = placed(order_id, correlation);
+    if let OrderEvent::OrderPlaced(p) = &mut e.event {
+        p.lines = skus
+            .iter()
+            .map(|sku| OrderLine {
+                sku: (*sku).into(),
+                quantity: 1,
+                unit_price_minor: 500,
+            })
+            .collect();
+        p.total_minor = 500 * skus.len() as i64;
+    }
+    e.occurred_at = at;
+    e
+}
+
+fn at(mut e: OrderEnvelope, t: DateTime<Utc>) -> OrderEnvelope {
+    e.occurred_at = t;
+    e
+}
+
+fn secs(n: i64) -> chrono::Duration {
+    chrono::Duration::seconds(n)
+}
+
+fn timeouts() -> Timeouts {
+    Timeouts {
+        stock: Duration::from_secs(30),
+        payment: Duration::from_secs(60),
+    }
+}
+
+#[test]
+fn the_stock_deadline_rejects_releases_what_is_held_and_a_late_reservation_is_released() {
+    let t0: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+    let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+    let inputs = [
+        placed_lines(id, corr, &["A", "B"], t0).encode(),
+        at(reserved(id, corr, 0, "A"), t0 + secs(1)).encode(),
+    ];
+    let run = |tick_at: DateTime<Utc>| {
+        let mut stage = SagaStage::new(Topics::default()).with_timeouts(timeouts());
+        handle(&mut stage, 0, &inputs, t0 + secs(2));
+        // Not yet
+        let early = handle(&mut stage, 2, &[], t0 + secs(29));
+        assert!(early.outputs().is_empty());
+        let out = handle(&mut stage, 2, &[], tick_at);
+        (stage, out)
+    };
+    let (mut stage, out) = run(t0 + secs(31));
+    // Line 1 never answered (its reservation was dead-lettered, say): the order is rejected and
+    // the reserved line 0 released
+    assert_eq!(order_types(&out), ["order_rejected"]);
+    assert_eq!(stock_types(&out), [("release_requested".to_owned(), 0)]);
+    let rejection = out
+        .outputs()
+        .iter()
+        .find(|o| o.topic == "orders")
+        .map(|o| OrderEnvelope::decode(&o.payload).unwrap())
+        .unwrap();
+    assert_eq!(
+        rejection.event,
+        OrderEvent::OrderRejected(orderpipe_schemas::OrderRejected {
+            reason: RejectReason::StockTimeout
+        })
+    );
+    // Stamped with the deadline, not the time the tick ran: another instance deciding it an hour
+    // later emits the very same bytes
+    assert_eq!(rejection.occurred_at, t0 + secs(30));
+    let (_, later) = run(t0 + secs(3600));
+    assert_eq!(later.outputs(), out.outputs());
+    assert_eq!(stage.order(id).unwrap().phase_name(), "rejected");
+    // A late reservation of line 1 is released at once, and only once
+    let late = at(reserved(id, corr, 1, "B"), t0 + secs(40)).encode();
+    let out = handle(&mut stage, 2, std::slice::from_ref(&late), t0 + secs(41));
+    assert!(order_types(&out).is_empty());
+    assert_eq!(stock_types(&out), [("release_requested".to_owned(), 1)]);
+    let again = handle(&mut stage, 3, &[reserved(id, corr, 1, "B").encode()], t0 + secs(42));
+    assert!(again.outputs().is_empty());
+}
+
+#[test]
+fn the_payment_deadline_rejects_with_payment_timeout_and_releases_every_line() {
+    let t0: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+    let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+    let mut stage = SagaStage::new(Topics::default()).with_timeouts(timeouts());
+    let inputs = [
+        placed_lines(id, corr, &["A"], t0).encode(),
+        at(reserved(id, corr, 0, "A"), t0 + secs(5)).encode(),
+    ];
+    let out = handle(&mut stage, 0, &inputs, t0 + secs(6));
+    assert_eq!(order_types(&out), ["stock_reserved", "payment_requested"]);
+    // The payment deadline counts from the last stock answer
+    assert!(handle(&mut stage, 2, &[], t0 + secs(64)).outputs().is_empty());
+    let out = handle(&mut stage, 2, &[], t0 + secs(66));
+    assert_eq!(order_types(&out), ["order_rejected"]);
+    assert_eq!(stock_types(&out), [("release_requested".to_owned(), 0)]);
+    let rejected = OrderEnvelope::decode(&out.outputs().last().unwrap().payload).unwrap();
+    assert!(matches!(
+        rejected.event,
+        OrderEvent::OrderRejected(orderpipe_schemas::OrderRejected {
+            reason: RejectReason::PaymentTimeout
+        })
+    ));
+    assert_eq!(rejected.occurred_at, t0 + secs(65));
+    // A late payment_settled changes nothing here: the payments stage refunds every charge of
+    // an order rejected for payment_timeout when it reads this rejection (after the request)
+    let late = handle(&mut stage, 2, &[settled(id, corr).encode()], t0 + secs(70));
+    assert!(late.outputs().is_empty());
+    assert_eq!(stage.order(id).unwrap().phase_name(), "rejected");
+}
+
+#[test]
+fn a_redelivery_split_over_batches_after_a_restore_repeats_every_output() {
+    let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+    let now = Utc::now();
+    let inputs = [
+        placed(id, corr).encode(),
+        reserved(id, corr, 0, "A").encode(),
+        settled(id, corr).encode(),
+    ];
+    // An instance handles the three inputs (offsets 0..2), writes its state, then dies before its
+    // outputs and offsets are committed (at-least-once): the group's committed offset stays 0
+    let mut crashed = SagaStage::new(Topics::default());
+    let lost = handle(&mut crashed, 0, &inputs, now);
+    // The next instance restores the state and is redelivered the inputs one per batch
+    // (--processor-batch-max-messages 1)
+    let mut stage = SagaStage::new(Topics::default());
+    for r in lost.changelog() {
+        stage
+            .restore(r.partition, &r.key, r.value.as_deref())
+            .unwrap();
+    }
+    let mut again: Vec<Effects> = Vec::new();
+    for (offset, input) in inputs.iter().enumerate() {
+        again.push(handle(&mut stage, offset as i64, std::slice::from_ref(input), now));
+    }
+    // Every output is repeated, identically, the confirmation and the sale included
+    let repeated: Vec<_> = again.iter().flat_map(same).collect();
+    assert_eq!(repeated, same(&lost));
+    assert_eq!(order_types(&again[2]), ["order_confirmed"]);
+    assert_eq!(stock_types(&again[2]), [("sale_requested".to_owned(), 0)]);
+    // Once the committed offset is past the confirming input, the order is compacted
+    let next = handle(&mut stage, 3, &[placed(Uuid::now_v7(), corr).encode()], now);
+    assert!(next.changelog().iter().any(|c| c.key == id.to_string()
+        && OrderState::from_json(c.value.as_deref().unwrap()).unwrap().details.is_none()));
+    assert!(stage.order(id).unwrap().details.is_none());
+}
+
+/// Keys whose last changelog record is a value (not a tombstone).
+fn live_keys(changelog: &[orderpipe_processors::ChangelogRecord]) -> usize {
+    let mut last: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+    for r in changelog {
+        last.insert(r.key.as_str(), r.value.is_some());
+    }
+    last.values().filter(|live| **live).count()
+}
+
+#[test]
+fn terminal_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounded() {
+    let retention = Duration::from_secs(3600);
+    let mut stage = SagaStage::new(Topics::default()).with_retention(retention);
+    let t0: DateTime<Utc> = Utc::now() - chrono::Duration::days(2);
+    let mut changelog = Vec::new();
+    let mut offset = 0i64;
+    let mut peak = 0;
+    // A long sale: 40 waves of 25 orders, one wave every 10 minutes (6 waves per retention)
+    for wave in 0..40i64 {
+        let t = t0 + chrono::Duration::minutes(10 * wave);
+        let mut inputs = Vec::new();
+        for _ in 0..25 {
+            let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+            inputs.push(placed_lines(id, corr, &["A"], t).encode());
+            inputs.push(at(reserved(id, corr, 0, "A"), t).encode());
+            inputs.push(at(settled(id, corr), t).encode());
+        }
+        let out = handle(&mut stage, offset, &inputs, t + secs(1));
+        offset += inputs.len() as i64;
+        changelog.extend(out.changelog().iter().cloned());
+        let out = handle(&mut stage, offset, &[], t + secs(2));
+        changelog.extend(out.changelog().iter().cloned());
+        peak = peak.max(live_keys(&changelog));
+    }
+    // At most the orders of one retention (plus a wave) are live, not all 1000
+    assert!(peak <= 7 * 25, "peak live keys {peak}");
+    assert_eq!(stage.order_count(), live_keys(&changelog));
+    // and once the sale is over by more than the retention, none
+    let out = handle(&mut stage, offset, &[], Utc::now());
+    changelog.extend(out.changelog().iter().cloned());
+    assert_eq!(live_keys(&changelog), 0);
+    assert_eq!(stage.order_count(), 0);
 }

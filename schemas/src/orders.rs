@@ -194,6 +194,8 @@ pub enum RejectReason {
     PaymentDeclined,
     /// The payment gateway did not answer in time.
     PaymentTimeout,
+    /// Stock did not answer every line before the order's stock deadline.
+    StockTimeout,
     /// The order is invalid (should not pass ingest; defensive).
     Invalid,
 }
@@ -248,6 +250,7 @@ mod tests {
             (RejectReason::LimitExceeded, "limit_exceeded"),
             (RejectReason::PaymentDeclined, "payment_declined"),
             (RejectReason::PaymentTimeout, "payment_timeout"),
+            (RejectReason::StockTimeout, "stock_timeout"),
             (RejectReason::Invalid, "invalid"),
         ];
         for (reason, wire) in all {

@@ -27,6 +27,7 @@ use orderpipe_schemas::{
     RejectReason, ReleaseRequested, ReservationRequested, SaleRequested, StockEnvelope, StockEvent,
     StockRejectReason, StockRejected, StockReserved,
 };
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::ids::derived_event_id;
@@ -124,20 +125,38 @@ impl Output {
         correlation_id: Uuid,
         index: u32,
     ) -> OutputEnvelope {
+        self.into_envelope_at(
+            order_id,
+            cause.event_id,
+            cause.occurred_at,
+            correlation_id,
+            index,
+        )
+    }
+
+    /// Like [`Output::into_envelope`] for a cause known by its id and time (e.g. a deadline,
+    /// [`TimedOut`]): `event_id` derived from (`cause_id`, index), `occurred_at` = `cause_at`.
+    pub fn into_envelope_at(
+        self,
+        order_id: Uuid,
+        cause_id: Uuid,
+        cause_at: DateTime<Utc>,
+        correlation_id: Uuid,
+        index: u32,
+    ) -> OutputEnvelope {
         // Id and time come from the cause only, so a repeat is byte-identical to the first.
-        let event_id = derived_event_id("saga", cause.event_id, index);
+        let event_id = derived_event_id("saga", cause_id, index);
         match self {
             Self::Order(event) => {
-                let mut e =
-                    OrderEnvelope::new(order_id, event, Some(cause.event_id), correlation_id);
+                let mut e = OrderEnvelope::new(order_id, event, Some(cause_id), correlation_id);
                 e.event_id = event_id;
-                e.occurred_at = cause.occurred_at;
+                e.occurred_at = cause_at;
                 OutputEnvelope::Order(e)
             }
             Self::Stock { sku, event } => {
-                let mut e = StockEnvelope::new(sku, event, Some(cause.event_id), correlation_id);
+                let mut e = StockEnvelope::new(sku, event, Some(cause_id), correlation_id);
                 e.event_id = event_id;
-                e.occurred_at = cause.occurred_at;
+                e.occurred_at = cause_at;
                 OutputEnvelope::Stock(e)
             }
         }
@@ -250,6 +269,11 @@ fn moved(
     phase: Phase,
     kind: Option<TransitionKind>,
 ) -> Decision {
+    if std::mem::discriminant(&state.phase) != std::mem::discriminant(&phase)
+        || state.since.is_none()
+    {
+        state.since = Some(cause.occurred_at);
+    }
     state.phase = phase;
     let mut outputs = Vec::new();
     if let Some(kind) = kind {
@@ -298,6 +322,8 @@ fn place(event: &OrderEnvelope, placed: &OrderPlaced) -> Decision {
         phase: phase.clone(),
         details: Some(details),
         transitions: Vec::new(),
+        since: Some(event.occurred_at),
+        terminal_offset: None,
     };
     moved(event, state, phase, Some(TransitionKind::Placed))
 }
@@ -311,8 +337,10 @@ fn answer(
     quantity: u32,
     answer: LineAnswer,
 ) -> Decision {
+    let timed_out = state.awaits_late_answers();
     let details = match (&state.phase, &state.details) {
         (Phase::Reserving, Some(details)) => details,
+        (Phase::Rejected { .. }, Some(details)) if timed_out => details,
         _ => return Decision::ignore(Ignored::LateLineAnswer),
     };
     let Some(line) = usize::try_from(line_index)
@@ -335,6 +363,22 @@ fn answer(
     }
     let mut state = state.clone();
     let details = state.details.as_mut().expect("checked above");
+    if timed_out {
+        // The order was rejected at its stock deadline: a late reservation is released at once.
+        let phase = state.phase.clone();
+        return if answer == LineAnswer::Reserved {
+            details.lines[line_index as usize].answer = LineAnswer::ReleasedLate;
+            moved(
+                event,
+                state,
+                phase,
+                Some(TransitionKind::LateReservationReleased { line_index }),
+            )
+        } else {
+            details.lines[line_index as usize].answer = answer;
+            moved(event, state, phase, None)
+        };
+    }
     details.lines[line_index as usize].answer = answer;
     if details
         .lines
@@ -364,7 +408,7 @@ fn answer(
 fn first_rejected(details: &OrderDetails) -> Option<(String, StockRejectReason)> {
     details.lines.iter().find_map(|l| match l.answer {
         LineAnswer::Rejected { reason } => Some((l.sku.clone(), reason)),
-        LineAnswer::Pending | LineAnswer::Reserved => None,
+        LineAnswer::Pending | LineAnswer::Reserved | LineAnswer::ReleasedLate => None,
     })
 }
 
@@ -461,10 +505,120 @@ pub fn outputs_of(
             outputs.push(rejected(reason));
             outputs
         }
+        TransitionKind::PaymentTimeout => {
+            let mut outputs: Vec<Output> = lines.map(release).collect();
+            outputs.push(rejected(RejectReason::PaymentTimeout));
+            outputs
+        }
+        TransitionKind::StockTimeout => {
+            // The lines reserved by the deadline; a later reservation is released when it comes.
+            let mut outputs: Vec<Output> = lines
+                .filter(|i| details.lines[*i].answer == LineAnswer::Reserved)
+                .map(release)
+                .collect();
+            outputs.push(rejected(RejectReason::StockTimeout));
+            outputs
+        }
+        TransitionKind::LateReservationReleased { line_index } => usize::try_from(line_index)
+            .ok()
+            .filter(|i| *i < details.lines.len())
+            .map(release)
+            .into_iter()
+            .collect(),
     }
 }
 
 /// Line positions fit in u32: ingest caps an order at 100 lines.
 fn index(i: usize) -> u32 {
     u32::try_from(i).expect("line index fits in u32")
+}
+
+/// How long an order may stay in each open phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From `order_placed` to the last line answer.
+    pub stock: std::time::Duration,
+    /// From the last line answer (all reserved) to the payment outcome.
+    pub payment: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            stock: std::time::Duration::from_secs(30),
+            payment: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+/// `at + d`, saturating.
+pub fn after(at: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// The deadline of an open order's phase (`None` for a terminal one): a fixed time after the
+/// input that moved it there happened, so every instance and every repeat agrees on it.
+pub fn deadline(state: &OrderState, timeouts: &Timeouts) -> Option<DateTime<Utc>> {
+    let since = state.since?;
+    match state.phase {
+        Phase::Reserving => Some(after(since, timeouts.stock)),
+        Phase::Paying => Some(after(since, timeouts.payment)),
+        Phase::Confirmed { .. } | Phase::Rejected { .. } => None,
+    }
+}
+
+/// A deadline's decision: its (derived) cause id and time, and the decision itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimedOut {
+    /// Id standing for the deadline as the cause of the outputs (derived from the input that
+    /// opened the phase, so it is the same whenever and however often it is decided).
+    pub cause: Uuid,
+    /// The deadline (the outputs' `occurred_at`).
+    pub at: DateTime<Utc>,
+    /// The new state and outputs.
+    pub decision: Decision,
+}
+
+/// What `now` does to an order in `state`: once its phase's deadline has passed, rejects it with
+/// `stock_timeout` (releasing the reserved lines) or `payment_timeout` (releasing every line);
+/// else nothing.
+pub fn decide_timeout(
+    state: &OrderState,
+    order_id: Uuid,
+    now: DateTime<Utc>,
+    timeouts: &Timeouts,
+) -> Option<TimedOut> {
+    let at = deadline(state, timeouts)?;
+    if now < at {
+        return None;
+    }
+    let (kind, reason, code) = match state.phase {
+        Phase::Reserving => (TransitionKind::StockTimeout, RejectReason::StockTimeout, 0),
+        Phase::Paying => (TransitionKind::PaymentTimeout, RejectReason::PaymentTimeout, 1),
+        Phase::Confirmed { .. } | Phase::Rejected { .. } => return None,
+    };
+    let opened_by = state.transitions.last().map_or(order_id, |t| t.cause);
+    let cause = derived_event_id("saga-deadline", opened_by, code);
+    let mut state = state.clone();
+    state.phase = Phase::Rejected { reason };
+    state.since = Some(at);
+    state.terminal_offset = None;
+    state.transitions.push(Transition { cause, kind });
+    let outputs = state
+        .details
+        .as_ref()
+        .map(|details| outputs_of(kind, order_id, details, &state.phase))
+        .unwrap_or_default();
+    Some(TimedOut {
+        cause,
+        at,
+        decision: Decision {
+            new_state: Some(state),
+            outputs,
+            verdict: Verdict::Applied,
+        },
+    })
 }

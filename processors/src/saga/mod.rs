@@ -5,7 +5,9 @@
 //! - [`state`]: [`OrderState`], the per-order record kept in memory and in `saga.changelog`.
 //! - [`ids`]: deterministic event ids of outputs (also used by payments and notifications).
 //! - [`decide`](mod@decide): the pure decision function [`decide()`] and its rules.
-//! - [`stage`]: [`SagaStage`], the runner stage around it.
+//! - [`stage`]: [`SagaStage`], the runner stage around it (deadlines from its tick, compaction,
+//!   retention).
+//! - [`config`]: [`SagaArgs`] (`--saga-stock-timeout`, `--saga-payment-timeout`, `--saga-retention`).
 //!
 //! Every order ends in exactly one terminal event (`order_confirmed` or `order_rejected`): the
 //! state machine decides it on the transition into a terminal phase, once. A redelivered input
@@ -14,12 +16,17 @@
 //! that duplicates and late events of it are recognised and ignored, across restarts (the
 //! changelog restores it).
 
+pub mod config;
 pub mod decide;
 pub mod ids;
 pub mod stage;
 pub mod state;
 
-pub use decide::{decide, outputs_of, Decision, Ignored, Output, OutputEnvelope, Verdict};
+pub use config::SagaArgs;
+pub use decide::{
+    deadline, decide, decide_timeout, outputs_of, Decision, Ignored, Output, OutputEnvelope,
+    TimedOut, Timeouts, Verdict,
+};
 pub use ids::derived_event_id;
 pub use stage::SagaStage;
 pub use state::{

@@ -1,46 +1,104 @@
 //! The saga as a runner [`Stage`]: consumes the orders topic, keeps one [`OrderState`] per order
 //! (per input partition, mirrored in `saga.changelog` keyed by `order_id`), emits what
-//! [`decide`] says on the orders and stock topics.
+//! [`decide`] says on the orders and stock topics, and what [`decide_timeout`] says when an
+//! order's phase deadline passes (driven by [`Stage::tick`]).
 //!
 //! Compaction: a terminal order keeps its details until none of its inputs can be redelivered,
-//! then shrinks to a small record. The runner commits a batch (offsets included) before it hands
-//! over the next one and, after a failure, revokes and restores state before re-reading from
-//! the committed offsets. So an order that became terminal (or was restored) before batch k
-//! started cannot see a redelivered input once batch k+1 starts: that is when it is compacted.
+//! then shrinks to a small record. The state records the input offset that last changed the
+//! terminal order (`terminal_offset`); the stage tracks, per partition, an offset below which
+//! every input is committed (the runner commits a batch before it hands over the next one, and
+//! after a failure revokes and restores state, then re-reads from the committed offsets; so the
+//! first offset of a batch, and every offset of a batch a later call follows, are committed). An
+//! order is compacted only once that floor is past its `terminal_offset`: a redelivery split
+//! over several batches still finds the details it needs to repeat its outputs. An order made
+//! terminal by a deadline (no input) is compacted once the tick that decided it is written.
+//!
+//! Retention: a terminal order's state is tombstoned `--saga-retention` after it became
+//! terminal, so the changelog's live key count stays bounded by the orders of one retention.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
 
+use chrono::{DateTime, Utc};
 use orderpipe_schemas::{OrderEnvelope, Topics};
 use uuid::Uuid;
 
-use super::decide::{decide, OutputEnvelope, Verdict};
+use super::config::SagaArgs;
+use super::decide::{after, decide, decide_timeout, deadline, OutputEnvelope, Timeouts, Verdict};
 use super::state::OrderState;
 use crate::runner::{Effects, Input, Stage};
+
+/// A terminal order waiting to be compacted.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    partition: i32,
+    order_id: Uuid,
+    /// For an order without `terminal_offset`: the tick generation it was registered in.
+    generation: u64,
+}
 
 /// The order saga stage.
 #[derive(Debug)]
 pub struct SagaStage {
     topics: Topics,
+    timeouts: Timeouts,
+    retention: Duration,
     /// State per input partition, per order.
     partitions: HashMap<i32, HashMap<Uuid, OrderState>>,
-    /// Terminal orders registered before the current batch started: compacted when the next starts.
-    ready: Vec<(i32, Uuid)>,
-    /// Terminal orders registered since the current batch started (or restored before it).
-    pending: Vec<(i32, Uuid)>,
+    /// When to look at an order again (phase deadline, or end of retention); entries may be
+    /// stale (the order moved on): checked when they fire.
+    timers: BTreeSet<(DateTime<Utc>, i32, Uuid)>,
+    /// Terminal orders still holding their details.
+    candidates: Vec<Candidate>,
+    /// Per partition: every input offset below this one is committed.
+    committed: HashMap<i32, i64>,
+    /// Per partition: next offset after the inputs processed since the last tick.
+    in_flight: HashMap<i32, i64>,
+    /// Per partition: next offset after the inputs of the handle the last tick ended (written
+    /// with it).
+    written: HashMap<i32, i64>,
+    /// Number of ticks so far (each ends one runner handle, which is written after it).
+    generation: u64,
 }
 
 impl SagaStage {
     /// Stage name: group `orderpipe-saga`, topics `saga.changelog` and `saga.dlq`.
     pub const NAME: &'static str = "saga";
 
-    /// A saga stage reading and writing `topics`.
+    /// A saga stage reading and writing `topics`, with the default deadlines and retention.
     pub fn new(topics: Topics) -> Self {
+        let args = SagaArgs::default();
         Self {
             topics,
+            timeouts: args.timeouts(),
+            retention: args.retention,
             partitions: HashMap::new(),
-            ready: Vec::new(),
-            pending: Vec::new(),
+            timers: BTreeSet::new(),
+            candidates: Vec::new(),
+            committed: HashMap::new(),
+            in_flight: HashMap::new(),
+            written: HashMap::new(),
+            generation: 0,
         }
+    }
+
+    /// The stage as `args` configure it.
+    pub fn from_args(args: &SagaArgs, topics: Topics) -> Self {
+        Self::new(topics)
+            .with_timeouts(args.timeouts())
+            .with_retention(args.retention)
+    }
+
+    /// Phase deadlines.
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+
+    /// How long terminal state is kept before it is tombstoned.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// State of `order_id` if this instance holds it (tests, admin tools).
@@ -53,25 +111,122 @@ impl SagaStage {
         self.partitions.values().map(HashMap::len).sum()
     }
 
-    /// Compacts the terminal orders whose inputs can no longer be redelivered.
-    fn compact_ready(&mut self, out: &mut Effects) {
-        for (partition, order_id) in std::mem::take(&mut self.ready) {
+    /// Everything before this call is committed (or was revoked): promote what was in flight.
+    fn promote(&mut self, in_flight_too: bool) {
+        let mut done: Vec<(i32, i64)> = self.written.drain().collect();
+        if in_flight_too {
+            done.extend(self.in_flight.drain());
+        }
+        for (partition, next) in done {
+            let floor = self.committed.entry(partition).or_insert(next);
+            *floor = (*floor).max(next);
+        }
+    }
+
+    /// Registers `state` for compaction (if it needs it) and its next timer.
+    fn track(&mut self, partition: i32, order_id: Uuid, state: &OrderState) {
+        if state.is_compactable() {
+            self.candidates.push(Candidate {
+                partition,
+                order_id,
+                generation: self.generation,
+            });
+        }
+        let due = match deadline(state, &self.timeouts) {
+            Some(at) => Some(at),
+            None if state.is_terminal() => state.since.map(|since| after(since, self.retention)),
+            None => None,
+        };
+        if let Some(at) = due {
+            self.timers.insert((at, partition, order_id));
+        }
+    }
+
+    /// Compacts the terminal orders none of whose inputs can be redelivered any more.
+    fn compact(&mut self, out: &mut Effects) {
+        let generation = self.generation;
+        let committed = &self.committed;
+        let partitions = &mut self.partitions;
+        self.candidates.retain(|c| {
+            let Some(state) = partitions
+                .get_mut(&c.partition)
+                .and_then(|orders| orders.get_mut(&c.order_id))
+            else {
+                return false;
+            };
+            if !state.is_compactable() {
+                return false;
+            }
+            let safe = match state.terminal_offset {
+                Some(offset) => committed.get(&c.partition).is_some_and(|&floor| floor > offset),
+                None => c.generation < generation,
+            };
+            if safe {
+                state.compact();
+                out.put(c.partition, c.order_id.to_string(), state.to_json());
+            }
+            !safe
+        });
+    }
+
+    /// Acts on every timer due at `now`: phase deadlines and the end of retention.
+    fn fire_timers(&mut self, now: DateTime<Utc>, out: &mut Effects) {
+        while let Some(&(at, partition, order_id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
             let Some(state) = self
                 .partitions
-                .get_mut(&partition)
-                .and_then(|orders| orders.get_mut(&order_id))
+                .get(&partition)
+                .and_then(|orders| orders.get(&order_id))
             else {
                 continue;
             };
-            if state.is_compactable() {
-                state.compact();
-                out.put(partition, order_id.to_string(), state.to_json());
+            if state.is_terminal() {
+                let expired = state
+                    .since
+                    .is_some_and(|since| after(since, self.retention) <= now);
+                if expired {
+                    out.delete(partition, order_id.to_string());
+                    if let Some(orders) = self.partitions.get_mut(&partition) {
+                        orders.remove(&order_id);
+                    }
+                }
+                continue;
+            }
+            let Some(timed_out) = decide_timeout(state, order_id, now, &self.timeouts) else {
+                continue;
+            };
+            tracing::info!(%order_id, phase = state.phase_name(), deadline = %timed_out.at,
+                "saga: phase deadline passed; rejecting the order");
+            let correlation_id = state.correlation_id;
+            for (index, output) in (0u32..).zip(timed_out.decision.outputs) {
+                match output.into_envelope_at(
+                    order_id,
+                    timed_out.cause,
+                    timed_out.at,
+                    correlation_id,
+                    index,
+                ) {
+                    OutputEnvelope::Order(e) => out.emit_order(&self.topics.orders, &e),
+                    OutputEnvelope::Stock(e) => out.emit_stock(&self.topics.stock, &e),
+                }
+            }
+            if let Some(new_state) = timed_out.decision.new_state {
+                out.put(partition, order_id.to_string(), new_state.to_json());
+                self.track(partition, order_id, &new_state);
+                self.partitions
+                    .entry(partition)
+                    .or_default()
+                    .insert(order_id, new_state);
             }
         }
-        self.ready = std::mem::take(&mut self.pending);
     }
 
     fn handle(&mut self, input: &Input<'_>, out: &mut Effects) {
+        let next = self.in_flight.entry(input.partition).or_insert(0);
+        *next = (*next).max(input.offset + 1);
         let event = match OrderEnvelope::decode(input.bytes()) {
             Ok(event) => event,
             Err(err) => return out.dead_letter_decode(input, &err),
@@ -102,16 +257,21 @@ impl SagaStage {
                 OutputEnvelope::Stock(e) => out.emit_stock(&self.topics.stock, &e),
             }
         }
-        if let Some(new_state) = decision.new_state {
+        if let Some(mut new_state) = decision.new_state {
+            if new_state.is_terminal() {
+                // Compacted only once the committed offset is past this input.
+                new_state.terminal_offset = Some(input.offset);
+            }
             out.put(
                 input.partition,
                 event.order_id.to_string(),
                 new_state.to_json(),
             );
-            if new_state.is_compactable() {
-                self.pending.push((input.partition, event.order_id));
-            }
-            orders.insert(event.order_id, new_state);
+            self.track(input.partition, event.order_id, &new_state);
+            self.partitions
+                .entry(input.partition)
+                .or_default()
+                .insert(event.order_id, new_state);
         }
     }
 }
@@ -135,10 +295,13 @@ impl Stage for SagaStage {
                 orders.remove(&order_id);
             }
             Some(Ok(state)) => {
-                if state.is_compactable() {
-                    self.pending.push((partition, order_id));
+                let mut state = state;
+                if state.since.is_none() {
+                    // Written before deadlines existed: its clock starts now.
+                    state.since = Some(Utc::now());
                 }
-                orders.insert(order_id, state);
+                orders.insert(order_id, state.clone());
+                self.track(partition, order_id, &state);
             }
             Some(Err(err)) => {
                 return Err(format!("saga changelog: unreadable state: {err}"));
@@ -149,14 +312,36 @@ impl Stage for SagaStage {
 
     fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
-        self.ready.retain(|(p, _)| *p != partition);
-        self.pending.retain(|(p, _)| *p != partition);
+        self.candidates.retain(|c| c.partition != partition);
+        self.timers.retain(|(_, p, _)| *p != partition);
+        self.committed.remove(&partition);
+        self.in_flight.remove(&partition);
+        self.written.remove(&partition);
     }
 
     fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
-        self.compact_ready(out);
+        // Whatever came before this batch is committed, and so is every offset below the first
+        // one of a partition in it (the runner reads on from the committed offsets).
+        self.promote(true);
+        for input in batch {
+            let floor = self.committed.entry(input.partition).or_insert(input.offset);
+            *floor = (*floor).max(input.offset);
+        }
+        self.compact(out);
         for input in batch {
             self.handle(input, out);
         }
+    }
+
+    fn tick(&mut self, now: SystemTime, out: &mut Effects) {
+        self.promote(false);
+        self.compact(out);
+        self.fire_timers(now.into(), out);
+        // What this handle processed is written right after this call.
+        for (partition, next) in self.in_flight.drain() {
+            let w = self.written.entry(partition).or_insert(next);
+            *w = (*w).max(next);
+        }
+        self.generation += 1;
     }
 }

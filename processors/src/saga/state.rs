@@ -8,6 +8,7 @@
 //! stage compacts a terminal order to a small record (phase and reason or charge id) so that
 //! late duplicates are still recognised and ignored.
 
+use chrono::{DateTime, Utc};
 use orderpipe_schemas::{PaymentRef, RejectReason, StockRejectReason};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -26,6 +27,17 @@ pub struct OrderState {
     /// The inputs that moved the order, oldest first; emptied by compaction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transitions: Vec<Transition>,
+    /// When the order entered its phase: the `occurred_at` of the input that moved it there
+    /// (for a timeout, the deadline). An open phase times out a fixed time after it, terminal
+    /// state is forgotten the retention after it: both deterministic, whenever they are decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    /// Input offset (in the order's partition) of the event that made the order terminal; the
+    /// stage compacts the order only once the group's committed offset is past it, so a
+    /// redelivery of that input still finds the details it needs to repeat its outputs.
+    /// `None` when a timeout (no input) made it terminal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_offset: Option<i64>,
 }
 
 /// The phases of the order state machine: reserving -> paying -> confirmed, or rejected.
@@ -73,6 +85,16 @@ pub enum TransitionKind {
     Confirmed,
     /// `payment_declined`: a release per line + `order_rejected`.
     PaymentRejected,
+    /// The stock deadline passed with lines unanswered: releases of the reserved lines +
+    /// `order_rejected` (`stock_timeout`).
+    StockTimeout,
+    /// The payment deadline passed: a release per line + `order_rejected` (`payment_timeout`).
+    PaymentTimeout,
+    /// A line reserved after the order timed out: its release.
+    LateReservationReleased {
+        /// The line.
+        line_index: u32,
+    },
 }
 
 impl OrderState {
@@ -81,15 +103,34 @@ impl OrderState {
         matches!(self.phase, Phase::Confirmed { .. } | Phase::Rejected { .. })
     }
 
-    /// True for a terminal order that still keeps its details (not compacted yet).
+    /// True for a terminal order that still keeps its details (not compacted yet) and expects
+    /// no late stock answer that it would have to release.
     pub fn is_compactable(&self) -> bool {
-        self.is_terminal() && (self.details.is_some() || !self.transitions.is_empty())
+        self.is_terminal()
+            && (self.details.is_some() || !self.transitions.is_empty())
+            && !self.awaits_late_answers()
     }
 
-    /// Drops what only redeliveries need; a terminal order keeps its phase.
+    /// True for an order rejected by its stock deadline with lines still unanswered: a late
+    /// reservation of such a line must be released, so its details are kept.
+    pub fn awaits_late_answers(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Rejected {
+                reason: RejectReason::StockTimeout
+            }
+        ) && self
+            .details
+            .as_ref()
+            .is_some_and(|d| d.lines.iter().any(|l| l.answer == LineAnswer::Pending))
+    }
+
+    /// Drops what only redeliveries need; a terminal order keeps its phase and `since` (for
+    /// the retention).
     pub fn compact(&mut self) {
         self.details = None;
         self.transitions.clear();
+        self.terminal_offset = None;
     }
 
     /// Short name of the phase (`reserving`, `paying`, `confirmed`, `rejected`), for logs and tests.
@@ -152,4 +193,6 @@ pub enum LineAnswer {
         /// Why.
         reason: StockRejectReason,
     },
+    /// Reserved after the order had timed out: released at once.
+    ReleasedLate,
 }
