@@ -137,7 +137,9 @@ fn start(
             })
         }
         Component::Stock | Component::Saga | Component::Payments | Component::Notifications => {
-            let config = args.processors.clone();
+            let mut config = args.processors.clone();
+            // `--instance-id` not given: <hostname>-<admin port>, unique and stable.
+            config.resolve_instance_id(args.admin_listen);
             let payments = args.payments.clone();
             let saga = args.saga.clone();
             let notifications = args.notifications.clone();

@@ -63,7 +63,7 @@ pub struct Config {
         value_name = "ID",
         long = "instance-id",
         env = "ORDERPIPE_INSTANCE_ID",
-        default_value = "0"
+        default_value = AUTO_INSTANCE_ID
     )]
     pub instance_id: String,
 
@@ -101,7 +101,22 @@ impl Default for Config {
     }
 }
 
+/// `--instance-id` default: derived from the host name and the admin port by
+/// [`Config::resolve_instance_id`], so two processes never share one by accident (they cannot
+/// share an admin port on one host) and a restarted process gets its old id back (static
+/// membership and transactional ids stay stable). On hosts whose name changes at every restart
+/// (containers), set `--instance-id` explicitly, e.g. to the StatefulSet pod ordinal.
+pub const AUTO_INSTANCE_ID: &str = "auto";
+
 impl Config {
+    /// Replaces an `auto` instance id with `<hostname>-<admin port>` (see [`AUTO_INSTANCE_ID`]);
+    /// an explicit id is kept.
+    pub fn resolve_instance_id(&mut self, admin_listen: std::net::SocketAddr) {
+        if self.instance_id == AUTO_INSTANCE_ID {
+            self.instance_id = auto_instance_id(&hostname(), admin_listen.port());
+        }
+    }
+
     /// The default configuration with `processing` mode.
     pub fn with_mode(processing: ProcessingMode) -> Self {
         Self {
@@ -109,6 +124,24 @@ impl Config {
             ..Self::default()
         }
     }
+}
+
+/// `<host>-<port>`, the host reduced to what a Kafka client id accepts.
+fn auto_instance_id(host: &str, port: u16) -> String {
+    let host: String = host
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .collect();
+    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    format!("{host}-{port}")
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -131,7 +164,10 @@ mod tests {
         assert_eq!(parsed.processing, default.processing);
         assert_eq!(parsed.batch_max_messages, default.batch_max_messages);
         assert_eq!(parsed.batch_linger, default.batch_linger);
-        assert_eq!(parsed.instance_id, default.instance_id);
+        // The flag's default is resolved by the binary (`resolve_instance_id`); the library's
+        // `Config::default()` (tests, embedding) keeps the fixed id `0`.
+        assert_eq!(parsed.instance_id, AUTO_INSTANCE_ID);
+        assert_eq!(default.instance_id, "0");
         assert_eq!(parsed.stats_interval, default.stats_interval);
         assert!(parsed.kafka_options.is_empty());
     }
@@ -158,5 +194,27 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["orderpipe", "--processor-kafka-option", "nokey"]).is_err());
+    }
+
+    /// Item 9: without `--instance-id`, two processes (two admin ports) get different ids, and
+    /// one process restarted gets the same one; the old default `0` was shared by all.
+    #[test]
+    fn default_instance_id_is_unique_per_process_and_stable_across_restarts() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().config;
+        let mut a = parse(&["t"]);
+        let mut b = parse(&["t"]);
+        assert_eq!(a.instance_id, AUTO_INSTANCE_ID);
+        a.resolve_instance_id("127.0.0.1:9464".parse().unwrap());
+        b.resolve_instance_id("127.0.0.1:9465".parse().unwrap());
+        assert_ne!(a.instance_id, b.instance_id, "two processes fence each other");
+        let mut again = parse(&["t"]);
+        again.resolve_instance_id("127.0.0.1:9464".parse().unwrap());
+        assert_eq!(again.instance_id, a.instance_id, "a restart keeps its id");
+        assert!(a.instance_id.ends_with("-9464"));
+        let mut explicit = parse(&["t", "--instance-id", "7"]);
+        explicit.resolve_instance_id("127.0.0.1:9464".parse().unwrap());
+        assert_eq!(explicit.instance_id, "7");
+        assert_eq!(auto_instance_id("my host!", 1), "my_host_-1");
+        assert_eq!(auto_instance_id("", 1), "localhost-1");
     }
 }

@@ -19,7 +19,7 @@ use orderpipe_schemas::Topics;
 use rdkafka::config::ClientConfig;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Config, ProcessingMode};
+pub use config::{Config, ProcessingMode, AUTO_INSTANCE_ID};
 pub use error::Error;
 pub(crate) use run::{DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_STAGE, DLQ_TOPIC};
 pub use stage::{ChangelogRecord, DeadLetter, Effects, Input, OutputRecord, Stage};
