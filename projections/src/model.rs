@@ -25,6 +25,7 @@ use uuid::Uuid;
 pub(crate) const ANCHOR: i64 = 1_577_836_800_000_000;
 
 /// Largest offset the mappings keep in order (2^40, about 10^12 events per partition).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const MAX_OFFSET: i64 = 1 << 40;
 
 /// Write timestamp for cells where the earliest event wins: `ANCHOR - offset`, in the past.
