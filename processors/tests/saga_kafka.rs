@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use orderpipe_processors::saga::SagaStage;
-use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, StageHandle};
+use orderpipe_processors::{
+    ensure_topics, spawn_stage, Config, Effects, Input, ProcessingMode, Stage, StageHandle,
+};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, PaymentSettled, RejectReason,
     StockEnvelope, StockEvent, StockLineRejected, StockLineReserved, StockRejectReason, Topics,
@@ -386,4 +388,70 @@ async fn a_restarted_saga_remembers_terminal_orders(mode: ProcessingMode) {
         }
     }
     stage.stop().await;
+}
+
+/// Issue 9 item 3: an at-least-once saga wrote its state, then died before its outputs and
+/// offsets; the restarted one reads the inputs again one per batch
+/// (`--processor-batch-max-messages 1`). The restored terminal order must not be compacted
+/// before the input that confirmed it comes again, or `order_confirmed` would never be emitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivery_in_batches_of_one_after_a_restore_repeats_the_confirmation() {
+    let env = env().await;
+    let id = Uuid::now_v7();
+    let inputs = [placed(id, &["A"]), answer(id, 0, "A", None), settled(id)];
+    // The state the dead instance wrote: the same stage code, fed the same inputs at offsets 0..2
+    let payloads: Vec<Vec<u8>> = inputs.iter().map(OrderEnvelope::encode).collect();
+    let batch: Vec<Input<'_>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input {
+            topic: &env.topics.orders,
+            partition: 0,
+            offset: i as i64,
+            key: None,
+            payload: Some(p),
+            timestamp_ms: None,
+        })
+        .collect();
+    let mut dead = SagaStage::new(env.topics.clone());
+    let mut lost = Effects::new();
+    dead.process(&batch, &mut lost);
+    let changelog = env.topics.changelog(SagaStage::NAME);
+    for record in lost.changelog() {
+        env.producer
+            .send(
+                FutureRecord::to(&changelog)
+                    .partition(record.partition)
+                    .key(&record.key)
+                    .payload(record.value.as_deref().unwrap()),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    // The inputs are in the topic; none of the outputs made it, no offset was committed
+    env.send(&inputs.iter().collect::<Vec<_>>()).await;
+    let reader = env.reader(&env.topics.orders);
+    let shutdown = CancellationToken::new();
+    let config = Config {
+        batch_max_messages: 1,
+        ..Config::with_mode(ProcessingMode::AtLeastOnce)
+    };
+    let handle = spawn_stage(
+        Box::new(SagaStage::new(env.topics.clone())),
+        &config,
+        &bootstrap(),
+        &env.topics,
+        shutdown.clone(),
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    orders_until(&reader, &mut seen, |s| count(s, id, "order_confirmed") >= 1).await;
+    let confirmed = seen
+        .iter()
+        .find(|e| e.event_type() == "order_confirmed")
+        .unwrap();
+    assert_eq!(confirmed.causation_id, Some(inputs[2].event_id));
+    assert_eq!(count(&seen, id, "payment_requested"), 1);
+    Running { handle, shutdown }.stop().await;
 }
