@@ -1,8 +1,12 @@
 //! The notifications stage without a broker: dedup by source event id, records on the
-//! notifications topic, changelog restore, failures recorded.
+//! notifications topic, changelog restore, failures recorded, state tombstoned after the
+//! retention without ever delivering a late duplicate afresh.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -11,7 +15,7 @@ use orderpipe_processors::notifications::{
     NotifyState, Outcome, Plan,
 };
 use orderpipe_processors::payments::RetryPolicy;
-use orderpipe_processors::{Effects, Input, Stage};
+use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
 use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, NotificationKind, OrderConfirmed, OrderEnvelope,
     OrderEvent, OrderPlaced, OrderRejected, PaymentRef, Refunded, RejectReason, Topics,
@@ -262,6 +266,7 @@ fn plan_is_pure_and_dedups_by_event_id() {
             outcome: Outcome::Sent { attempts: 1 },
             at: None,
         }],
+        last_event_at: None,
     };
     assert!(
         matches!(plan(Some(&state), &confirmed), Plan::Repeat(h) if h.event_id == confirmed.event_id)
@@ -297,4 +302,133 @@ fn the_log_sink_delivers() {
         records[1].event,
         NotificationEvent::NotificationSent(_)
     ));
+}
+
+fn at(mut event: OrderEnvelope, t: DateTime<Utc>) -> OrderEnvelope {
+    event.occurred_at = t;
+    event
+}
+
+fn tick(stage: &mut NotificationsStage, now: DateTime<Utc>) -> Effects {
+    let mut out = Effects::new();
+    stage.tick(SystemTime::from(now), &mut out);
+    out
+}
+
+/// Keys whose last changelog record is not a tombstone (what compaction keeps live).
+fn live_keys(changelog: &[ChangelogRecord]) -> usize {
+    let mut last: HashMap<&str, bool> = HashMap::new();
+    for r in changelog {
+        last.insert(&r.key, r.value.is_some());
+    }
+    last.values().filter(|&&live| live).count()
+}
+
+#[test]
+fn notification_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounded() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let retention = Duration::from_secs(3600);
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    )
+    .with_retention(retention);
+    let t0: DateTime<Utc> = Utc::now() - chrono::Duration::days(2);
+    let mut changelog = tick(&mut stage, t0).changelog().to_vec();
+    let mut peak = 0;
+    // A long sale: 40 waves of 25 orders, one wave every 10 minutes (6 waves per retention),
+    // each order placed, then confirmed or rejected
+    for wave in 0..40i64 {
+        let t = t0 + chrono::Duration::minutes(10 * wave);
+        let mut events = Vec::new();
+        for i in 0..25 {
+            let id = Uuid::now_v7();
+            events.push(at(placed(id), t));
+            let terminal = if i % 5 == 0 {
+                OrderEvent::OrderRejected(OrderRejected {
+                    reason: RejectReason::OutOfStock,
+                })
+            } else {
+                OrderEvent::OrderConfirmed(OrderConfirmed {})
+            };
+            events.push(at(order_event(id, terminal), t + chrono::Duration::seconds(1)));
+        }
+        let refs: Vec<&OrderEnvelope> = events.iter().collect();
+        let (out, _) = process(&mut stage, &refs);
+        assert!(out.dead_letters().is_empty(), "{:?}", out.dead_letters());
+        changelog.extend(out.changelog().iter().cloned());
+        changelog.extend(tick(&mut stage, t + chrono::Duration::seconds(2)).changelog().iter().cloned());
+        peak = peak.max(live_keys(&changelog));
+    }
+    // Every order was notified once
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1000);
+    // At most the orders of one retention (plus a wave) are live, not all 1000
+    assert!(peak <= 7 * 25, "peak live keys {peak}");
+    assert_eq!(stage.order_count(), live_keys(&changelog));
+    // and once the sale is over by more than the retention, none
+    changelog.extend(tick(&mut stage, Utc::now()).changelog().iter().cloned());
+    assert_eq!(live_keys(&changelog), 0);
+    assert_eq!(stage.order_count(), 0);
+}
+
+#[test]
+fn a_late_duplicate_of_a_forgotten_notification_is_dead_lettered_not_sent_again() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    )
+    .with_retention(Duration::from_secs(3600));
+    let t0: DateTime<Utc> = Utc::now() - chrono::Duration::days(2);
+    tick(&mut stage, t0);
+    let id = Uuid::now_v7();
+    let confirmed = at(
+        order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {})),
+        t0 + chrono::Duration::seconds(1),
+    );
+    // Given an order notified once
+    let (_, records) = process(&mut stage, &[&at(placed(id), t0), &confirmed]);
+    assert_eq!(records.len(), 2);
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    // When the retention is over, its state is tombstoned
+    let later = t0 + chrono::Duration::hours(2);
+    let pruned = tick(&mut stage, later);
+    assert_eq!(
+        pruned.changelog(),
+        [ChangelogRecord {
+            partition: 1,
+            key: id.to_string(),
+            value: None
+        }]
+    );
+    assert!(stage.order(id).is_none());
+    // Then a late duplicate of its confirmation is dead-lettered as stale, not delivered again
+    let (out, records) = process(&mut stage, &[&confirmed]);
+    assert!(records.is_empty(), "{records:?}");
+    assert!(out.changelog().is_empty());
+    let reasons: Vec<&str> = out.dead_letters().iter().map(|d| d.reason.as_str()).collect();
+    assert_eq!(reasons, ["stale_event"]);
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    // and a late duplicate of its order_placed is not remembered again
+    let (out, _) = process(&mut stage, &[&at(placed(id), t0)]);
+    assert!(out.changelog().is_empty() && out.dead_letters().is_empty());
+    assert!(stage.order(id).is_none());
+    // While an order of the last hour is still notified
+    let fresh = Uuid::now_v7();
+    let (out, records) = process(
+        &mut stage,
+        &[&at(
+            order_event(fresh, OrderEvent::OrderConfirmed(OrderConfirmed {})),
+            later - chrono::Duration::minutes(30),
+        )],
+    );
+    assert!(out.dead_letters().is_empty());
+    assert_eq!(records.len(), 2);
+    assert_eq!(sink.delivered.lock().unwrap().len(), 2);
 }

@@ -98,6 +98,13 @@ pub struct NotificationsArgs {
         default_value_t = 32
     )]
     pub concurrency: usize,
+    /// How long an order's notification state (its customer and the events already notified,
+    /// the dedup set) is kept after its last event before it is tombstoned in
+    /// `notifications.changelog`. An event to notify that is older than this and not remembered
+    /// is dead-lettered (`stale_event`), never sent twice: keep it above the longest lag or
+    /// outage of the stage.
+    #[arg(id = "notifications_retention", long = "notifications-retention", env = "ORDERPIPE_NOTIFICATIONS_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
+    pub retention: Duration,
 }
 
 impl Default for NotificationsArgs {
@@ -111,6 +118,7 @@ impl Default for NotificationsArgs {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             concurrency: 32,
+            retention: super::stage::DEFAULT_RETENTION,
         }
     }
 }
@@ -169,6 +177,21 @@ mod tests {
         let shown = format!("{args:?} {}", args.webhook_secret.as_ref().unwrap());
         assert!(!shown.contains("s3cr3t-value"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn retention_defaults_to_seven_days_and_parses_humantime() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            notifications: NotificationsArgs,
+        }
+        let defaults = Cli::try_parse_from(["x"]).unwrap().notifications;
+        assert_eq!(defaults.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(defaults.retention, NotificationsArgs::default().retention);
+        let set = Cli::try_parse_from(["x", "--notifications-retention", "36h"]).unwrap();
+        assert_eq!(set.notifications.retention, Duration::from_secs(36 * 3600));
     }
 
     #[test]

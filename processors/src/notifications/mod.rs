@@ -18,5 +18,6 @@ pub use sink::{
 };
 pub use stage::{
     notice_for, plan, Handled, Notice, NotificationsStage, NotifyState, Outcome, Plan,
+    DEFAULT_RETENTION,
 };
 pub use webhook::{sign, verify, WebhookConfig, WebhookSink, EVENT_ID_HEADER, SIGNATURE_HEADER};

@@ -12,9 +12,17 @@
 //! `event_id` (and `request_id`), by which receivers deduplicate. A delivery that fails after its
 //! retries is recorded as `notification_failed` (not lost: it is on the topic, with the reason,
 //! for a redrive).
+//!
+//! Retention: an order's state is tombstoned in `notifications.changelog` once its last event
+//! (the `order_placed` it learnt the customer from, or the last event it notified) happened more
+//! than `--notifications-retention` (7 days) ago, so the changelog's live key count stays bounded
+//! by the orders of one retention. A notification-worthy event that is not in the dedup set and
+//! happened more than about the retention ago may be a late duplicate of a forgotten one: it is
+//! dead-lettered (`stale_event`), never delivered afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt};
@@ -39,7 +47,25 @@ pub struct NotifyState {
     pub customer_id: Option<String>,
     /// Orders-topic events already notified, with the outcome (the dedup set).
     pub handled: Vec<Handled>,
+    /// `occurred_at` of the latest event that changed this state (`order_placed` or a notified
+    /// event): the state is tombstoned once this is older than the retention. State written
+    /// before this field existed: `None`, and the retention counts from its restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<DateTime<Utc>>,
 }
+
+impl NotifyState {
+    /// Records that an event of `at` changed this state.
+    fn touch(&mut self, at: DateTime<Utc>) {
+        self.last_event_at = Some(self.last_event_at.map_or(at, |last| last.max(at)));
+    }
+}
+
+/// Default time an order's notification state is kept after its last event.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How often state past the retention is looked for.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// An orders-topic event that was notified, and how that went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +161,7 @@ pub fn plan(state: Option<&NotifyState>, event: &OrderEnvelope) -> Plan {
         }
         let mut new_state = state.cloned().unwrap_or_default();
         new_state.customer_id = Some(placed.customer_id.clone());
+        new_state.touch(event.occurred_at);
         return Plan::Remember(new_state);
     }
     let Some(notice) = notice_for(&event.event) else {
@@ -210,7 +237,11 @@ pub struct NotificationsStage {
     handle: Handle,
     retry: RetryPolicy,
     concurrency: usize,
+    retention: Duration,
     partitions: HashMap<i32, HashMap<Uuid, NotifyState>>,
+    /// The `now` of the last tick (the runner ticks after every batch); the wall clock before.
+    clock: Option<SystemTime>,
+    last_prune: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for NotificationsStage {
@@ -219,6 +250,7 @@ impl std::fmt::Debug for NotificationsStage {
             .field("topics", &self.topics)
             .field("retry", &self.retry)
             .field("concurrency", &self.concurrency)
+            .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
 }
@@ -250,8 +282,20 @@ impl NotificationsStage {
             handle,
             retry,
             concurrency: 32,
+            retention: DEFAULT_RETENTION,
             partitions: HashMap::new(),
+            clock: None,
+            last_prune: None,
         }
+    }
+
+    /// Keep an order's state for `retention` after its last event (default 7 days), then
+    /// tombstone it. An event to notify that is not in the dedup set and happened more than
+    /// about `retention` ago is dead-lettered (`stale_event`), never delivered afresh: keep the
+    /// retention above the longest time an event may take to reach this stage (outages, lag).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     /// At most `n` deliveries in flight per batch.
@@ -268,13 +312,35 @@ impl NotificationsStage {
     ) -> Result<Self, ConfigError> {
         Ok(
             Self::new(topics, args.sink()?, handle, args.retry())
-                .with_concurrency(args.concurrency),
+                .with_concurrency(args.concurrency)
+                .with_retention(args.retention),
         )
     }
 
     /// State of `order_id` if this instance holds it.
     pub fn order(&self, order_id: Uuid) -> Option<&NotifyState> {
         self.partitions.values().find_map(|p| p.get(&order_id))
+    }
+
+    /// Orders whose state this instance holds.
+    pub fn order_count(&self) -> usize {
+        self.partitions.values().map(HashMap::len).sum()
+    }
+
+    fn now(&self) -> DateTime<Utc> {
+        DateTime::<Utc>::from(self.clock.unwrap_or_else(SystemTime::now))
+    }
+
+    /// Events to notify that happened before this are refused unless already handled: state is
+    /// tombstoned once its last event is older than the retention, so a duplicate of a forgotten
+    /// event always happened before `now - retention`. The margin (a tenth of the retention, at
+    /// most an hour) absorbs clock differences between instances.
+    fn stale_before(&self) -> DateTime<Utc> {
+        let retention = chrono::Duration::from_std(self.retention).unwrap_or(chrono::Duration::MAX);
+        let margin = (retention / 10).min(chrono::Duration::hours(1));
+        self.now()
+            .checked_sub_signed(retention)
+            .map_or(DateTime::<Utc>::MIN_UTC, |t| t + margin)
     }
 }
 
@@ -296,7 +362,11 @@ impl Stage for NotificationsStage {
             None => {
                 orders.remove(&order_id);
             }
-            Some(Ok(state)) => {
+            Some(Ok(mut state)) => {
+                if state.last_event_at.is_none() {
+                    // Written before the field existed: count the retention from now.
+                    state.last_event_at = Some(Utc::now());
+                }
                 orders.insert(order_id, state);
             }
             Some(Err(err)) => {
@@ -315,6 +385,7 @@ impl Stage for NotificationsStage {
         let mut jobs: Vec<Vec<Job>> = Vec::new();
         let mut job_group: HashMap<Uuid, usize> = HashMap::new();
         let mut scheduled: HashSet<Uuid> = HashSet::new();
+        let stale_before = self.stale_before();
         for input in batch {
             let event = match OrderEnvelope::decode(input.bytes()) {
                 Ok(event) => event,
@@ -328,8 +399,11 @@ impl Stage for NotificationsStage {
             let customer_id = state
                 .and_then(|s| s.customer_id.clone())
                 .unwrap_or_else(|| "unknown".to_owned());
+            let stale = event.occurred_at < stale_before;
             match plan(state, &event) {
                 Plan::Nothing => {}
+                // A stale order_placed of a forgotten order: remembering it would only be pruned.
+                Plan::Remember(_) if stale && state.is_none() => {}
                 Plan::Remember(new_state) => {
                     let value = serde_json::to_vec(&new_state).expect("state serializes");
                     out.put(input.partition, event.order_id.to_string(), value);
@@ -341,6 +415,20 @@ impl Stage for NotificationsStage {
                     for record in records(&event, &customer_id, &handled) {
                         out.emit_notification(&self.topics.notifications, &record);
                     }
+                }
+                Plan::Notify(_) if stale => {
+                    out.dead_letter(
+                        input,
+                        "stale_event",
+                        format!(
+                            "{} of {} is older than the notifications retention ({:?}) and not \
+                             in the dedup set: a late duplicate of a forgotten notification is \
+                             never delivered afresh",
+                            event.event.event_type(),
+                            event.occurred_at,
+                            self.retention
+                        ),
+                    );
                 }
                 Plan::Notify(notice) => {
                     // The same event twice in one batch: deliver once.
@@ -428,6 +516,7 @@ impl Stage for NotificationsStage {
                 .entry(n.order_id)
                 .or_default();
             state.handled.push(handled);
+            state.touch(job.source.occurred_at);
             if !changed.contains(&(job.partition, n.order_id)) {
                 changed.push((job.partition, n.order_id));
             }
@@ -441,6 +530,31 @@ impl Stage for NotificationsStage {
                 let value = serde_json::to_vec(state).expect("state serializes");
                 out.put(partition, order_id.to_string(), value);
             }
+        }
+    }
+
+    fn tick(&mut self, now: SystemTime, out: &mut Effects) {
+        self.clock = Some(now);
+        // At least twice per retention, so a short retention (tests) prunes in time.
+        let every = PRUNE_EVERY.min(self.retention / 2);
+        if self
+            .last_prune
+            .is_some_and(|last| now.duration_since(last).unwrap_or_default() < every)
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        let Some(cutoff) = now.checked_sub(self.retention).map(DateTime::<Utc>::from) else {
+            return;
+        };
+        for (&partition, orders) in &mut self.partitions {
+            orders.retain(|order_id, state| {
+                let keep = state.last_event_at.is_none_or(|last| last >= cutoff);
+                if !keep {
+                    out.delete(partition, order_id.to_string());
+                }
+                keep
+            });
         }
     }
 }
