@@ -354,13 +354,21 @@ fn notification_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounde
             } else {
                 OrderEvent::OrderConfirmed(OrderConfirmed {})
             };
-            events.push(at(order_event(id, terminal), t + chrono::Duration::seconds(1)));
+            events.push(at(
+                order_event(id, terminal),
+                t + chrono::Duration::seconds(1),
+            ));
         }
         let refs: Vec<&OrderEnvelope> = events.iter().collect();
         let (out, _) = process(&mut stage, &refs);
         assert!(out.dead_letters().is_empty(), "{:?}", out.dead_letters());
         changelog.extend(out.changelog().iter().cloned());
-        changelog.extend(tick(&mut stage, t + chrono::Duration::seconds(2)).changelog().iter().cloned());
+        changelog.extend(
+            tick(&mut stage, t + chrono::Duration::seconds(2))
+                .changelog()
+                .iter()
+                .cloned(),
+        );
         peak = peak.max(live_keys(&changelog));
     }
     // Every order was notified once
@@ -412,7 +420,11 @@ fn a_late_duplicate_of_a_forgotten_notification_is_dead_lettered_not_sent_again(
     let (out, records) = process(&mut stage, &[&confirmed]);
     assert!(records.is_empty(), "{records:?}");
     assert!(out.changelog().is_empty());
-    let reasons: Vec<&str> = out.dead_letters().iter().map(|d| d.reason.as_str()).collect();
+    let reasons: Vec<&str> = out
+        .dead_letters()
+        .iter()
+        .map(|d| d.reason.as_str())
+        .collect();
     assert_eq!(reasons, ["stale_event"]);
     assert_eq!(sink.delivered.lock().unwrap().len(), 1);
     // and a late duplicate of its order_placed is not remembered again

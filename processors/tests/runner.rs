@@ -1,7 +1,11 @@
 //! The stage runner with a minimal stage, against the real broker: a message that makes the stage
-//! panic is dead-lettered and the partition moves on (both modes); setup refuses a changelog that
-//! is not co-partitioned with the input, and missing topics.
+//! panic is dead-lettered and the partition moves on (both modes); a failed batch rebuilds only
+//! the partitions it touched (both modes); setup refuses a changelog that is not co-partitioned
+//! with the input, and missing topics.
 
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orderpipe_processors::{
@@ -49,11 +53,19 @@ impl Stage for Shout {
 }
 
 async fn setup(input_partitions: i32, changelog_partitions: i32) -> (TestTopics, Topics) {
+    setup_stage("shout", input_partitions, changelog_partitions).await
+}
+
+async fn setup_stage(
+    stage: &str,
+    input_partitions: i32,
+    changelog_partitions: i32,
+) -> (TestTopics, Topics) {
     let mut test_topics = TestTopics::new().unwrap();
     test_topics.create("in", input_partitions).await.unwrap();
     test_topics.create("out", 1).await.unwrap();
     let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for created in ensure_topics(&bootstrap(), &topics, "shout", changelog_partitions)
+    for created in ensure_topics(&bootstrap(), &topics, stage, changelog_partitions)
         .await
         .unwrap()
     {
@@ -175,4 +187,137 @@ async fn setup_refuses_a_changelog_not_copartitioned_with_the_input() {
     .err()
     .expect("missing topics refused");
     assert!(matches!(err, Error::TopicMissing(_)), "{err}");
+}
+
+/// Per partition: how often the runner revoked it and how many changelog records it restored.
+#[derive(Debug, Default)]
+struct Calls {
+    revokes: BTreeMap<i32, usize>,
+    restored: BTreeMap<i32, usize>,
+}
+
+/// Keeps one changelog record per message and echoes it upper-cased; the first `fail` makes
+/// its batch's write fail (a changelog record over the producer's message size limit).
+struct Tally {
+    topics: Topics,
+    calls: Arc<Mutex<Calls>>,
+    failed: Arc<AtomicBool>,
+}
+
+impl Stage for Tally {
+    fn name(&self) -> &'static str {
+        "tally"
+    }
+    fn input_topic(&self) -> String {
+        format!("{}in", self.topics.prefix())
+    }
+    fn restore(&mut self, partition: i32, _: &str, _: Option<&[u8]>) -> Result<(), String> {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .restored
+            .entry(partition)
+            .or_default() += 1;
+        Ok(())
+    }
+    fn revoke(&mut self, partition: i32) {
+        *self
+            .calls
+            .lock()
+            .unwrap()
+            .revokes
+            .entry(partition)
+            .or_default() += 1;
+    }
+    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+        for input in batch {
+            let text = String::from_utf8_lossy(input.bytes()).into_owned();
+            out.put(
+                input.partition,
+                format!("{text}-{}", input.offset),
+                input.bytes().to_vec(),
+            );
+            if text == "fail" && !self.failed.swap(true, Ordering::Relaxed) {
+                out.put(input.partition, "oversized", vec![0u8; 2_000_000]);
+            }
+            out.emit(
+                &format!("{}out", self.topics.prefix()),
+                "k",
+                text.to_uppercase().into_bytes(),
+            );
+        }
+    }
+}
+
+both_modes!(a_failed_batch_restores_only_the_partitions_it_touched);
+
+async fn a_failed_batch_restores_only_the_partitions_it_touched(mode: ProcessingMode) {
+    // Given a stage holding state in 4 partitions
+    let (test_topics, topics) = setup_stage("tally", 4, 4).await;
+    let calls = Arc::new(Mutex::new(Calls::default()));
+    let failed = Arc::new(AtomicBool::new(false));
+    let shutdown = CancellationToken::new();
+    let handle = spawn_stage(
+        Box::new(Tally {
+            topics: topics.clone(),
+            calls: calls.clone(),
+            failed: failed.clone(),
+        }),
+        &Config::with_mode(mode),
+        &bootstrap(),
+        &topics,
+        shutdown.clone(),
+    )
+    .unwrap();
+    let producer = producer().unwrap();
+    let send = |partition: i32, word: &'static str| {
+        let producer = producer.clone();
+        let topic = test_topics.name("in");
+        async move {
+            producer
+                .send(
+                    FutureRecord::to(&topic)
+                        .partition(partition)
+                        .key("k")
+                        .payload(word),
+                    WAIT,
+                )
+                .await
+                .unwrap();
+        }
+    };
+    for p in 0..4 {
+        send(p, "a").await;
+    }
+    let out = consumer(&test_topics.name("reader-out"), true).unwrap();
+    out.subscribe(&[&test_topics.name("out")]).unwrap();
+    assert_eq!(consume_n(&out, 4, WAIT).await.len(), 4);
+    let before = std::mem::take(&mut *calls.lock().unwrap());
+    assert!(before.revokes.is_empty(), "{before:?}");
+
+    // When a batch of partition 2 fails to write, and is redone
+    send(2, "fail").await;
+    let got = consume_n(&out, 1, WAIT).await;
+    assert_eq!(got.iter().map(payload_str).collect::<Vec<_>>(), ["FAIL"]);
+    assert!(failed.load(Ordering::Relaxed));
+
+    // Then only partition 2 was dropped and restored (its one committed record), the other
+    // three kept their state
+    let after = std::mem::take(&mut *calls.lock().unwrap());
+    assert_eq!(after.revokes, BTreeMap::from([(2, 1)]), "{after:?}");
+    assert_eq!(
+        after.restored.keys().copied().collect::<Vec<_>>(),
+        [2],
+        "{after:?}"
+    );
+    assert!(after.restored[&2] >= 1, "{after:?}");
+
+    // And every partition moves on afterwards
+    for p in 0..4 {
+        send(p, "b").await;
+    }
+    assert_eq!(consume_n(&out, 4, WAIT).await.len(), 4);
+    shutdown.cancel();
+    handle.wait().await.unwrap();
 }

@@ -310,11 +310,9 @@ impl NotificationsStage {
         topics: Topics,
         handle: Handle,
     ) -> Result<Self, ConfigError> {
-        Ok(
-            Self::new(topics, args.sink()?, handle, args.retry())
-                .with_concurrency(args.concurrency)
-                .with_retention(args.retention),
-        )
+        Ok(Self::new(topics, args.sink()?, handle, args.retry())
+            .with_concurrency(args.concurrency)
+            .with_retention(args.retention))
     }
 
     /// State of `order_id` if this instance holds it.

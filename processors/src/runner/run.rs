@@ -1,6 +1,8 @@
 //! The loop on a stage's dedicated thread: poll a batch, let the stage process it, write its
 //! effects and input offsets (one transaction, or produce-then-commit), and on any failure drop
-//! all in-memory state, restore it from the changelog and seek back to the committed offsets.
+//! the in-memory state of the partitions the batch touched (its inputs' partitions and those of
+//! its changelog records), restore them from the changelog and seek them back to their committed
+//! offsets. Other partitions keep their state and position: nothing of theirs was in the batch.
 //!
 //! Everything, rebalance callbacks included (they run inside `poll`), happens on this thread, and
 //! no transaction is open while polling: a revocation can never race an open transaction.
@@ -145,6 +147,44 @@ impl ConsumerContext for RestoreContext {}
 pub(crate) type StageConsumer = BaseConsumer<RunnerContext>;
 pub(crate) type StageProducer = BaseProducer<DeliveryContext>;
 
+/// Which partitions a failed batch may have changed: their state is rebuilt from the
+/// changelog and their input re-read from the committed offsets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scope {
+    /// Unknown (a panic lost the effects): every assigned partition.
+    All,
+    /// The partitions of the batch's inputs and of its changelog records.
+    Partitions(BTreeSet<i32>),
+}
+
+impl Scope {
+    /// The partitions of `batch` and of `effects`' changelog records.
+    fn of(batch: &[OwnedMessage], effects: &Effects) -> Self {
+        Scope::Partitions(
+            batch
+                .iter()
+                .map(|m| m.partition())
+                .chain(effects.changelog.iter().map(|c| c.partition))
+                .collect(),
+        )
+    }
+}
+
+/// A failed batch: how it failed, and what it may have touched.
+struct Failed {
+    failure: Failure,
+    scope: Scope,
+}
+
+impl Failed {
+    fn all(failure: Failure) -> Self {
+        Self {
+            failure,
+            scope: Scope::All,
+        }
+    }
+}
+
 /// How a batch failed, i.e. what recovery needs.
 enum Failure {
     /// Abort (already done or not needed) and rebuild state.
@@ -206,9 +246,9 @@ impl Runner {
                         metrics::batch_duration(self.name, started.elapsed());
                     }
                 }
-                Err(failure) => {
+                Err(Failed { failure, scope }) => {
                     failures_in_a_row += 1;
-                    self.recover(failure)?;
+                    self.recover(failure, &scope)?;
                     // Repeated failures (broker down, output topic missing): do not spin.
                     let backoff = Duration::from_millis(100 * 2u64.pow(failures_in_a_row.min(6)))
                         .min(MAX_BACKOFF);
@@ -384,7 +424,7 @@ impl Runner {
     }
 
     /// Process a batch (plus `tick`) and write its effects with its offsets.
-    fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), Failure> {
+    fn handle(&mut self, batch: &[OwnedMessage]) -> Result<(), Failed> {
         let mut effects = Effects::new();
         if !batch.is_empty() {
             let inputs: Vec<Input<'_>> = batch.iter().map(input).collect();
@@ -409,20 +449,25 @@ impl Runner {
                 panic = panic_message(&panic),
                 "stage panicked in tick"
             );
-            return Err(Failure::Abortable("stage panicked in tick".into()));
+            return Err(Failed::all(Failure::Abortable(
+                "stage panicked in tick".into(),
+            )));
         }
         if batch.is_empty() && effects.is_empty() {
             return Ok(());
         }
+        let scope = Scope::of(batch, &effects);
         self.write(effects, batch)
+            .map_err(|failure| Failed { failure, scope })
     }
 
     /// The batch made the stage panic: rebuild state, then process its messages one per
     /// transaction (the consumer is already past them, so no seek); the one that panics again is dead-lettered (reason `stage_panic`), so a
     /// poison message costs one isolation pass instead of stopping the partition forever.
-    fn isolate(&mut self, batch: &[OwnedMessage]) -> Result<(), Failure> {
-        self.rebuild_state()
-            .map_err(|e| Failure::Fatal(e.to_string()))?;
+    fn isolate(&mut self, batch: &[OwnedMessage]) -> Result<(), Failed> {
+        // The panic lost the effects: which partitions the stage changed is unknown.
+        self.rebuild_state(&Scope::All)
+            .map_err(|e| Failed::all(Failure::Fatal(e.to_string())))?;
         for message in batch {
             let one = input(message);
             let mut effects = Effects::new();
@@ -431,12 +476,15 @@ impl Runner {
                 stage.process(std::slice::from_ref(&one), &mut effects)
             }));
             if let Err(panic) = processed {
-                self.rebuild_state()
-                    .map_err(|e| Failure::Fatal(e.to_string()))?;
+                self.rebuild_state(&Scope::All)
+                    .map_err(|e| Failed::all(Failure::Fatal(e.to_string())))?;
                 effects = Effects::new();
                 effects.dead_letter(&one, "stage_panic", panic_message(&panic));
             }
-            self.write(effects, std::slice::from_ref(message))?;
+            // On failure, the rest of the batch (already polled, not yet written) is re-read too.
+            let scope = Scope::of(batch, &effects);
+            self.write(effects, std::slice::from_ref(message))
+                .map_err(|failure| Failed { failure, scope })?;
         }
         Ok(())
     }
@@ -505,6 +553,10 @@ impl Runner {
         if let Err(failure) = result {
             if let Failure::Abortable(why) = &failure {
                 tracing::warn!(stage = self.name, reason = %why, "aborting transaction");
+                // Abort waits for the records already sent to be acknowledged, and their delivery
+                // reports are only served by polling this producer: serve them first, or abort
+                // times out (30 s) and the producer is rebuilt for nothing.
+                let _ = self.drain();
                 if let Err(err) = self.producer.abort_transaction(TXN_TIMEOUT) {
                     return Err(match self.classify(err) {
                         Failure::Fenced => Failure::Fenced,
@@ -696,8 +748,9 @@ impl Runner {
     }
 
     /// After a failed batch: stop if fenced, rebuild the producer if it is unusable, then drop
-    /// every partition's state, restore it from the changelog and seek back to committed offsets.
-    fn recover(&mut self, failure: Failure) -> Result<(), Error> {
+    /// the state of the partitions in `scope`, restore it from the changelog and seek them back
+    /// to their committed offsets.
+    fn recover(&mut self, failure: Failure, scope: &Scope) -> Result<(), Error> {
         metrics::transaction(self.name, false);
         let cause = match &failure {
             Failure::Abortable(why) => {
@@ -729,22 +782,31 @@ impl Runner {
         if matches!(failure, Failure::Fatal(_)) {
             self.producer = create_producer(&self.producer_config, self.exactly_once())?;
         }
-        self.rebuild_state()?;
-        self.seek_to_committed()
+        self.rebuild_state(scope)?;
+        self.seek_to_committed(scope)
     }
 
-    /// Forget every assigned partition's state and restore it from the changelog.
-    fn rebuild_state(&mut self) -> Result<(), Error> {
-        let partitions: Vec<i32> = self.assigned.iter().copied().collect();
+    /// The assigned partitions in `scope`.
+    fn in_scope(&self, scope: &Scope) -> Vec<i32> {
+        match scope {
+            Scope::All => self.assigned.iter().copied().collect(),
+            Scope::Partitions(touched) => self.assigned.intersection(touched).copied().collect(),
+        }
+    }
+
+    /// Forget the state of the assigned partitions in `scope` and restore it from the changelog.
+    fn rebuild_state(&mut self, scope: &Scope) -> Result<(), Error> {
+        let partitions = self.in_scope(scope);
         for &p in &partitions {
             self.stage.revoke(p);
         }
         self.restore(&partitions)
     }
 
-    /// Seek every assigned partition to its committed offset, so that a lost batch is read again.
-    fn seek_to_committed(&mut self) -> Result<(), Error> {
-        let partitions: Vec<i32> = self.assigned.iter().copied().collect();
+    /// Seek the assigned partitions in `scope` to their committed offsets, so that a lost batch
+    /// is read again (the others are at their committed offsets: none of their input was in it).
+    fn seek_to_committed(&mut self, scope: &Scope) -> Result<(), Error> {
+        let partitions = self.in_scope(scope);
         if partitions.is_empty() {
             return Ok(());
         }

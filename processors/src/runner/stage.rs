@@ -12,8 +12,13 @@ use orderpipe_schemas::{DecodeError, NotificationEnvelope, OrderEnvelope, StockE
 /// State lives in memory, partitioned like the input topic, and is mirrored in the stage's
 /// compacted changelog topic (`<prefix><name>.changelog`, same partition number as the input
 /// partition). The runner never lets in-memory state keep effects of a batch that did not commit:
-/// after any failed transaction it calls [`Stage::revoke`] then [`Stage::restore`] for every
-/// assigned partition and re-reads the input from the committed offsets.
+/// after a failed write it calls [`Stage::revoke`] then [`Stage::restore`] for the partitions the
+/// batch touched (those of its inputs and of its changelog records; every assigned partition
+/// when a panic lost the effects) and re-reads their input from the committed offsets.
+///
+/// So every state change a [`Stage::process`] or [`Stage::tick`] makes must be mirrored by a
+/// changelog record of its partition in the same [`Effects`] (or belong to a partition of the
+/// batch's inputs): a change without one would survive a failed write of that batch.
 pub trait Stage: Send + 'static {
     /// Stage name, e.g. `"stock"`: consumer group `<prefix>orderpipe-<name>`, transactional.id
     /// `<prefix>orderpipe-<name>-<instance>`, topics `<prefix><name>.changelog` and `<prefix><name>.dlq`.
