@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
-use orderpipe_processors::payments::contract::{FaultsRequest, StatsResponse};
+use orderpipe_processors::payments::contract::{ChargeRequest, FaultsRequest, StatsResponse};
 use orderpipe_processors::payments::http::http_client;
 use orderpipe_processors::payments::{
     gateway_sim, BreakerConfig, BreakerState, ChargeOutcome, GatewayError, HttpGateway,
@@ -101,11 +101,38 @@ async fn stats(sim: &Sim) -> StatsResponse {
 async fn inject_faults(sim: &Sim, fail_next: u32) {
     let body = serde_json::to_string(&FaultsRequest {
         fail_next,
+        fail_for_ms: 0,
         status: 503,
     })
     .unwrap();
     let (status, _) = raw(Method::POST, format!("{}/v1/faults", sim.url), None, body).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn an_outage_fails_every_request_for_its_duration_then_the_gateway_answers_again() {
+    let sim = start_sim(SimConfig::default()).await;
+    let body = r#"{"fail_for_ms": 1500, "status": 503}"#.to_string();
+    let (status, _) = raw(Method::POST, format!("{}/v1/faults", sim.url), None, body).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let charge = |order_id: Uuid| {
+        let body = serde_json::to_string(&ChargeRequest {
+            order_id,
+            amount_minor: 100,
+            currency: "EUR".into(),
+            payment: card(),
+        })
+        .unwrap();
+        raw(Method::POST, format!("{}/v1/charges", sim.url), Some(order_id.to_string()), body)
+    };
+    for _ in 0..5 {
+        let (status, _) = charge(Uuid::now_v7()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "during the outage");
+    }
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let (status, body) = charge(Uuid::now_v7()).await;
+    assert_eq!(status, StatusCode::OK, "after the outage: {body:?}");
+    assert_eq!(stats(&sim).await.faults_served, 5);
 }
 
 #[tokio::test]

@@ -8,7 +8,8 @@
 //!   (`{"status": "refunded"|"no_charge", "refund_id", "amount_minor", "currency"}`).
 //! - `GET /v1/charges/stats` -> `200` [`StatsResponse`] (simulator only; for tests).
 //! - `POST /v1/faults`, body [`FaultsRequest`] -> `204` (simulator only: the next `fail_next`
-//!   charge/refund requests answer `status` without reaching the gateway).
+//!   charge/refund requests, and all of them for `fail_for_ms`, answer `status` without reaching
+//!   the gateway).
 //! - Errors: `400` missing or malformed key/body, `422` key differs from the body's order id,
 //!   `409` the same key is being processed (retry), `5xx` retry.
 
@@ -164,7 +165,11 @@ pub struct StatsResponse {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FaultsRequest {
     /// How many of the next charge/refund requests fail.
+    #[serde(default)]
     pub fail_next: u32,
+    /// Besides: every charge/refund request fails for this many milliseconds from now (an outage).
+    #[serde(default)]
+    pub fail_for_ms: u64,
     /// Status they fail with (default 503).
     #[serde(default = "default_fault_status")]
     pub status: u16,

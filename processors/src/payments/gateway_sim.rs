@@ -66,6 +66,7 @@ impl GatewaySimArgs {
 #[derive(Debug, Default)]
 struct Faults {
     remaining: u32,
+    until: Option<std::time::Instant>,
     status: u16,
 }
 
@@ -120,10 +121,11 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// A pending injected fault, if any (consumes it).
 fn take_fault(state: &AppState) -> Option<Response> {
     let mut faults = state.faults.lock().unwrap_or_else(|e| e.into_inner());
-    if faults.remaining == 0 {
+    let outage = faults.until.is_some_and(|until| std::time::Instant::now() < until);
+    if faults.remaining == 0 && !outage {
         return None;
     }
-    faults.remaining -= 1;
+    faults.remaining = faults.remaining.saturating_sub(u32::from(!outage));
     state.faults_served.fetch_add(1, Ordering::Relaxed);
     let status = StatusCode::from_u16(faults.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
     Some(error(status, "injected fault"))
@@ -223,6 +225,8 @@ async fn faults(
     };
     let mut faults = state.faults.lock().unwrap_or_else(|e| e.into_inner());
     faults.remaining = request.fail_next;
+    faults.until = (request.fail_for_ms > 0)
+        .then(|| std::time::Instant::now() + Duration::from_millis(request.fail_for_ms));
     faults.status = request.status;
     StatusCode::NO_CONTENT.into_response()
 }
