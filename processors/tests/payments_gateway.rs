@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use orderpipe_processors::payments::{
-    Charge, ChargeOutcome, OrderStats, PaymentGateway, Refund, SimConfig, SimulatedGateway,
+    Charge, ChargeOutcome, OrderStats, PaymentGateway, Refund, RequestOutcome, SimConfig,
+    SimulatedGateway,
 };
 use orderpipe_schemas::PaymentRef;
 use uuid::Uuid;
@@ -130,4 +131,82 @@ async fn latency_is_applied_after_the_decision() {
     assert_eq!(gw.stats(id).charges, 1);
     charge(&gw, id).await;
     assert!(started.elapsed() >= Duration::from_millis(60));
+}
+
+/// The ledger counts what a gateway really charges: a second idempotency key for one order, or a
+/// request without a key, is a second charge, so `orders_charged_twice` and
+/// `charge_requests_without_key` can fail (they counted at most one charge per order before).
+#[test]
+fn the_ledger_records_every_charge_request_with_its_key_and_counts_double_charges() {
+    let gw = SimulatedGateway::default();
+    let (good, two_keys, keyless, refunded) = (
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+        Uuid::now_v7(),
+    );
+    // Given one order charged twice under its one key (a retry)
+    gw.charge_now(good, 1_000, "EUR");
+    gw.charge_now(good, 1_000, "EUR");
+    // one charged under two keys
+    gw.charge_keyed(Some("k-1"), two_keys, 700, "EUR");
+    let second = gw.charge_keyed(Some("k-2"), two_keys, 700, "EUR");
+    assert_eq!(second.outcome, ChargeOutcome::Settled);
+    // one charged without a key, twice
+    gw.charge_keyed(None, keyless, 300, "EUR");
+    gw.charge_keyed(None, keyless, 300, "EUR");
+    // and one charged, then refunded (twice: a retried refund)
+    gw.charge_now(refunded, 500, "EUR");
+    gw.refund_now(refunded);
+    gw.refund_now(refunded);
+
+    // Then the ledger has every request with its key
+    let ledger = gw.ledger(good);
+    assert_eq!(ledger.requests.len(), 2);
+    assert_eq!(ledger.keys(), [good.to_string().as_str()]);
+    assert_eq!(
+        ledger
+            .requests
+            .iter()
+            .map(|r| r.outcome)
+            .collect::<Vec<_>>(),
+        [RequestOutcome::Charged, RequestOutcome::Repeated]
+    );
+    assert_eq!(gw.ledger(two_keys).keys(), ["k-1", "k-2"]);
+    assert_eq!(gw.ledger(keyless).requests_without_key(), 2);
+    // the net charged per order: charges minus refunds
+    assert_eq!(
+        (
+            gw.net_charged(good),
+            gw.net_charged(two_keys),
+            gw.net_charged(keyless),
+            gw.net_charged(refunded),
+            gw.net_charged(Uuid::now_v7()),
+        ),
+        (1_000, 1_400, 600, 0, 0)
+    );
+    // and the totals count the double charges, the keyless requests and the kept charges
+    let totals = gw.totals();
+    assert_eq!(totals.orders_charged_twice, 2, "{totals:?}");
+    assert_eq!(totals.charge_requests_without_key, 2, "{totals:?}");
+    assert_eq!(totals.charges_accepted, 6, "{totals:?}");
+    assert_eq!(totals.charges, 5, "kept = accepted - refunded: {totals:?}");
+    assert_eq!((totals.refunds, totals.refund_attempts), (1, 2));
+    assert_eq!(gw.ledgers().len(), 4);
+}
+
+#[test]
+fn a_refund_before_any_charge_voids_the_order_under_any_key() {
+    let gw = SimulatedGateway::default();
+    let id = Uuid::now_v7();
+    assert_eq!(gw.refund_now(id), Refund::NoCharge);
+    for key in [Some("other"), None] {
+        let late = gw.charge_keyed(key, id, 1_000, "EUR");
+        assert!(
+            matches!(late.outcome, ChargeOutcome::Declined { .. }),
+            "{late:?}"
+        );
+    }
+    assert_eq!(gw.net_charged(id), 0);
+    assert_eq!(gw.totals().charges_accepted, 0);
 }

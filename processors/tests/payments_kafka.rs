@@ -152,9 +152,20 @@ async fn charges_once_per_order_and_refunds_payment_rejections(mode: ProcessingM
 
     // And the gateway moved money once per settled order, and back once
     let totals = sim.totals();
-    assert_eq!(totals.charges, settled.len() as u64);
+    assert_eq!(totals.charges_accepted, settled.len() as u64);
+    assert_eq!(
+        totals.charges,
+        settled.len() as u64 - 1,
+        "the refunded charge is not kept"
+    );
     assert_eq!(totals.orders_charged_twice, 0);
+    assert_eq!(totals.charge_requests_without_key, 0);
     assert_eq!(totals.refunds, 1);
+    assert_eq!(
+        sim.net_charged(settled[0]),
+        0,
+        "the rejected order nets to zero"
+    );
     let stats: StatsResponse = StatsResponse {
         totals,
         orders: sim.all_stats(),

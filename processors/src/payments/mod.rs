@@ -52,7 +52,10 @@ pub use gateway::{Charge, ChargeOutcome, GatewayError, PaymentGateway, Refund};
 pub use gateway_sim::GatewaySimArgs;
 pub use http::RetryPolicy;
 pub use http_gateway::{HttpGateway, HttpGatewayConfig};
-pub use simulated::{OrderStats, SimConfig, SimulatedGateway, Totals};
+pub use simulated::{
+    LedgerCharge, LedgerRequest, OrderLedger, OrderStats, RequestOutcome, SimConfig,
+    SimulatedGateway, Totals,
+};
 pub use stage::{Cause, PaymentsStage, PendingOp, RetrySchedule};
 
 /// `payment_declined.reason` when the gateway could not be reached (the saga rejects the order
