@@ -1,14 +1,14 @@
 //! The broker stops and comes back: requests get 503 while it is gone and succeed again once it
 //! is back, without restarting ingest; orders acknowledged before the restart are still there.
 //!
-//! Runs its own noida-db broker (the testbed's broker binary) on a free port and a temporary
-//! data directory, so that stopping it disturbs no other test.
+//! Runs an Apache Kafka broker of its own (the testbed's, through `ops/testbed/up` and
+//! `ops/testbed/broker` with a private testbed directory and ports), so that stopping it disturbs
+//! no other test.
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -17,128 +17,86 @@ use orderpipe_schemas::Topics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// The noida-db binary: `ORDERPIPE_NOIDA_BIN`, or the one in the testbed's venv (the testbed
-/// directory is `ORDERPIPE_TESTBED_DIR` or `TESTBED_DIR` when set, as in ops/testbed/common.sh).
-fn noida_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("ORDERPIPE_NOIDA_BIN") {
-        return bin.into();
-    }
-    let testbed = std::env::var_os("ORDERPIPE_TESTBED_DIR")
-        .or_else(|| std::env::var_os("TESTBED_DIR"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.testbed"));
-    let python = testbed.join("kafka/venv/bin/python");
-    let output = Command::new(&python)
-        .args([
-            "-c",
-            "import noida_db,os;print(os.path.join(os.path.dirname(noida_db.__file__),'noida-db'))",
-        ])
-        .output();
-    match output {
-        Ok(out) if out.status.success() => {
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-        }
-        _ => panic!(
-            "noida-db is not installed at {}: run ops/testbed/up (or set ORDERPIPE_NOIDA_BIN)",
-            python.display()
-        ),
-    }
-}
-
-/// A broker process of this test, killed when dropped.
+/// A one-node Kafka cluster of this test, stopped (and its directory removed) when dropped.
 struct Broker {
-    child: Option<Child>,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    controller_port: u16,
 }
 
 impl Broker {
-    fn start(port: u16, dir: &Path) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("broker.log"))
-            .unwrap();
-        let child = Command::new(noida_bin())
-            .args([
-                "start",
-                "--only",
-                "kafka",
-                "--kafka-port",
-                &port.to_string(),
-                "--data-dir",
-            ])
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|err| {
-                panic!("starting noida-db ({err}): run ops/testbed/up, or set ORDERPIPE_NOIDA_BIN")
-            });
+    fn start() -> Self {
         let broker = Self {
-            child: Some(child),
-            dir: dir.to_owned(),
+            dir: tempfile::tempdir().unwrap(),
+            port: orderpipe_testkit::free_port(),
+            controller_port: orderpipe_testkit::free_port(),
         };
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "broker did not open port {port}: {}",
-                broker.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        broker.script("up", &[]);
         broker
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
-    /// SIGTERM (graceful: the broker saves its data) and wait for the process to end.
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().unwrap().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("broker ignored SIGTERM for 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    fn repo() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    }
+
+    /// Runs an `ops/testbed` script on this broker's directory and ports (no CQL server).
+    fn script(&self, name: &str, args: &[&str]) {
+        let shared_jars = Self::repo().join(".testbed/kafka/libs");
+        let mut command = Command::new(Self::repo().join("ops/testbed").join(name));
+        command
+            .args(args)
+            .env("ORDERPIPE_TESTBED_DIR", self.dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
+            .env("SCYLLA_NODES", "not-used-by-this-test")
+            .env_remove("KAFKA_BOOTSTRAP")
+            .env_remove("KAFKA_BROKERS");
+        if shared_jars.join(".pom-sha256").exists() {
+            command.env("KAFKA_LIBS", &shared_jars);
         }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "ops/testbed/{name} {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+    }
+
+    fn stop(&self) {
+        self.script("broker", &["stop", "1"]);
+    }
+
+    fn restart(&self) {
+        self.script("broker", &["start", "1"]);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log/kafka-1.log"))
+            .map(|log| log.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = Command::new(Self::repo().join("ops/testbed/down"))
+            .env("ORDERPIPE_TESTBED_DIR", self.dir.path())
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("SCYLLA_NODES", "not-used-by-this-test")
+            .output();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]
 async fn ingest_recovers_by_itself_when_the_broker_comes_back() {
     // Given a broker of our own and ingest on it
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut broker = Broker::start(port, dir.path());
-    let bootstrap = format!("127.0.0.1:{port}");
+    let broker = Broker::start();
+    let bootstrap = broker.bootstrap();
     let deadline = Duration::from_secs(1);
     let config = Config {
         ack_deadline: deadline,
@@ -170,7 +128,7 @@ async fn ingest_recovers_by_itself_when_the_broker_comes_back() {
     ingest.wait_ready(503, Duration::from_secs(5)).await;
 
     // When the broker comes back on the same port and data
-    let broker = Broker::start(port, dir.path());
+    broker.restart();
 
     // Then, without restarting ingest, orders are accepted again within seconds
     let back = Instant::now();

@@ -13,9 +13,10 @@
 #   kafka_status              one line per node
 #
 # Ports: node I serves clients on KAFKA_PORT+I-1 (9092, 9093, 9094) and its controller on
-# KAFKA_CONTROLLER_PORT+I-1 (9192, ...). KAFKA_HEAP (512m) per node.
+# KAFKA_CONTROLLER_PORT+I-1 (9192, ...). KAFKA_HEAP (512m) per node. KAFKA_LIBS: the jars (a test
+# running a broker of its own points it at the main testbed's, to skip the copy).
 KAFKA_HOME=$TESTBED_DIR/kafka
-KAFKA_LIBS=$KAFKA_HOME/libs
+KAFKA_LIBS=${KAFKA_LIBS:-$KAFKA_HOME/libs}
 KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9192}
 KAFKA_HEAP=${KAFKA_HEAP:-512m}
 

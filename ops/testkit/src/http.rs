@@ -121,6 +121,14 @@ impl Conn {
             .expect("request sent")
     }
 
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&mut self, path: &str, body: &str) -> Reply {
+        let headers = [("content-type", "application/json")];
+        self.send(Method::POST, path, &headers, full(body.to_owned()))
+            .await
+            .expect("request sent")
+    }
+
     /// `GET path`.
     pub async fn get(&mut self, path: &str) -> Reply {
         self.send(Method::GET, path, &[], full(Bytes::new()))

@@ -24,14 +24,7 @@ use uuid::Uuid;
 /// keep assignment and changelog restore quick.
 pub const PARTITIONS: i32 = 4;
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use orderpipe_testkit::free_port;
 
 /// One `orderpipe` child process; killed (SIGKILL) on drop if still running.
 pub struct Orderpipe {
