@@ -41,6 +41,9 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// 400: the order id in the path is not a UUID (`/v1/orders/{id}/cancel`).
+    #[error("invalid order id")]
+    InvalidOrderId,
     /// 400: the body is not JSON (or could not be read); the detail says where it broke.
     #[error("malformed JSON: {0}")]
     MalformedJson(String),
@@ -99,7 +102,9 @@ impl ApiError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::InvalidIdempotencyKey(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::InvalidIdempotencyKey(_) | Self::MalformedJson(_) | Self::InvalidOrderId => {
+                StatusCode::BAD_REQUEST
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::InvalidOrder(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
@@ -134,6 +139,7 @@ impl ApiError {
             Self::UnsupportedMediaType => "unsupported-media-type",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::MalformedJson(_) => "malformed-json",
+            Self::InvalidOrderId => "invalid-order-id",
             Self::InvalidOrder(_) => "invalid-order",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::Overloaded { .. } => "overloaded",
@@ -161,6 +167,7 @@ impl ApiError {
                 "Request body too large"
             }
             Self::MalformedJson(_) => "Malformed JSON",
+            Self::InvalidOrderId => "Invalid order id",
             Self::InvalidOrder(_) => "Invalid order",
             Self::IdempotencyKeyReused => "Idempotency-Key reused with a different body",
             Self::Overloaded { .. } => "Service overloaded",
@@ -183,6 +190,9 @@ impl ApiError {
             Self::UnsupportedMediaType => "Send the order as `Content-Type: application/json`.".into(),
             Self::PayloadTooLarge { limit } => format!("The request body exceeds {limit} bytes."),
             Self::MalformedJson(why) => format!("The body is not valid JSON: {why}."),
+            Self::InvalidOrderId => {
+                "The order id in the path is not a UUID (use the `order_id` of the 202 answer).".into()
+            }
             Self::InvalidOrder(errors) => format!(
                 "The order breaks {} rule(s); see `errors`.",
                 errors.len()

@@ -1,4 +1,4 @@
-//! The HTTP side: `POST /v1/orders`, its middleware (body limit, timeout, problem+json for every
+//! The HTTP side: `POST /v1/orders`, `POST /v1/orders/{id}/cancel`, their middleware (body limit, timeout, problem+json for every
 //! error, request metrics), the health routes, and the server's life from bind to graceful shutdown.
 
 use std::net::SocketAddr;
@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use orderpipe_runtime::health::{self, Readiness};
-use orderpipe_schemas::{FieldError, NewOrder, OrderEnvelope, OrderEvent, Topics};
+use orderpipe_schemas::{
+    CancellationRequested, FieldError, NewOrder, OrderEnvelope, OrderEvent, Topics,
+};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -36,6 +38,13 @@ use crate::ratelimit::RateLimit;
 /// Path of the order endpoint.
 pub const ORDERS_PATH: &str = "/v1/orders";
 
+/// Path of the cancellation endpoint (axum syntax).
+pub const CANCEL_PATH: &str = "/v1/orders/{id}/cancel";
+
+/// `status` of a 202 answer to a cancellation: the request is durable in Kafka; the order's
+/// outcome (`cancelled`, or unchanged when it was already confirmed or rejected) is in the query API.
+pub const CANCELLATION_REQUESTED: &str = "cancellation_requested";
+
 /// How often the broker is probed for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -47,7 +56,8 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Accepted {
     /// Id of the order (derived from the Idempotency-Key when one was sent).
     pub order_id: Uuid,
-    /// Always `accepted`: `order_placed` is durable in Kafka.
+    /// `accepted` (`order_placed` is durable in Kafka), or for a cancellation
+    /// `cancellation_requested` (`cancellation_requested` is durable in Kafka).
     pub status: String,
 }
 
@@ -189,6 +199,7 @@ fn router(app: Arc<App>, readiness: Readiness, request_timeout: Duration) -> Rou
     let max_body = app.max_body_bytes;
     let orders = Router::new()
         .route(ORDERS_PATH, post(post_order))
+        .route(CANCEL_PATH, post(post_cancel))
         // axum's own limit applies to the extractor; tower-http's refuses an oversized
         // Content-Length before reading anything. Both answer 413, made problem+json below.
         .layer(DefaultBodyLimit::max(max_body))
@@ -252,9 +263,55 @@ async fn post_order(State(app): State<Arc<App>>, request: Request) -> Response {
     }
 }
 
-/// Checks run cheapest first, so that a refused caller costs little: who, how often, headers,
-/// then the body, then the broker.
-async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
+async fn post_cancel(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    match cancel(&app, &id, request).await {
+        Ok(order_id) => (
+            StatusCode::ACCEPTED,
+            Json(Accepted {
+                order_id,
+                status: CANCELLATION_REQUESTED.into(),
+            }),
+        )
+            .into_response(),
+        Err(err) => {
+            tracing::debug!(
+                problem = err.slug(),
+                status = err.status().as_u16(),
+                "cancellation refused"
+            );
+            err.into_response()
+        }
+    }
+}
+
+/// A cancellation request: same client checks as an order, then `cancellation_requested` on the
+/// orders topic (keyed by the order, so it follows the order's events), acknowledged before the
+/// 202. Ingest has no view of the order's state: the saga decides (cancels an order that is
+/// neither confirmed nor rejected, ignores the request otherwise). A repeated request is
+/// harmless and gets the same answer. The body, if any, is not read.
+async fn cancel(app: &App, id: &str, request: Request) -> Result<Uuid, ApiError> {
+    let (client, _) = identify(app, &request)?;
+    let order_id = Uuid::parse_str(id).map_err(|_| ApiError::InvalidOrderId)?;
+    let envelope = OrderEnvelope::new(
+        order_id,
+        OrderEvent::CancellationRequested(CancellationRequested {
+            client_id: client.to_string(),
+        }),
+        None,
+        order_id,
+    );
+    app.publisher.publish(&envelope).await?;
+    tracing::debug!(%client, %order_id, "cancellation requested");
+    Ok(order_id)
+}
+
+/// Who is calling (401/403 without a valid key when keys are configured), and the rate limit
+/// (429). Returns the client id and its rate-limit key.
+fn identify(app: &App, request: &Request) -> Result<(Arc<str>, String), ApiError> {
     let headers = request.headers();
     let (client, rate_key) = match &app.keys {
         Some(keys) => {
@@ -273,6 +330,14 @@ async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
         ),
     };
     app.limit.check(&rate_key)?;
+    Ok((client, rate_key))
+}
+
+/// Checks run cheapest first, so that a refused caller costs little: who, how often, headers,
+/// then the body, then the broker.
+async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
+    let (client, _) = identify(app, &request)?;
+    let headers = request.headers();
     let key = idempotency_key(headers)?;
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);

@@ -662,3 +662,148 @@ async fn topics_are_created_once_with_the_configured_partitions() {
     again.stop().await.expect("clean shutdown");
     ingest.stop().await.expect("clean shutdown");
 }
+
+/// `POST /v1/orders/{id}/cancel` on `conn`, with `headers`.
+async fn post_cancel(conn: &mut Conn, id: &str, headers: &[(&str, &str)]) -> common::Reply {
+    conn.send(
+        Method::POST,
+        &format!("/v1/orders/{id}/cancel"),
+        headers,
+        full(Bytes::new()),
+    )
+    .await
+    .expect("request sent")
+}
+
+#[tokio::test]
+async fn cancel_is_acknowledged_with_202_once_cancellation_requested_is_in_the_orders_topic() {
+    // Given ingest with API keys, and an accepted order
+    let keys = keys_file();
+    let ingest = TestIngest::start(Config {
+        api_keys_file: Some(keys.path().to_owned()),
+        ..test_config()
+    })
+    .await;
+    let mut conn = ingest.conn();
+    let a = [("authorization", "Bearer key-a")];
+    let order_id = accepted_id(&conn.post_order(&a, &order_body()).await);
+
+    // When its cancellation is requested, twice (a client retry)
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let reply = post_cancel(&mut conn, &order_id, &a).await;
+        // Then each gets 202 with the order id and `cancellation_requested`: the same answer
+        assert_eq!(reply.status, 202, "{reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        answers.push(reply.json());
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(
+        answers[0],
+        json!({"order_id": order_id, "status": "cancellation_requested"})
+    );
+
+    // And the orders topic holds the order and both requests, keyed by the order id (one
+    // partition: after the order_placed), each naming the client that asked
+    let messages = read_topic(&ingest.topics.orders, 2, 4, Duration::from_secs(3)).await;
+    assert_eq!(messages.len(), 3);
+    let events: Vec<OrderEnvelope> = messages
+        .iter()
+        .map(|m| {
+            assert_eq!(key_str(m), order_id);
+            OrderEnvelope::decode(m.payload().unwrap()).unwrap()
+        })
+        .collect();
+    assert!(matches!(events[0].event, OrderEvent::OrderPlaced(_)));
+    assert_eq!(messages[0].partition(), messages[2].partition());
+    for request in &events[1..] {
+        let OrderEvent::CancellationRequested(c) = &request.event else {
+            panic!("not cancellation_requested: {request:?}")
+        };
+        assert_eq!(c.client_id, "shop-a");
+        assert_eq!(request.order_id.to_string(), order_id);
+        assert_eq!(request.correlation_id.to_string(), order_id);
+        assert_eq!(request.causation_id, None);
+    }
+    // Two requests, two events (each its own id): the saga ignores the second one
+    assert_ne!(events[1].event_id, events[2].event_id);
+
+    // And the answers were counted like orders
+    let metrics = conn.get("/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains(r#"orderpipe_ingest_requests_total{status="202"} 3"#),
+        "{text}"
+    );
+
+    ingest.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn cancel_refuses_bad_ids_bad_paths_and_callers_without_a_key_as_problem_json() {
+    // Given ingest with API keys
+    let keys = keys_file();
+    let ingest = TestIngest::start(Config {
+        api_keys_file: Some(keys.path().to_owned()),
+        ..test_config()
+    })
+    .await;
+    let mut conn = ingest.conn();
+    let a = [("authorization", "Bearer key-a")];
+    let id = uuid::Uuid::now_v7().to_string();
+
+    // An id that is not a UUID: 400 invalid-order-id
+    let reply = post_cancel(&mut conn, "not-an-order", &a).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(problem(&reply).type_, "urn:orderpipe:problem:invalid-order-id");
+    // A path that names no resource: 404
+    let reply = conn
+        .send(Method::POST, &format!("/v1/orders/{id}/refund"), &a, full(Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 404);
+    assert_eq!(problem(&reply).type_, "urn:orderpipe:problem:not-found");
+    // Another method: 405
+    let reply = conn
+        .send(Method::GET, &format!("/v1/orders/{id}/cancel"), &a, full(Bytes::new()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 405);
+    problem(&reply);
+    // No key: 401; a disabled key: 403 (checked before the id)
+    let reply = post_cancel(&mut conn, &id, &[]).await;
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+    problem(&reply);
+    let reply = post_cancel(&mut conn, "not-an-order", &[("x-api-key", "key-old")]).await;
+    assert_eq!(reply.status, 403);
+    problem(&reply);
+
+    // Nothing reached the orders topic
+    assert_eq!(end_offsets(&ingest.topics.orders, 2), 0);
+    ingest.stop().await.expect("clean shutdown");
+}
+
+#[tokio::test]
+async fn cancel_shares_the_rate_limit_of_orders() {
+    // Given a limit of bursts of 2 per client
+    let keys = keys_file();
+    let ingest = TestIngest::start(Config {
+        api_keys_file: Some(keys.path().to_owned()),
+        rate_limit_per_second: 1,
+        rate_limit_burst: 2,
+        ..test_config()
+    })
+    .await;
+    let mut conn = ingest.conn();
+    let a = [("x-api-key", "key-a")];
+    let order_id = accepted_id(&conn.post_order(&a, &order_body()).await);
+    assert_eq!(post_cancel(&mut conn, &order_id, &a).await.status, 202);
+    // When the client sends a third request within the second
+    let reply = post_cancel(&mut conn, &order_id, &a).await;
+    // Then it gets 429 with Retry-After, as problem+json
+    assert_eq!(reply.status, 429);
+    assert!(reply.header("retry-after").is_some());
+    assert_eq!(problem(&reply).type_, "urn:orderpipe:problem:rate-limited");
+    ingest.stop().await.expect("clean shutdown");
+}

@@ -1,9 +1,9 @@
 //! Given/when/then tests of the saga's pure decision function.
 
-use orderpipe_processors::payments::GATEWAY_TIMEOUT_REASON;
+use orderpipe_processors::payments::{is_for_payments, GATEWAY_TIMEOUT_REASON};
 use orderpipe_processors::saga::{decide, Ignored, LineAnswer, OrderState, Output, Phase, Verdict};
 use orderpipe_schemas::{
-    OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
+    CancellationRequested, OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
     PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled, Refunded, RejectReason,
     StockEvent, StockLineRejected, StockLineReserved, StockRejectReason, StockRejected,
     StockReserved,
@@ -564,4 +564,110 @@ fn outputs_get_causation_correlation_and_ids_derived_from_the_cause() {
     let ids =
         |v: &[orderpipe_schemas::StockEnvelope]| v.iter().map(|e| e.event_id).collect::<Vec<_>>();
     assert_eq!(ids(&first), ids(&again));
+}
+
+fn cancel(order_id: Uuid) -> OrderEnvelope {
+    env(
+        order_id,
+        OrderEvent::CancellationRequested(CancellationRequested {
+            client_id: "checkout".into(),
+        }),
+    )
+}
+
+#[test]
+fn cancel_while_reserving_releases_the_reserved_lines_and_later_reservations() {
+    // Given an order of three lines, line 0 reserved, line 1 rejected, line 2 unanswered
+    let id = Uuid::now_v7();
+    let (state, _) = run(&[
+        placed(id, &[("A", 1), ("B", 2), ("C", 3)]),
+        reserved(id, 0, "A", 1),
+        rejected(id, 1, "B", 2, StockRejectReason::OutOfStock),
+    ]);
+    // When its cancellation is requested
+    let decision = decide(state.as_ref(), &cancel(id));
+    // Then it is cancelled: line 0 released, order_cancelled emitted
+    assert_eq!(decision.verdict, Verdict::Applied);
+    assert_eq!(stock_events(&decision.outputs), vec![s("A", "release", 0, 1)]);
+    assert_eq!(
+        order_events(&decision.outputs),
+        vec![&OrderEvent::OrderCancelled(OrderCancelled {})]
+    );
+    let state = decision.new_state.unwrap();
+    assert_eq!(state.phase, Phase::Cancelled);
+    assert!(state.is_terminal() && state.awaits_late_answers() && !state.is_compactable());
+    // And when line 2 is reserved after all, it is released at once, nothing else
+    let late = decide(Some(&state), &reserved(id, 2, "C", 3));
+    assert_eq!(late.verdict, Verdict::Applied);
+    assert_eq!(stock_events(&late.outputs), vec![s("C", "release", 2, 3)]);
+    assert!(order_events(&late.outputs).is_empty());
+    let state = late.new_state.unwrap();
+    assert_eq!(state.details.as_ref().unwrap().lines[2].answer, LineAnswer::ReleasedLate);
+    assert!(!state.awaits_late_answers() && state.is_compactable());
+}
+
+#[test]
+fn cancel_while_paying_releases_every_line_and_asks_payments_to_refund() {
+    // Given an order reserved and paying
+    let id = Uuid::now_v7();
+    let (state, outputs) = run(&[
+        placed(id, &[("A", 1), ("B", 2)]),
+        reserved(id, 1, "B", 2),
+        reserved(id, 0, "A", 1),
+    ]);
+    assert!(matches!(order_events(&outputs[2])[1], OrderEvent::PaymentRequested(_)));
+    // When its cancellation is requested
+    let decision = decide(state.as_ref(), &cancel(id));
+    // Then every line is released and the order is cancelled
+    assert_eq!(
+        stock_events(&decision.outputs),
+        vec![s("A", "release", 0, 1), s("B", "release", 1, 2)]
+    );
+    let cancelled = order_events(&decision.outputs);
+    assert_eq!(cancelled, vec![&OrderEvent::OrderCancelled(OrderCancelled {})]);
+    // And the payments stage refunds (or voids) the charge of a cancelled order
+    assert!(is_for_payments(cancelled[0]));
+    // And a payment outcome that comes later (the charge raced the cancellation) changes
+    // nothing in the saga: the refund above covers it
+    let state = decision.new_state.unwrap();
+    for late in [settled(id), declined(id, "insufficient_funds")] {
+        let d = decide(Some(&state), &late);
+        assert_eq!(d.verdict, Verdict::Ignored(Ignored::UnexpectedPayment));
+        assert!(d.outputs.is_empty() && d.new_state.is_none());
+    }
+}
+
+#[test]
+fn cancel_of_a_terminal_or_unknown_order_is_ignored_and_a_redelivery_repeats() {
+    let id = Uuid::now_v7();
+    let confirmed = vec![placed(id, &[("A", 1)]), reserved(id, 0, "A", 1), settled(id)];
+    let rejected_by_stock = vec![
+        placed(id, &[("A", 1)]),
+        rejected(id, 0, "A", 1, StockRejectReason::OutOfStock),
+    ];
+    let first_cancel = cancel(id);
+    let cancelled = vec![placed(id, &[("A", 1)]), first_cancel.clone()];
+    for history in [confirmed, rejected_by_stock, cancelled] {
+        let (state, _) = run(&history);
+        let state = state.unwrap();
+        assert!(state.is_terminal());
+        // A new request (another event id: a client retry) is ignored
+        let d = decide(Some(&state), &cancel(id));
+        assert_eq!(d.verdict, Verdict::Ignored(Ignored::LateCancellation));
+        assert!(d.outputs.is_empty() && d.new_state.is_none());
+    }
+    // Unknown order: ignored
+    assert_eq!(
+        decide(None, &cancel(id)).verdict,
+        Verdict::Ignored(Ignored::UnknownOrder)
+    );
+    // The same request redelivered repeats its outputs, identically
+    let (state, outputs) = run(&[placed(id, &[("A", 1)]), first_cancel.clone()]);
+    let again = decide(state.as_ref(), &first_cancel);
+    assert_eq!(again.verdict, Verdict::Repeated);
+    assert_eq!(again.outputs, outputs[1]);
+    assert!(again.new_state.is_none());
+    // The saga's own order_cancelled coming back is not a request
+    let d = decide(state.as_ref(), &env(id, OrderEvent::OrderCancelled(OrderCancelled {})));
+    assert_eq!(d.verdict, Verdict::Ignored(Ignored::NotForSaga));
 }

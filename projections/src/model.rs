@@ -66,6 +66,8 @@ pub enum Status {
     Confirmed,
     /// Terminal: rejected (see `reason`).
     Rejected,
+    /// Terminal: cancelled on a client's request before it was confirmed (`order_cancelled`).
+    Cancelled,
 }
 
 impl Status {
@@ -77,6 +79,7 @@ impl Status {
             Status::Paid => "paid",
             Status::Confirmed => "confirmed",
             Status::Rejected => "rejected",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -88,6 +91,7 @@ impl Status {
             Status::Paid,
             Status::Confirmed,
             Status::Rejected,
+            Status::Cancelled,
         ]
         .into_iter()
         .find(|status| status.as_str() == s)
@@ -99,6 +103,7 @@ impl Status {
         match terminal {
             Some("confirmed") => Status::Confirmed,
             Some("rejected") => Status::Rejected,
+            Some("cancelled") => Status::Cancelled,
             _ if paid => Status::Paid,
             _ if reserved => Status::StockReserved,
             _ => Status::Placed,
@@ -145,7 +150,10 @@ pub(crate) struct OrderState {
 pub(crate) fn needs_state(event: &OrderEvent) -> bool {
     matches!(
         event,
-        OrderEvent::OrderPlaced(_) | OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_)
+        OrderEvent::OrderPlaced(_)
+            | OrderEvent::OrderConfirmed(_)
+            | OrderEvent::OrderRejected(_)
+            | OrderEvent::OrderCancelled(_)
     )
 }
 
@@ -386,6 +394,7 @@ pub(crate) fn detail(event: &OrderEvent) -> String {
         OrderEvent::PaymentDeclined(p) => truncate(&p.reason, 200),
         OrderEvent::OrderConfirmed(_) => "confirmed".into(),
         OrderEvent::OrderRejected(r) => wire(&r.reason),
+        OrderEvent::CancellationRequested(c) => format!("by {}", truncate(&c.client_id, 200)),
         OrderEvent::OrderCancelled(_) => "cancelled".into(),
         OrderEvent::Refunded(r) => format!("{} {}", r.amount_minor, r.currency),
     }
@@ -535,8 +544,13 @@ pub(crate) fn plan_order(
             state.placed = Some(placed);
             None
         }
-        OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_) => {
+        OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_) | OrderEvent::OrderCancelled(_) => {
             let confirmed = matches!(envelope.event, OrderEvent::OrderConfirmed(_));
+            let status = match &envelope.event {
+                OrderEvent::OrderConfirmed(_) => "confirmed",
+                OrderEvent::OrderCancelled(_) => "cancelled",
+                _ => "rejected",
+            };
             if state.terminal.as_ref().is_some_and(|t| t.offset < offset) {
                 return Some(Note::LateTerminal);
             }
@@ -544,9 +558,12 @@ pub(crate) fn plan_order(
                 OrderEvent::OrderRejected(r) => Some(wire(&r.reason)),
                 _ => None,
             };
+            if status == "cancelled" {
+                stage(StageColumn::Cancelled, out);
+            }
             out.push(Write::Terminal {
                 order_id,
-                status: if confirmed { "confirmed" } else { "rejected" },
+                status,
                 reason,
                 at,
                 offset,
@@ -585,10 +602,6 @@ pub(crate) fn plan_order(
             stage(StageColumn::Declined, out);
             None
         }
-        OrderEvent::OrderCancelled(_) => {
-            stage(StageColumn::Cancelled, out);
-            None
-        }
         OrderEvent::Refunded(r) => {
             out.push(Write::Refunded {
                 order_id,
@@ -601,7 +614,8 @@ pub(crate) fn plan_order(
         OrderEvent::StockLineReserved(_)
         | OrderEvent::StockLineRejected(_)
         | OrderEvent::StockRejected(_)
-        | OrderEvent::PaymentRequested(_) => None,
+        | OrderEvent::PaymentRequested(_)
+        | OrderEvent::CancellationRequested(_) => None,
     }
 }
 
@@ -714,7 +728,11 @@ mod tests {
         assert_eq!(Status::derive(None, true, true), Status::Paid);
         assert_eq!(Status::derive(None, false, true), Status::StockReserved);
         assert_eq!(Status::derive(None, false, false), Status::Placed);
-        for s in ["placed", "stock_reserved", "paid", "confirmed", "rejected"] {
+        assert_eq!(
+            Status::derive(Some("cancelled"), true, true),
+            Status::Cancelled
+        );
+        for s in ["placed", "stock_reserved", "paid", "confirmed", "rejected", "cancelled"] {
             assert_eq!(Status::parse(s).unwrap().as_str(), s);
         }
         assert_eq!(Status::parse("bogus"), None);
@@ -789,6 +807,48 @@ mod tests {
         assert_eq!(*minute % 60_000, 0);
         assert_eq!((*units, *revenue_minor), (4, 350));
         assert_eq!(count(&w, |w| matches!(w, Write::SkuSale { .. })), 2);
+    }
+
+    #[test]
+    fn order_cancelled_is_a_terminal_cancelled_outcome_without_sales() {
+        // Given a placed order whose cancellation was requested
+        let id = Uuid::now_v7();
+        let mut state = OrderState::default();
+        let mut w = Vec::new();
+        plan_order(&mut state, &envelope(id, 0, placed("c1", 1)), 1, &mut w);
+        w.clear();
+        let request = OrderEvent::CancellationRequested(orderpipe_schemas::CancellationRequested {
+            client_id: "checkout".into(),
+        });
+        // Then the request alone only adds a timeline row (the saga may still refuse it)
+        assert_eq!(plan_order(&mut state, &envelope(id, 5, request), 2, &mut w), None);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(matches!(w[0], Write::Timeline { .. }));
+        w.clear();
+        // When the saga's order_cancelled arrives
+        let cancelled = OrderEvent::OrderCancelled(orderpipe_schemas::OrderCancelled {});
+        assert!(needs_state(&cancelled));
+        assert_eq!(plan_order(&mut state, &envelope(id, 6, cancelled), 3, &mut w), None);
+        // Then the order's terminal status is cancelled, with its cancelled_at, and no sales
+        assert!(w.iter().any(|w| matches!(
+            w,
+            Write::Terminal { status: "cancelled", reason: None, offset: 3, .. }
+        )));
+        assert_eq!(
+            count(&w, |w| matches!(w, Write::Stage { column: StageColumn::Cancelled, .. })),
+            1
+        );
+        assert_eq!(count(&w, |w| matches!(w, Write::Sale { .. } | Write::SkuSale { .. })), 0);
+        // And a late confirmation changes nothing
+        w.clear();
+        let note = plan_order(
+            &mut state,
+            &envelope(id, 12, OrderEvent::OrderConfirmed(OrderConfirmed {})),
+            7,
+            &mut w,
+        );
+        assert_eq!(note, Some(Note::LateTerminal));
+        assert_eq!(count(&w, |w| matches!(w, Write::Terminal { .. })), 0);
     }
 
     #[test]

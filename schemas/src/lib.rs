@@ -33,7 +33,7 @@ pub use notifications::{
     NotificationSent,
 };
 pub use orders::{
-    OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
+    CancellationRequested, OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
     PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled, Refunded, RejectReason,
     StockLineRejected, StockLineReserved, StockRejected, StockReserved,
 };

@@ -31,7 +31,12 @@ pub enum OrderEvent {
     OrderConfirmed(OrderConfirmed),
     /// Terminal: the order will not be fulfilled; it holds no stock and no charge.
     OrderRejected(OrderRejected),
-    /// A confirmed order was cancelled after the fact (compensation follows).
+    /// A client asked to cancel the order (written by ingest, `POST /v1/orders/{id}/cancel`).
+    /// A request only: the saga decides, and the order is cancelled once `order_cancelled`
+    /// follows; a request for an order already terminal changes nothing.
+    CancellationRequested(CancellationRequested),
+    /// Terminal: the order was cancelled before it was confirmed (written by the saga); it holds
+    /// no stock (every reserved line is released) and no charge (any charge is refunded).
     OrderCancelled(OrderCancelled),
     /// A charge was refunded to the customer.
     Refunded(Refunded),
@@ -51,6 +56,7 @@ impl OrderEvent {
             Self::PaymentDeclined(_) => "payment_declined",
             Self::OrderConfirmed(_) => "order_confirmed",
             Self::OrderRejected(_) => "order_rejected",
+            Self::CancellationRequested(_) => "cancellation_requested",
             Self::OrderCancelled(_) => "order_cancelled",
             Self::Refunded(_) => "refunded",
         }
@@ -198,6 +204,13 @@ pub enum RejectReason {
     StockTimeout,
     /// The order is invalid (should not pass ingest; defensive).
     Invalid,
+}
+
+/// Payload of `cancellation_requested`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct CancellationRequested {
+    /// The authenticated ingest client that asked (`anonymous` without API keys).
+    pub client_id: String,
 }
 
 /// Payload of `order_cancelled`.

@@ -39,6 +39,7 @@ pub const EVENT_TYPES: &[EventType] = &[
     et(TopicKind::Orders, "payment_declined", 1),
     et(TopicKind::Orders, "order_confirmed", 1),
     et(TopicKind::Orders, "order_rejected", 1),
+    et(TopicKind::Orders, "cancellation_requested", 1),
     et(TopicKind::Orders, "order_cancelled", 1),
     et(TopicKind::Orders, "refunded", 1),
     et(TopicKind::Stock, "stock_adjusted", 1),

@@ -73,6 +73,9 @@ fn all_order_events() -> Vec<OrderEvent> {
         OrderEvent::OrderRejected(OrderRejected {
             reason: RejectReason::PaymentTimeout,
         }),
+        OrderEvent::CancellationRequested(CancellationRequested {
+            client_id: "checkout-eu".into(),
+        }),
         OrderEvent::OrderCancelled(OrderCancelled {}),
         OrderEvent::Refunded(Refunded {
             amount_minor: 4498,

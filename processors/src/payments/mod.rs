@@ -56,7 +56,7 @@ pub use simulated::{
     LedgerCharge, LedgerRequest, OrderLedger, OrderStats, RequestOutcome, SimConfig,
     SimulatedGateway, Totals,
 };
-pub use stage::{Cause, PaymentsStage, PendingOp, RetrySchedule};
+pub use stage::{is_for_payments, Cause, PaymentsStage, PendingOp, RetrySchedule};
 
 /// `payment_declined.reason` when the gateway could not be reached (the saga rejects the order
 /// with `payment_timeout`).

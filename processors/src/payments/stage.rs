@@ -1,6 +1,6 @@
 //! The payments stage: consumes the orders topic; charges `payment_requested` orders through the
 //! [`PaymentGateway`] and emits `payment_settled` / `payment_declined`; refunds the charge of an
-//! order rejected for a payment reason and emits `refunded`.
+//! order rejected for a payment reason, or cancelled, and emits `refunded`.
 //!
 //! The gateway's idempotency (key = order id) is what makes a redelivered or re-processed event
 //! harmless. The stage's own state is the gateway work that could not be finished yet:
@@ -49,9 +49,9 @@ pub enum PendingOp {
         /// After this instant a failing charge is declined with `gateway_timeout`.
         give_up_at: DateTime<Utc>,
     },
-    /// A refund (or void) of a rejected order the gateway has not confirmed yet.
+    /// A refund (or void) of a rejected or cancelled order the gateway has not confirmed yet.
     Refund {
-        /// The `order_rejected` event.
+        /// The `order_rejected` or `order_cancelled` event.
         cause: Cause,
     },
 }
@@ -245,7 +245,7 @@ impl PaymentsStage {
                 }
                 // A pending charge of a rejected order is dropped: the refund voids the order at
                 // the gateway, so no charge of it can land afterwards.
-                OrderEvent::OrderRejected(_) => PendingOp::Refund {
+                OrderEvent::OrderRejected(_) | OrderEvent::OrderCancelled(_) => PendingOp::Refund {
                     cause: Cause::of(event),
                 },
                 _ => continue,
@@ -417,7 +417,7 @@ async fn attempt(
                 currency,
                 refund_id,
             }) => {
-                tracing::info!(%order_id, %refund_id, "charge of a rejected order refunded");
+                tracing::info!(%order_id, %refund_id, "charge of a rejected or cancelled order refunded");
                 let refunded = OrderEvent::Refunded(Refunded {
                     amount_minor,
                     currency,
@@ -429,7 +429,7 @@ async fn attempt(
             }
             Ok(Refund::NoCharge) => (vec![Step::Done], None),
             Err(err) => {
-                // Never given up: a rejected order must end holding no charge.
+                // Never given up: a rejected or cancelled order must end holding no charge.
                 tracing::warn!(%order_id, error = %err, failures = failures + 1,
                     "refund failed; it stays pending and is retried");
                 let op = PendingOp::Refund { cause };
@@ -476,8 +476,9 @@ fn reply(order_id: Uuid, cause: &Cause, event: OrderEvent) -> OrderEnvelope {
     reply
 }
 
-/// Whether the payments stage acts on `event`.
-fn is_for_payments(event: &OrderEvent) -> bool {
+/// Whether the payments stage acts on `event`: charges `payment_requested`, refunds (or voids)
+/// the charge of an order rejected for a payment reason or cancelled.
+pub fn is_for_payments(event: &OrderEvent) -> bool {
     match event {
         OrderEvent::PaymentRequested(_) => true,
         // Only payment rejections can have a charge; stock rejections never asked for one.
@@ -485,6 +486,9 @@ fn is_for_payments(event: &OrderEvent) -> bool {
             r.reason,
             RejectReason::PaymentDeclined | RejectReason::PaymentTimeout
         ),
+        // A cancelled order may have been paying (payment requested, maybe charged): refund or
+        // void it, exactly as for a payment rejection (no charge: the gateway says so).
+        OrderEvent::OrderCancelled(_) => true,
         _ => false,
     }
 }

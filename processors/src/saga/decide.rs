@@ -11,6 +11,10 @@
 //! - `payment_settled` while paying -> `order_confirmed` + `sale_requested` per line.
 //! - `payment_declined` while paying -> `release_requested` per line + `order_rejected`
 //!   (`payment_timeout` when the reason is [`GATEWAY_TIMEOUT_REASON`], else `payment_declined`).
+//! - `cancellation_requested` while reserving or paying -> `release_requested` for the lines
+//!   reserved so far + `order_cancelled` (terminal `cancelled`); a line reserved later is
+//!   released when its answer comes, and the payments stage refunds (or voids) any charge of a
+//!   cancelled order. A cancellation of a terminal order (or a repeated request) is ignored.
 //! - Anything after the terminal event is ignored: the terminal event is decided once. A
 //!   `payment_settled` for an order already rejected needs a refund; the payments stage owns
 //!   money and refunds every charge of an order rejected for a payment reason (see
@@ -23,7 +27,7 @@
 //!   lose them. Consumers deduplicate the repeats by event id.
 
 use orderpipe_schemas::{
-    OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced, OrderRejected, PaymentRequested,
+    OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced, OrderRejected, PaymentRequested,
     RejectReason, ReleaseRequested, ReservationRequested, SaleRequested, StockEnvelope, StockEvent,
     StockRejectReason, StockRejected, StockReserved,
 };
@@ -73,6 +77,9 @@ pub enum Ignored {
     LateLineAnswer,
     /// A payment outcome while the order was not waiting for one (duplicate, late, or early).
     UnexpectedPayment,
+    /// A `cancellation_requested` for an order already terminal (confirmed, rejected or
+    /// cancelled by an earlier request).
+    LateCancellation,
     /// An event the saga emits itself, or one it has no rule for.
     NotForSaga,
 }
@@ -86,6 +93,7 @@ impl Ignored {
             Self::DuplicateLineAnswer => "duplicate_line_answer",
             Self::LateLineAnswer => "late_line_answer",
             Self::UnexpectedPayment => "unexpected_payment",
+            Self::LateCancellation => "late_cancellation",
             Self::NotForSaga => "not_for_saga",
         }
     }
@@ -201,9 +209,21 @@ pub fn decide(state: Option<&OrderState>, event: &OrderEnvelope) -> Decision {
             OrderEvent::StockLineReserved(_)
             | OrderEvent::StockLineRejected(_)
             | OrderEvent::PaymentSettled(_)
-            | OrderEvent::PaymentDeclined(_),
+            | OrderEvent::PaymentDeclined(_)
+            | OrderEvent::CancellationRequested(_),
             None,
         ) => Decision::ignore(Ignored::UnknownOrder),
+        (OrderEvent::CancellationRequested(_), Some(state)) => match state.phase {
+            Phase::Reserving | Phase::Paying => moved(
+                event,
+                state.clone(),
+                Phase::Cancelled,
+                Some(TransitionKind::Cancelled),
+            ),
+            Phase::Confirmed { .. } | Phase::Rejected { .. } | Phase::Cancelled => {
+                Decision::ignore(Ignored::LateCancellation)
+            }
+        },
         (OrderEvent::StockLineReserved(line), Some(state)) => answer(
             event,
             state,
@@ -340,7 +360,7 @@ fn answer(
     let timed_out = state.awaits_late_answers();
     let details = match (&state.phase, &state.details) {
         (Phase::Reserving, Some(details)) => details,
-        (Phase::Rejected { .. }, Some(details)) if timed_out => details,
+        (Phase::Rejected { .. } | Phase::Cancelled, Some(details)) if timed_out => details,
         _ => return Decision::ignore(Ignored::LateLineAnswer),
     };
     let Some(line) = usize::try_from(line_index)
@@ -364,7 +384,8 @@ fn answer(
     let mut state = state.clone();
     let details = state.details.as_mut().expect("checked above");
     if timed_out {
-        // The order was rejected at its stock deadline: a late reservation is released at once.
+        // The order was rejected at its stock deadline, or cancelled, with this line unanswered:
+        // a late reservation is released at once.
         let phase = state.phase.clone();
         return if answer == LineAnswer::Reserved {
             details.lines[line_index as usize].answer = LineAnswer::ReleasedLate;
@@ -519,6 +540,16 @@ pub fn outputs_of(
             outputs.push(rejected(RejectReason::StockTimeout));
             outputs
         }
+        TransitionKind::Cancelled => {
+            // The lines reserved so far (every line when paying); a later reservation is
+            // released when it comes.
+            let mut outputs: Vec<Output> = lines
+                .filter(|i| details.lines[*i].answer == LineAnswer::Reserved)
+                .map(release)
+                .collect();
+            outputs.push(Output::Order(OrderEvent::OrderCancelled(OrderCancelled {})));
+            outputs
+        }
         TransitionKind::LateReservationReleased { line_index } => usize::try_from(line_index)
             .ok()
             .filter(|i| *i < details.lines.len())
@@ -566,7 +597,7 @@ pub fn deadline(state: &OrderState, timeouts: &Timeouts) -> Option<DateTime<Utc>
     match state.phase {
         Phase::Reserving => Some(after(since, timeouts.stock)),
         Phase::Paying => Some(after(since, timeouts.payment)),
-        Phase::Confirmed { .. } | Phase::Rejected { .. } => None,
+        Phase::Confirmed { .. } | Phase::Rejected { .. } | Phase::Cancelled => None,
     }
 }
 
@@ -598,7 +629,7 @@ pub fn decide_timeout(
     let (kind, reason, code) = match state.phase {
         Phase::Reserving => (TransitionKind::StockTimeout, RejectReason::StockTimeout, 0),
         Phase::Paying => (TransitionKind::PaymentTimeout, RejectReason::PaymentTimeout, 1),
-        Phase::Confirmed { .. } | Phase::Rejected { .. } => return None,
+        Phase::Confirmed { .. } | Phase::Rejected { .. } | Phase::Cancelled => return None,
     };
     let opened_by = state.transitions.last().map_or(order_id, |t| t.cause);
     let cause = derived_event_id("saga-deadline", opened_by, code);
@@ -619,6 +650,32 @@ pub fn decide_timeout(
             new_state: Some(state),
             outputs,
             verdict: Verdict::Applied,
+        },
+    })
+}
+
+/// The outputs of the deadline decision that made `state` terminal, if one did and the state
+/// still has its details: the very envelopes [`decide_timeout`] had the stage emit (same cause,
+/// same time, same index, so the same ids and bytes). A restored stage emits them again, because
+/// in at-least-once mode the state record of a deadline decision is written before its outputs,
+/// and no input will be redelivered to repeat them after a crash in between.
+pub fn deadline_outputs(state: &OrderState, order_id: Uuid) -> Option<TimedOut> {
+    let details = state.details.as_ref()?;
+    let transition = state.transitions.iter().find(|t| {
+        matches!(
+            t.kind,
+            TransitionKind::StockTimeout | TransitionKind::PaymentTimeout
+        )
+    })?;
+    // `since` is the deadline: a timeout sets it, and nothing after it changes the phase.
+    let at = state.since?;
+    Some(TimedOut {
+        cause: transition.cause,
+        at,
+        decision: Decision {
+            new_state: None,
+            outputs: outputs_of(transition.kind, order_id, details, &state.phase),
+            verdict: Verdict::Repeated,
         },
     })
 }

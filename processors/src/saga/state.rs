@@ -40,7 +40,8 @@ pub struct OrderState {
     pub terminal_offset: Option<i64>,
 }
 
-/// The phases of the order state machine: reserving -> paying -> confirmed, or rejected.
+/// The phases of the order state machine: reserving -> paying -> confirmed, or rejected, or
+/// cancelled (on a client's request, before it is confirmed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "phase", rename_all = "snake_case")]
 pub enum Phase {
@@ -58,6 +59,9 @@ pub enum Phase {
         /// The reason it carried.
         reason: RejectReason,
     },
+    /// Terminal: `order_cancelled` was emitted (a `cancellation_requested` arrived while the
+    /// order was reserving or paying).
+    Cancelled,
 }
 
 /// An input that moved the order, and what it did (its outputs follow from it and the details).
@@ -90,7 +94,10 @@ pub enum TransitionKind {
     StockTimeout,
     /// The payment deadline passed: a release per line + `order_rejected` (`payment_timeout`).
     PaymentTimeout,
-    /// A line reserved after the order timed out: its release.
+    /// `cancellation_requested` while reserving or paying: releases of the reserved lines +
+    /// `order_cancelled` (the payments stage refunds or voids any charge on `order_cancelled`).
+    Cancelled,
+    /// A line reserved after the order timed out or was cancelled: its release.
     LateReservationReleased {
         /// The line.
         line_index: u32,
@@ -100,7 +107,10 @@ pub enum TransitionKind {
 impl OrderState {
     /// True once the order's one terminal event was emitted.
     pub fn is_terminal(&self) -> bool {
-        matches!(self.phase, Phase::Confirmed { .. } | Phase::Rejected { .. })
+        matches!(
+            self.phase,
+            Phase::Confirmed { .. } | Phase::Rejected { .. } | Phase::Cancelled
+        )
     }
 
     /// True for a terminal order that still keeps its details (not compacted yet) and expects
@@ -111,14 +121,14 @@ impl OrderState {
             && !self.awaits_late_answers()
     }
 
-    /// True for an order rejected by its stock deadline with lines still unanswered: a late
-    /// reservation of such a line must be released, so its details are kept.
+    /// True for an order rejected by its stock deadline, or cancelled, with lines still
+    /// unanswered: a late reservation of such a line must be released, so its details are kept.
     pub fn awaits_late_answers(&self) -> bool {
         matches!(
             self.phase,
             Phase::Rejected {
                 reason: RejectReason::StockTimeout
-            }
+            } | Phase::Cancelled
         ) && self
             .details
             .as_ref()
@@ -133,13 +143,15 @@ impl OrderState {
         self.terminal_offset = None;
     }
 
-    /// Short name of the phase (`reserving`, `paying`, `confirmed`, `rejected`), for logs and tests.
+    /// Short name of the phase (`reserving`, `paying`, `confirmed`, `rejected`, `cancelled`),
+    /// for logs and tests.
     pub fn phase_name(&self) -> &'static str {
         match self.phase {
             Phase::Reserving => "reserving",
             Phase::Paying => "paying",
             Phase::Confirmed { .. } => "confirmed",
             Phase::Rejected { .. } => "rejected",
+            Phase::Cancelled => "cancelled",
         }
     }
 
@@ -193,6 +205,6 @@ pub enum LineAnswer {
         /// Why.
         reason: StockRejectReason,
     },
-    /// Reserved after the order had timed out: released at once.
+    /// Reserved after the order had timed out or was cancelled: released at once.
     ReleasedLate,
 }
