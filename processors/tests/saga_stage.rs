@@ -520,3 +520,44 @@ fn terminal_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounded() 
     assert_eq!(live_keys(&changelog), 0);
     assert_eq!(stage.order_count(), 0);
 }
+
+/// At-least-once: the runner writes a handle's state records before its outputs. A deadline
+/// decision has no input to redeliver, so a crash between the two must not lose its outputs:
+/// the stage restored from the changelog emits them again, byte for byte, in its first handle.
+#[test]
+fn a_deadline_decision_whose_outputs_were_lost_is_repeated_after_a_restore() {
+    let t0: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+    for (skus, answers, deadline_at) in [
+        // stock deadline: line 0 reserved, line 1 never answered
+        (&["A", "B"][..], 1usize, t0 + secs(31)),
+        // payment deadline: every line reserved, no payment outcome
+        (&["A"][..], 1usize, t0 + secs(70)),
+    ] {
+        let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut stage = SagaStage::new(Topics::default()).with_timeouts(timeouts());
+        let mut inputs = vec![placed_lines(id, corr, skus, t0).encode()];
+        for line in 0..answers {
+            inputs.push(at(reserved(id, corr, line as u32, skus[line]), t0 + secs(1)).encode());
+        }
+        let mut changelog = handle(&mut stage, 0, &inputs, t0 + secs(2)).changelog().to_vec();
+        // Given the tick that decides the deadline
+        let decided = handle(&mut stage, inputs.len() as i64, &[], deadline_at);
+        assert_eq!(order_types(&decided), ["order_rejected"], "{skus:?}");
+        assert!(!decided.outputs().is_empty());
+        // When the process crashes after its state record is written but before its outputs
+        changelog.extend(decided.changelog().iter().cloned());
+        let mut restored = SagaStage::new(Topics::default()).with_timeouts(timeouts());
+        for record in &changelog {
+            restored
+                .restore(record.partition, &record.key, record.value.as_deref())
+                .unwrap();
+        }
+        assert_eq!(restored.order(id).unwrap().phase_name(), "rejected");
+        // Then the first handle after the restore emits the very same outputs again
+        let again = handle(&mut restored, inputs.len() as i64, &[], deadline_at + secs(1));
+        assert_eq!(again.outputs(), decided.outputs(), "{skus:?}");
+        // Once, not on every handle
+        let later = handle(&mut restored, inputs.len() as i64, &[], deadline_at + secs(2));
+        assert!(later.outputs().is_empty(), "{:?}", later.outputs());
+    }
+}

@@ -24,7 +24,7 @@ pub mod state;
 
 pub use config::SagaArgs;
 pub use decide::{
-    deadline, decide, decide_timeout, outputs_of, Decision, Ignored, Output, OutputEnvelope,
+    deadline, deadline_outputs, decide, decide_timeout, outputs_of, Decision, Ignored, Output, OutputEnvelope,
     TimedOut, Timeouts, Verdict,
 };
 pub use ids::derived_event_id;

@@ -13,6 +13,12 @@
 //! over several batches still finds the details it needs to repeat its outputs. An order made
 //! terminal by a deadline (no input) is compacted once the tick that decided it is written.
 //!
+//! Deadline decisions after a restore: in at-least-once mode the runner writes state before
+//! outputs, and a deadline decision has no input that could be redelivered; so a restored order
+//! that a deadline made terminal and that still has its details (not compacted: its outputs may
+//! not have been written) emits the deadline's outputs again, byte-identical, in the first
+//! handle after the restore ([`deadline_outputs`]). Compaction waits for the tick after that.
+//!
 //! Retention: a terminal order's state is tombstoned `--saga-retention` after it became
 //! terminal, so the changelog's live key count stays bounded by the orders of one retention.
 
@@ -24,7 +30,10 @@ use orderpipe_schemas::{OrderEnvelope, Topics};
 use uuid::Uuid;
 
 use super::config::SagaArgs;
-use super::decide::{after, decide, decide_timeout, deadline, OutputEnvelope, Timeouts, Verdict};
+use super::decide::{
+    after, deadline, deadline_outputs, decide, decide_timeout, OutputEnvelope, TimedOut,
+    Timeouts, Verdict,
+};
 use super::state::OrderState;
 use crate::runner::{Effects, Input, Stage};
 
@@ -59,6 +68,8 @@ pub struct SagaStage {
     written: HashMap<i32, i64>,
     /// Number of ticks so far (each ends one runner handle, which is written after it).
     generation: u64,
+    /// Restored orders whose deadline outputs are emitted again in the next handle.
+    restored_deadlines: BTreeSet<(i32, Uuid)>,
 }
 
 impl SagaStage {
@@ -79,6 +90,7 @@ impl SagaStage {
             in_flight: HashMap::new(),
             written: HashMap::new(),
             generation: 0,
+            restored_deadlines: BTreeSet::new(),
         }
     }
 
@@ -201,25 +213,54 @@ impl SagaStage {
             tracing::info!(%order_id, phase = state.phase_name(), deadline = %timed_out.at,
                 "saga: phase deadline passed; rejecting the order");
             let correlation_id = state.correlation_id;
-            for (index, output) in (0u32..).zip(timed_out.decision.outputs) {
-                match output.into_envelope_at(
-                    order_id,
-                    timed_out.cause,
-                    timed_out.at,
-                    correlation_id,
-                    index,
-                ) {
-                    OutputEnvelope::Order(e) => out.emit_order(&self.topics.orders, &e),
-                    OutputEnvelope::Stock(e) => out.emit_stock(&self.topics.stock, &e),
-                }
-            }
-            if let Some(new_state) = timed_out.decision.new_state {
+            let new_state = timed_out.decision.new_state.clone();
+            self.emit_deadline(order_id, correlation_id, timed_out, out);
+            if let Some(new_state) = new_state {
                 out.put(partition, order_id.to_string(), new_state.to_json());
                 self.track(partition, order_id, &new_state);
                 self.partitions
                     .entry(partition)
                     .or_default()
                     .insert(order_id, new_state);
+            }
+        }
+    }
+
+    /// Emits the outputs of a deadline decision (ids and time from the deadline).
+    fn emit_deadline(
+        &self,
+        order_id: Uuid,
+        correlation_id: Uuid,
+        timed_out: TimedOut,
+        out: &mut Effects,
+    ) {
+        for (index, output) in (0u32..).zip(timed_out.decision.outputs) {
+            match output.into_envelope_at(
+                order_id,
+                timed_out.cause,
+                timed_out.at,
+                correlation_id,
+                index,
+            ) {
+                OutputEnvelope::Order(e) => out.emit_order(&self.topics.orders, &e),
+                OutputEnvelope::Stock(e) => out.emit_stock(&self.topics.stock, &e),
+            }
+        }
+    }
+
+    /// Emits again the deadline outputs of the orders restored since the last handle.
+    fn repeat_restored_deadlines(&mut self, out: &mut Effects) {
+        for (partition, order_id) in std::mem::take(&mut self.restored_deadlines) {
+            let Some(state) = self
+                .partitions
+                .get(&partition)
+                .and_then(|orders| orders.get(&order_id))
+            else {
+                continue;
+            };
+            if let Some(timed_out) = deadline_outputs(state, order_id) {
+                tracing::debug!(%order_id, "saga: repeating the outputs of a restored deadline decision");
+                self.emit_deadline(order_id, state.correlation_id, timed_out, out);
             }
         }
     }
@@ -300,6 +341,9 @@ impl Stage for SagaStage {
                     // Written before deadlines existed: its clock starts now.
                     state.since = Some(Utc::now());
                 }
+                if deadline_outputs(&state, order_id).is_some() {
+                    self.restored_deadlines.insert((partition, order_id));
+                }
                 orders.insert(order_id, state.clone());
                 self.track(partition, order_id, &state);
             }
@@ -317,9 +361,11 @@ impl Stage for SagaStage {
         self.committed.remove(&partition);
         self.in_flight.remove(&partition);
         self.written.remove(&partition);
+        self.restored_deadlines.retain(|(p, _)| *p != partition);
     }
 
     fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+        self.repeat_restored_deadlines(out);
         // Whatever came before this batch is committed, and so is every offset below the first
         // one of a partition in it (the runner reads on from the committed offsets).
         self.promote(true);
@@ -334,6 +380,7 @@ impl Stage for SagaStage {
     }
 
     fn tick(&mut self, now: SystemTime, out: &mut Effects) {
+        self.repeat_restored_deadlines(out);
         self.promote(false);
         self.compact(out);
         self.fire_timers(now.into(), out);
