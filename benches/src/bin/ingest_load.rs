@@ -34,7 +34,6 @@ use orderpipe_ingest::{kafka, Config, Server};
 use orderpipe_schemas::{NewOrder, OrderEnvelope, OrderEvent, Topics};
 use orderpipe_testkit::http;
 use orderpipe_testkit::kafka::TestTopics;
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -330,26 +329,8 @@ async fn baseline(args: &Args, config: &Config, topic: &str) -> anyhow::Result<M
         "baseline: raw idempotent produce to {topic}, {} in flight",
         args.clients
     );
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set(
-            "message.timeout.ms",
-            config.ack_deadline.as_millis().to_string(),
-        )
-        .set(
-            "linger.ms",
-            format!("{:.3}", config.producer_linger.as_secs_f64() * 1000.0),
-        )
-        .set(
-            "queue.buffering.max.messages",
-            config.producer_queue_messages.to_string(),
-        )
-        .set(
-            "queue.buffering.max.kbytes",
-            config.producer_queue_kbytes.to_string(),
-        )
+    // Ingest's producer settings, from the one place the benches keep Kafka client settings.
+    let producer: FutureProducer = orderpipe_benches::kafka::ingest_producer(&args.bootstrap, config)
         .create()
         .context("creating baseline producer")?;
     // Warm-up: metadata, producer id, connections to partition leaders.

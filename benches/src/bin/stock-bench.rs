@@ -1,5 +1,5 @@
-//! Stock stage throughput for one hot SKU, in both processing modes, against a live broker, as a
-//! ratio to a baseline measured in the same run.
+//! Stock and saga stage throughput, against a live broker, as ratios to copy baselines measured
+//! in the same run (`stock_vs_txn_copy`, `saga_vs_txn_copy`, `eos_vs_alo` of `benches/run`).
 //!
 //!     cargo run --release -p orderpipe-benches --bin stock-bench -- --orders 20000
 //!
@@ -14,11 +14,17 @@
 //! - `baseline`: a plain consume -> produce copy loop (BaseConsumer + idempotent BaseProducer, no
 //!   transactions, no decoding, offsets committed once at the end): what the broker and client
 //!   allow for a consume-transform-produce stage on this machine.
+//! - `txn-copy`: the same copy in Kafka transactions of `--batch-max-messages` messages (or
+//!   `--batch-linger`), offsets committed in each with `send_offsets_to_transaction`: the floor
+//!   of an exactly-once stage with the stages' batch size. Same input as the stock stage.
 //! - `exactly-once` / `at-least-once`: the stock stage on the runner, N `reservation_requested`
 //!   for one SKU stocked with `--stock` units; its answers are checked (exactly `--stock` reserved).
+//! - `saga-txn-copy`: the transactional copy of N one-line `order_placed` events (the saga's input).
+//! - `saga`: the saga stage (exactly-once) on those N `order_placed`; the clock stops when all N
+//!   `reservation_requested` it emits are readable.
 //!
-//! Rounds (`--repeat`, default 3) interleave the three measurements; the median of each is
-//! reported. Prints progress and a human summary to the terminal and writes JSON (`--out`,
+//! Rounds (`--repeat`, default 3) interleave the measurements; the median of each is
+//! reported. `--no-saga` leaves the saga out. Prints progress and a human summary to the terminal and writes JSON (`--out`,
 //! default `target/stock-bench.json`).
 
 use std::path::PathBuf;
@@ -26,14 +32,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
+use orderpipe_benches::kafka as bench_kafka;
+use orderpipe_processors::saga::SagaStage;
 use orderpipe_processors::stock::{set_stock, StockStage};
 use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, ReservationRequested, StockAdjustment, StockEnvelope, StockEvent,
+    NewOrder, OrderEnvelope, OrderEvent, ReservationRequested, StockAdjustment, StockEnvelope, StockEvent,
     Topics,
 };
 use orderpipe_testkit::kafka::TestTopics;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::producer::{BaseProducer, BaseRecord, FutureProducer, FutureRecord, Producer};
 use rdkafka::Message;
@@ -59,9 +66,12 @@ struct Args {
     /// Longest wait for a batch to fill.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     batch_linger: Duration,
-    /// Rounds (each: baseline, exactly-once, at-least-once); the median of each is reported.
+    /// Rounds (each: every measurement once); the median of each is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Leave out the saga measurements.
+    #[arg(long)]
+    no_saga: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/stock-bench.json")]
     out: PathBuf,
@@ -93,17 +103,30 @@ async fn main() -> anyhow::Result<()> {
         args.orders, args.bootstrap
     );
 
-    // Rounds interleave baseline and modes, so that background load hits them alike.
-    let mut samples: Vec<Vec<Measured>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    // Rounds interleave baselines and stages, so that background load hits them alike.
+    // Order: baseline, txn-copy, exactly-once, at-least-once[, saga-txn-copy, saga].
+    let measurements = if args.no_saga { 4 } else { 6 };
+    let mut samples: Vec<Vec<Measured>> = (0..measurements).map(|_| Vec::new()).collect();
     for round in 1..=args.repeat {
         eprintln!("round {round}/{}", args.repeat);
-        let run = baseline(&args).await?;
-        report_line(&run);
-        samples[0].push(run);
-        for (i, mode) in ProcessingMode::ALL.into_iter().enumerate() {
-            let run = stock_stage(&args, mode, stock).await?;
-            report_line(&run);
-            samples[i + 1].push(run);
+        let mut runs = vec![
+            copy(&args, "baseline", false, requests(args.orders)).await?,
+            copy(&args, "txn-copy", true, requests(args.orders)).await?,
+        ];
+        report_line(&runs[0]);
+        report_line(&runs[1]);
+        for mode in ProcessingMode::ALL {
+            runs.push(stock_stage(&args, mode, stock).await?);
+            report_line(runs.last().expect("pushed"));
+        }
+        if !args.no_saga {
+            runs.push(copy(&args, "saga-txn-copy", true, placed(args.orders)).await?);
+            report_line(runs.last().expect("pushed"));
+            runs.push(saga_stage(&args).await?);
+            report_line(runs.last().expect("pushed"));
+        }
+        for (i, run) in runs.into_iter().enumerate() {
+            samples[i].push(run);
         }
     }
     let medians: Vec<&Measured> = samples.iter().map(|s| median(s)).collect();
@@ -111,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!(
-        "stock stage, one hot SKU, {} requests ({} units), batches of <= {} / {:?}, median of {}:",
+        "stages, {} inputs ({} units of one hot SKU for stock), batches of <= {} / {:?}, median of {}:",
         args.orders, stock, args.batch_max_messages, args.batch_linger, args.repeat
     );
     println!(
@@ -130,8 +153,27 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let rates = |all: &[Measured]| all.iter().map(Measured::rate).collect::<Vec<_>>();
+    let (txn_copy, eos, alo) = (medians[1], medians[2], medians[3]);
+    let mut ratios = serde_json::Map::new();
+    ratios.insert("stock_vs_txn_copy".into(), json!(eos.rate() / txn_copy.rate()));
+    ratios.insert("eos_vs_alo".into(), json!(eos.rate() / alo.rate()));
+    ratios.insert("stock_vs_plain_copy".into(), json!(eos.rate() / baseline.rate()));
+    ratios.insert("txn_copy_vs_plain_copy".into(), json!(txn_copy.rate() / baseline.rate()));
+    let mut saga_json = serde_json::Value::Null;
+    if !args.no_saga {
+        let (saga_copy, saga) = (medians[4], medians[5]);
+        ratios.insert("saga_vs_txn_copy".into(), json!(saga.rate() / saga_copy.rate()));
+        saga_json = json!({
+            "txn_copy_messages_per_second": saga_copy.rate(),
+            "txn_copy_all_rounds": rates(&samples[4]),
+            "decisions_per_second": saga.rate(),
+            "all_rounds_decisions_per_second": rates(&samples[5]),
+            "input": "one-line order_placed events, one partition",
+        });
+    }
+    println!("  ratios: {}", serde_json::Value::Object(ratios.clone()));
     let report = json!({
-        "benchmark": "stock-stage-hot-sku",
+        "benchmark": "stage-throughput",
         "orders": args.orders,
         "stock": stock,
         "batch_max_messages": args.batch_max_messages,
@@ -143,13 +185,22 @@ async fn main() -> anyhow::Result<()> {
             "seconds": baseline.elapsed.as_secs_f64(),
             "all_rounds_messages_per_second": rates(&samples[0]),
         },
-        "runs": medians[1..].iter().zip(&samples[1..]).map(|(r, all)| json!({
+        "txn_copy": {
+            "kind": "consume -> produce copy in transactions of batch_max_messages / batch_linger, send_offsets_to_transaction",
+            "messages_per_second": txn_copy.rate(),
+            "seconds": txn_copy.elapsed.as_secs_f64(),
+            "all_rounds_messages_per_second": rates(&samples[1]),
+        },
+        "runs": medians[2..4].iter().zip(&samples[2..4]).map(|(r, all)| json!({
             "mode": r.name,
             "decisions_per_second": r.rate(),
             "seconds": r.elapsed.as_secs_f64(),
             "ratio_to_baseline": r.rate() / baseline.rate(),
+            "ratio_to_txn_copy": r.rate() / txn_copy.rate(),
             "all_rounds_decisions_per_second": rates(all),
         })).collect::<Vec<_>>(),
+        "saga": saga_json,
+        "ratios": ratios,
     });
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).ok();
@@ -177,18 +228,9 @@ fn median(samples: &[Measured]) -> &Measured {
     sorted[sorted.len() / 2]
 }
 
-fn client(bootstrap: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap);
-    config
-}
-
 /// Produce `payloads` keyed by `key` to `topic` and wait for every acknowledgement.
 async fn load(bootstrap: &str, topic: &str, key: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
-    let producer: FutureProducer = client(bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer = bench_kafka::loader(bootstrap).create()?;
     let started = Instant::now();
     let mut pending = Vec::with_capacity(payloads.len());
     for payload in payloads {
@@ -231,15 +273,11 @@ struct Reader {
 impl Reader {
     /// Starts reading `n` messages of `topic`; returns once the reader owns its partitions.
     fn start(bootstrap: &str, topic: &str, n: usize, label: &str) -> anyhow::Result<Self> {
-        let reader: BaseConsumer = client(bootstrap)
-            .set(
-                "group.id",
-                format!("bench-reader-{}", Uuid::new_v4().simple()),
-            )
-            .set("isolation.level", "read_committed")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .create()?;
+        let reader: BaseConsumer = bench_kafka::output_reader(
+            bootstrap,
+            &format!("bench-reader-{}", Uuid::new_v4().simple()),
+        )
+        .create()?;
         reader.subscribe(&[topic])?;
         let label = label.to_owned();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -291,43 +329,48 @@ impl Reader {
 async fn topics_for(name: &str) -> anyhow::Result<(TestTopics, Topics)> {
     let mut test_topics = TestTopics::new()?;
     test_topics.prefix = format!("bench-{name}-{}", test_topics.prefix);
+    // The saga stage writes to (and the reader reads) these; both exist before the stage starts.
     test_topics.create("orders", 1).await?;
     test_topics.create("stock", 1).await?;
     let topics = Topics::with_prefix(test_topics.prefix.clone());
     Ok((test_topics, topics))
 }
 
-async fn baseline(args: &Args) -> anyhow::Result<Measured> {
-    eprintln!(
-        "baseline: consume -> produce copy of {} messages",
-        args.orders
-    );
-    let (_test_topics, topics) = topics_for("base").await?;
-    // Same payloads as the stage gets, so sizes match.
-    let payloads = requests(args.orders);
+/// A consume -> produce copy of `payloads` (keyed `HOT`), plain or in transactions of the
+/// stages' batch size.
+async fn copy(
+    args: &Args,
+    name: &'static str,
+    transactional: bool,
+    payloads: Vec<Vec<u8>>,
+) -> anyhow::Result<Measured> {
+    eprintln!("{name}: consume -> produce copy of {} messages", payloads.len());
+    let (_test_topics, topics) = topics_for(name).await?;
+    let n = payloads.len();
     load(&args.bootstrap, &topics.stock, "HOT", &payloads).await?;
 
     // One warm-up record (below) comes out before the n copies.
-    let reader = Reader::start(&args.bootstrap, &topics.orders, args.orders + 1, "baseline")?;
+    let reader = Reader::start(&args.bootstrap, &topics.orders, n + 1, name)?;
     let bootstrap = args.bootstrap.clone();
     let (input, output) = (topics.stock.clone(), topics.orders.clone());
-    let n = args.orders;
+    let (batch_max, linger) = (args.batch_max_messages.max(1), args.batch_linger);
     let copier = tokio::task::spawn_blocking(move || -> anyhow::Result<SystemTime> {
-        let consumer: BaseConsumer = client(&bootstrap)
-            .set(
-                "group.id",
-                format!("bench-copy-{}", Uuid::new_v4().simple()),
-            )
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed")
-            .create()?;
-        let producer: BaseProducer = client(&bootstrap)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()?;
-        // Warm up the producer (metadata, producer id) outside the clock, as the stage's producer
-        // is (spawn_stage initialises it before the stage consumes anything).
+        let consumer: BaseConsumer = bench_kafka::copy_consumer(
+            &bootstrap,
+            &format!("bench-copy-{}", Uuid::new_v4().simple()),
+        )
+        .create()?;
+        let transactional_id = format!("bench-copy-{}", Uuid::new_v4().simple());
+        let producer: BaseProducer =
+            bench_kafka::copy_producer(&bootstrap, transactional.then_some(transactional_id.as_str()))
+                .create()?;
+        const TIMEOUT: Duration = Duration::from_secs(30);
+        // Warm up the producer (metadata, producer id, transaction coordinator) outside the
+        // clock, as the stage's producer is (spawn_stage initialises it before consuming).
+        if transactional {
+            producer.init_transactions(TIMEOUT)?;
+            producer.begin_transaction()?;
+        }
         producer
             .send(
                 BaseRecord::<str, str>::to(&output)
@@ -335,14 +378,24 @@ async fn baseline(args: &Args) -> anyhow::Result<Measured> {
                     .payload("warm-up"),
             )
             .map_err(|(e, _)| e)?;
-        producer.flush(Duration::from_secs(30))?;
+        producer.flush(TIMEOUT)?;
+        if transactional {
+            producer.commit_transaction(TIMEOUT)?;
+            producer.begin_transaction()?;
+        }
         consumer.subscribe(&[&input])?;
         let mut copied = 0;
+        let mut in_batch = 0;
+        let mut batch_started: Option<Instant> = None;
         let mut first = None;
         while copied < n {
-            match consumer.poll(Duration::from_millis(100)) {
+            let wait = batch_started.map_or(Duration::from_millis(100), |t| {
+                linger.saturating_sub(t.elapsed()).max(Duration::from_millis(1))
+            });
+            match consumer.poll(wait) {
                 Some(Ok(message)) => {
                     first.get_or_insert_with(SystemTime::now);
+                    batch_started.get_or_insert_with(Instant::now);
                     let payload = message.payload().unwrap_or_default();
                     let mut record = BaseRecord::<[u8], [u8]>::to(&output).payload(payload);
                     if let Some(key) = message.key() {
@@ -359,21 +412,109 @@ async fn baseline(args: &Args) -> anyhow::Result<Measured> {
                     }
                     producer.poll(Duration::ZERO);
                     copied += 1;
+                    in_batch += 1;
                 }
-                Some(Err(err)) => bail!("baseline consumer: {err}"),
+                Some(Err(err)) => bail!("{name} consumer: {err}"),
                 None => {}
             }
+            let lingered = batch_started.is_some_and(|t| t.elapsed() >= linger);
+            if transactional && in_batch > 0 && (in_batch >= batch_max || lingered || copied == n) {
+                let position = consumer.position()?;
+                let group = consumer
+                    .group_metadata()
+                    .context("consumer group metadata")?;
+                producer.send_offsets_to_transaction(&position, &group, TIMEOUT)?;
+                producer.commit_transaction(TIMEOUT)?;
+                producer.begin_transaction()?;
+                in_batch = 0;
+                batch_started = None;
+            } else if !transactional && (in_batch >= batch_max || lingered) {
+                in_batch = 0;
+                batch_started = None;
+            }
         }
-        producer.flush(Duration::from_secs(30))?;
-        consumer.commit_consumer_state(CommitMode::Sync)?;
+        producer.flush(TIMEOUT)?;
+        if transactional {
+            producer.abort_transaction(TIMEOUT)?;
+        } else {
+            consumer.commit_consumer_state(CommitMode::Sync)?;
+        }
         Ok(first.expect("copied at least one message"))
     });
     let outputs = reader.finish().await?;
     let first_consumed = copier.await??;
     Ok(Measured {
-        name: "baseline".into(),
-        messages: args.orders,
+        name: name.into(),
+        messages: n,
         elapsed: outputs.last.duration_since(first_consumed)?,
+    })
+}
+
+/// N one-line `order_placed` events (the saga's input), as ingest writes them.
+fn placed(n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let order: NewOrder = serde_json::from_value(json!({
+                "customer_id": format!("customer-{i}"),
+                "currency": "EUR",
+                "lines": [{"sku": "HOT", "quantity": 1, "unit_price_minor": 999}],
+                "total_minor": 999,
+                "payment": {"method": "card", "token": "tok_bench"},
+            }))
+            .expect("valid order");
+            let id = Uuid::now_v7();
+            OrderEnvelope::new(id, OrderEvent::OrderPlaced(order.into_order_placed()), None, id)
+                .encode()
+        })
+        .collect()
+}
+
+/// The saga stage (exactly-once) on N `order_placed`: decisions/s until every reservation
+/// request it emits is readable.
+async fn saga_stage(args: &Args) -> anyhow::Result<Measured> {
+    eprintln!("saga: saga stage on {} order_placed", args.orders);
+    let (mut test_topics, topics) = topics_for("saga").await?;
+    for created in ensure_topics(&args.bootstrap, &topics, "saga", 1).await? {
+        test_topics.adopt(&created);
+    }
+    // Keyed by order id as ingest keys them (one partition: the key does not move them).
+    let inputs = placed(args.orders);
+    load(&args.bootstrap, &topics.orders, "order", &inputs).await?;
+    let reader = Reader::start(&args.bootstrap, &topics.stock, args.orders, "saga")?;
+    let config = Config {
+        batch_max_messages: args.batch_max_messages,
+        batch_linger: args.batch_linger,
+        ..Config::with_mode(ProcessingMode::ExactlyOnce)
+    };
+    let shutdown = CancellationToken::new();
+    let handle = spawn_stage(
+        Box::new(SagaStage::new(topics.clone())),
+        &config,
+        &args.bootstrap,
+        &topics,
+        shutdown.clone(),
+    )?;
+    let outputs = reader.finish().await?;
+    shutdown.cancel();
+    handle.wait().await?;
+    let mut requested = 0;
+    let mut first_decision = SystemTime::now();
+    for bytes in &outputs.payloads {
+        let answer = StockEnvelope::decode(bytes)?;
+        first_decision = first_decision.min(answer.occurred_at.into());
+        if let StockEvent::ReservationRequested(_) = answer.event {
+            requested += 1;
+        }
+    }
+    ensure!(
+        requested == args.orders,
+        "saga: {requested} reservation requests, expected {}",
+        args.orders
+    );
+    Ok(Measured {
+        name: "saga".into(),
+        messages: args.orders,
+        elapsed: outputs.last.duration_since(first_decision)?,
     })
 }
 

@@ -1,0 +1,679 @@
+//! `orderpipe-load`: load generator for the ingest API, and the demo / chaos driver.
+//!
+//!     cargo run --release -p orderpipe-benches --bin orderpipe-load -- run \
+//!         --mode open --rate 1000 --seconds 30 --set-stock 500 --customer-limit 2 --e2e-sample 0.1
+//!
+//! Modes:
+//! - `open` (default): orders are due at a fixed arrival rate (`--rate`/s, evenly spaced) whatever
+//!   the server does; every latency is measured from the order's *intended* send time, so a slow
+//!   server cannot hide its queueing behind a slow client (coordinated omission). When more than
+//!   `--max-in-flight` orders are pending, a due order is counted as `dropped` (never silently
+//!   delayed).
+//! - `closed`: `--connections` clients send back to back (next order once the previous one is
+//!   answered): the maximum the server sustains; 503/429 are counted, not retried.
+//!
+//! Flash-sale scenario: a catalogue of `--skus` SKUs whose popularity follows a Zipf law
+//! (`--zipf` exponent: a few hot SKUs take most of the demand), optionally stocked with
+//! `--set-stock` units each and a `--customer-limit` per customer (sent as `stock_adjusted`
+//! events before the load, needs `--kafka-bootstrap` and `--topic-prefix`), orders of 1 to
+//! `--max-lines` distinct SKUs, customers drawn from a pool of `--customers`. Every order carries
+//! an Idempotency-Key; after a 503/429 or a transport error it is retried with the same key
+//! (at most `--retries` times, after the Retry-After the server gives, capped by `--retry-cap`).
+//!
+//! End to end (`--e2e-sample` > 0): that fraction of acknowledged orders is followed in the query
+//! API (`GET /v1/orders/{id}?wait=..&status=<last seen>` long-polls) until a terminal status;
+//! the time from intended send to `confirmed` (or `rejected`) being visible is recorded.
+//!
+//! Prints progress each second and a summary; writes JSON (`--json`).
+//! `orderpipe-load cleanup --topic-prefix P` deletes the pipeline topics under a prefix.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use orderpipe_benches::latency;
+use orderpipe_schemas::{StockAdjustment, Topics};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use serde_json::json;
+
+#[derive(Debug, Parser)]
+#[command(name = "orderpipe-load", about = "Load generator for the orderpipe ingest API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send orders (open or closed loop) and report latencies.
+    Run(LoadArgs),
+    /// Delete every pipeline topic under a prefix (after a bench run of `orderpipe run`).
+    Cleanup(CleanupArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Args)]
+struct LoadArgs {
+    /// Base URL of the ingest API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    ingest_url: String,
+    /// Base URL of the query API (for `--e2e-sample`).
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    query_url: String,
+    /// Open loop (fixed arrival rate) or closed loop (maximum throughput).
+    #[arg(long, value_enum, default_value_t = Mode::Open)]
+    mode: Mode,
+    /// Orders per second (open loop).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Duration of the measurement, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Clients of the closed loop.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Most orders pending at once in the open loop; past it, due orders are dropped and counted.
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: u64,
+    /// SKUs in the catalogue.
+    #[arg(long, default_value_t = 50)]
+    skus: u32,
+    /// Zipf exponent of SKU popularity (rank 1 is the hottest).
+    #[arg(long, default_value_t = 1.1)]
+    zipf: f64,
+    /// SKU name prefix (`<prefix>1` is the hottest).
+    #[arg(long, default_value = "FS-")]
+    sku_prefix: String,
+    /// Most lines per order (1 to this many, distinct SKUs).
+    #[arg(long, default_value_t = 3)]
+    max_lines: u32,
+    /// Most units per line.
+    #[arg(long, default_value_t = 2)]
+    max_quantity: u32,
+    /// Customers in the pool (uniform).
+    #[arg(long, default_value_t = 5000)]
+    customers: u32,
+    /// Before the load: set every SKU's stock to this many units (needs --kafka-bootstrap).
+    #[arg(long)]
+    set_stock: Option<u32>,
+    /// With --set-stock: most units of a SKU one customer may hold.
+    #[arg(long)]
+    customer_limit: Option<u32>,
+    /// Kafka bootstrap servers (for --set-stock).
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+    /// Topic prefix of the pipeline under load (for --set-stock).
+    #[arg(long, env = "ORDERPIPE_TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
+    /// Retries of an order after 503/429 or a transport error, with the same Idempotency-Key.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Longest wait before a retry (the server's Retry-After is honoured up to this).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    retry_cap: Duration,
+    /// Fraction of acknowledged orders followed to a terminal status in the query API.
+    #[arg(long, default_value_t = 0.0)]
+    e2e_sample: f64,
+    /// How long an order is followed before it counts as `e2e_timeout`.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    e2e_timeout: Duration,
+    /// Seed of the scenario's random choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "target/bench/load.json")]
+    json: PathBuf,
+    /// Label of this run in the report.
+    #[arg(long, default_value = "load")]
+    label: String,
+}
+
+#[derive(Debug, Args)]
+struct CleanupArgs {
+    /// Topic prefix of the pipeline whose topics go.
+    #[arg(long)]
+    topic_prefix: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    kafka_bootstrap: String,
+    /// A keyspace to drop as well (the views of the pipeline under load).
+    #[arg(long)]
+    keyspace: Option<String>,
+    /// CQL contact points (for --keyspace).
+    #[arg(long, env = "SCYLLA_NODES", default_value = "127.0.0.1:9042")]
+    scylla_nodes: String,
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What the run saw (one lock, short critical sections).
+struct Tally {
+    ack_us: Histogram<u64>,
+    e2e_confirmed_us: Histogram<u64>,
+    e2e_rejected_us: Histogram<u64>,
+    /// Final HTTP status of each order (after retries); 0 = transport error.
+    statuses: BTreeMap<u16, u64>,
+    outcomes: BTreeMap<String, u64>,
+    reasons: BTreeMap<String, u64>,
+}
+
+/// Counters read by the progress line.
+#[derive(Default)]
+struct Live {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    refused: AtomicU64,
+    retries: AtomicU64,
+    transport_errors: AtomicU64,
+    in_flight: AtomicU64,
+    dropped: AtomicU64,
+    e2e_done: AtomicU64,
+}
+
+struct Ctx {
+    client: HttpClient,
+    args: LoadArgs,
+    tally: Mutex<Tally>,
+    live: Live,
+    run_id: String,
+}
+
+/// One generated order.
+struct Order {
+    seq: u64,
+    body: Bytes,
+    follow: bool,
+}
+
+/// The flash-sale scenario's random choices.
+struct Scenario {
+    rng: StdRng,
+    zipf: Zipf<f64>,
+    args: LoadArgs,
+}
+
+impl Scenario {
+    fn new(args: &LoadArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            rng: StdRng::seed_from_u64(args.seed),
+            zipf: Zipf::new(f64::from(args.skus), args.zipf).context("Zipf parameters")?,
+            args: args.clone(),
+        })
+    }
+
+    fn order(&mut self, seq: u64) -> Order {
+        let lines_wanted = self.rng.random_range(1..=self.args.max_lines.min(self.args.skus));
+        let mut skus: Vec<u32> = Vec::new();
+        // Distinct SKUs, Zipf-popular; a few redraws then the next free rank.
+        while skus.len() < lines_wanted as usize {
+            let mut rank = self.zipf.sample(&mut self.rng) as u32;
+            for _ in 0..8 {
+                if !skus.contains(&rank) {
+                    break;
+                }
+                rank = self.zipf.sample(&mut self.rng) as u32;
+            }
+            while skus.contains(&rank) {
+                rank = rank % self.args.skus + 1;
+            }
+            skus.push(rank);
+        }
+        let mut total = 0i64;
+        let lines: Vec<_> = skus
+            .iter()
+            .map(|rank| {
+                let quantity = self.rng.random_range(1..=self.args.max_quantity);
+                let price = 1000 + i64::from(*rank) * 100 - 1;
+                total += price * i64::from(quantity);
+                json!({"sku": format!("{}{rank}", self.args.sku_prefix), "quantity": quantity, "unit_price_minor": price})
+            })
+            .collect();
+        let customer = self.rng.random_range(0..self.args.customers);
+        let body = json!({
+            "customer_id": format!("fs-customer-{customer}"),
+            "currency": "EUR",
+            "lines": lines,
+            "total_minor": total,
+            "payment": {"method": "card", "token": "tok_load"},
+        });
+        let follow = self.args.e2e_sample > 0.0 && self.rng.random_bool(self.args.e2e_sample.min(1.0));
+        Order {
+            seq,
+            body: Bytes::from(body.to_string()),
+            follow,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => run(args).await,
+        Command::Cleanup(args) => cleanup(args).await,
+    }
+}
+
+async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
+    ensure!(!args.topic_prefix.is_empty(), "refusing to delete topics without a prefix");
+    std::env::set_var("KAFKA_BOOTSTRAP", &args.kafka_bootstrap);
+    let topics = Topics::with_prefix(args.topic_prefix.clone());
+    let mut doomed = orderpipe_testkit::kafka::TestTopics::new()?;
+    // Partition count is irrelevant for names.
+    for spec in orderpipe_ingest::kafka::topic_plan(&topics, 1) {
+        doomed.adopt(&spec.name);
+    }
+    eprintln!("deleting the topics under {:?}", args.topic_prefix);
+    drop(doomed);
+    if let Some(keyspace) = args.keyspace {
+        ensure!(
+            keyspace.starts_with("bench_"),
+            "refusing to drop {keyspace:?}: only bench_* keyspaces are dropped"
+        );
+        let nodes = orderpipe_projections::parse_nodes(&args.scylla_nodes);
+        let session = scylla::client::session_builder::SessionBuilder::new()
+            .known_nodes(&nodes)
+            .build()
+            .await?;
+        session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), &[])
+            .await?;
+        eprintln!("dropped keyspace {keyspace}");
+    }
+    Ok(())
+}
+
+async fn set_stock(args: &LoadArgs, units: u32) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(args.topic_prefix.clone());
+    let started = Instant::now();
+    let sets = (1..=args.skus).map(|rank| {
+        let topics = topics.clone();
+        let sku = format!("{}{rank}", args.sku_prefix);
+        let bootstrap = args.kafka_bootstrap.clone();
+        let limit = args.customer_limit;
+        async move {
+            orderpipe_processors::stock::set_stock(
+                &bootstrap,
+                &topics,
+                &sku,
+                StockAdjustment::Set { quantity: units },
+                limit,
+            )
+            .await
+            .with_context(|| format!("setting stock of {sku}"))
+        }
+    });
+    futures::future::try_join_all(sets).await?;
+    eprintln!(
+        "stock: {} SKUs set to {units} units (customer limit {:?}) in {:.2} s",
+        args.skus,
+        args.customer_limit,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn run(args: LoadArgs) -> anyhow::Result<()> {
+    ensure!(args.seconds > 0.0, "--seconds must be positive");
+    ensure!(args.skus > 0 && args.max_lines > 0 && args.max_quantity > 0 && args.customers > 0,
+        "--skus, --max-lines, --max-quantity and --customers must be positive");
+    ensure!(args.mode == Mode::Closed || args.rate > 0.0, "--rate must be positive");
+    if let Some(units) = args.set_stock {
+        set_stock(&args, units).await?;
+    }
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(usize::MAX)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build_http();
+    let ctx = Arc::new(Ctx {
+        client,
+        args: args.clone(),
+        tally: Mutex::new(Tally {
+            ack_us: latency::histogram(),
+            e2e_confirmed_us: latency::histogram(),
+            e2e_rejected_us: latency::histogram(),
+            statuses: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
+            reasons: BTreeMap::new(),
+        }),
+        live: Live::default(),
+        run_id: uuid::Uuid::now_v7().simple().to_string(),
+    });
+    let mut scenario = Scenario::new(&args)?;
+
+    // Warm-up (not measured): connections, and the ingest's producer is up.
+    let warm = scenario.order(u64::MAX);
+    let (status, _, _) = post(&ctx, &warm.body, &format!("load-{}-warm", ctx.run_id))
+        .await
+        .context("warm-up order")?;
+    ensure!(status == 202, "warm-up order answered {status}");
+
+    eprintln!(
+        "{}: {:?} loop, {} for {} s against {} ({} SKUs, Zipf {}, <= {} lines, e2e sample {})",
+        args.label,
+        args.mode,
+        match args.mode {
+            Mode::Open => format!("{} orders/s", args.rate),
+            Mode::Closed => format!("{} clients", args.connections),
+        },
+        args.seconds,
+        args.ingest_url,
+        args.skus,
+        args.zipf,
+        args.max_lines,
+        args.e2e_sample
+    );
+    let started = Instant::now();
+    let until = started + Duration::from_secs_f64(args.seconds);
+    let progress = tokio::spawn(progress(ctx.clone(), started));
+    let mut scheduler_lag_max = Duration::ZERO;
+    let mut tasks = tokio::task::JoinSet::new();
+    match args.mode {
+        Mode::Open => {
+            let interval = Duration::from_secs_f64(1.0 / args.rate);
+            let mut seq = 0u64;
+            let mut due = started;
+            while due < until {
+                let now = Instant::now();
+                if due > now {
+                    tokio::time::sleep_until(due.into()).await;
+                    continue;
+                }
+                scheduler_lag_max = scheduler_lag_max.max(now - due);
+                // Every order due by now goes out now, timed from when it was due.
+                while due <= now && due < until {
+                    let order = scenario.order(seq);
+                    seq += 1;
+                    if ctx.live.in_flight.load(Ordering::Relaxed) >= args.max_in_flight {
+                        ctx.live.dropped.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        ctx.live.in_flight.fetch_add(1, Ordering::Relaxed);
+                        let ctx = ctx.clone();
+                        let intended = due;
+                        tasks.spawn(async move {
+                            one_order(&ctx, order, intended, true).await;
+                            ctx.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    }
+                    due += interval;
+                }
+                // Reap finished tasks so the set does not grow without bound.
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        Mode::Closed => {
+            let seq = Arc::new(AtomicU64::new(0));
+            let scenario = Arc::new(Mutex::new(scenario));
+            for _ in 0..args.connections {
+                let (ctx, seq, scenario) = (ctx.clone(), seq.clone(), scenario.clone());
+                tasks.spawn(async move {
+                    while Instant::now() < until {
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        let order = scenario.lock().expect("not poisoned").order(n);
+                        ctx.live.in_flight.fetch_add(1, Ordering::Relaxed);
+                        one_order(&ctx, order, Instant::now(), false).await;
+                        ctx.live.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+            }
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+    let send_window = started.elapsed().min(Duration::from_secs_f64(args.seconds));
+    // Acknowledgements of the last orders, and the followed orders, finish after the window.
+    let acked_in_window = ctx.live.acked.load(Ordering::Relaxed);
+    while tasks.join_next().await.is_some() {}
+    let finished = started.elapsed();
+    progress.abort();
+
+    let tally = ctx.tally.lock().expect("not poisoned");
+    let live = &ctx.live;
+    let acked = live.acked.load(Ordering::Relaxed);
+    let acked_per_second = match args.mode {
+        // Closed loop: what was acknowledged while clients were sending.
+        Mode::Closed => acked_in_window as f64 / send_window.as_secs_f64(),
+        Mode::Open => acked as f64 / send_window.as_secs_f64(),
+    };
+    let report = json!({
+        "benchmark": "orderpipe-load",
+        "label": args.label,
+        "mode": format!("{:?}", args.mode).to_lowercase(),
+        "target_rate": (args.mode == Mode::Open).then_some(args.rate),
+        "connections": (args.mode == Mode::Closed).then_some(args.connections),
+        "seconds": args.seconds,
+        "ingest_url": args.ingest_url,
+        "scenario": {
+            "skus": args.skus, "zipf_exponent": args.zipf, "max_lines": args.max_lines,
+            "max_quantity": args.max_quantity, "customers": args.customers,
+            "stock_per_sku": args.set_stock, "customer_limit": args.customer_limit,
+            "retries": args.retries, "e2e_sample": args.e2e_sample, "seed": args.seed,
+        },
+        "sent": live.sent.load(Ordering::Relaxed),
+        "acked": acked,
+        "acked_per_second": acked_per_second,
+        "refused_answers": live.refused.load(Ordering::Relaxed),
+        "retries": live.retries.load(Ordering::Relaxed),
+        "transport_errors": live.transport_errors.load(Ordering::Relaxed),
+        "dropped_over_in_flight_cap": live.dropped.load(Ordering::Relaxed),
+        "scheduler_lag_max_ms": scheduler_lag_max.as_secs_f64() * 1000.0,
+        "elapsed_seconds": finished.as_secs_f64(),
+        "final_status": tally.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect::<BTreeMap<_, _>>(),
+        "latency_unit": "ms, from the intended send time",
+        "ack_latency_ms": latency::summary(&tally.ack_us),
+        "e2e": {
+            "outcomes": tally.outcomes,
+            "reject_reasons": tally.reasons,
+            "confirmed_visible_ms": latency::summary(&tally.e2e_confirmed_us),
+            "rejected_visible_ms": latency::summary(&tally.e2e_rejected_us),
+        },
+    });
+    println!(
+        "{}: {} sent, {} acked ({:.0}/s), final statuses {:?}, {} retries, {} dropped",
+        args.label,
+        live.sent.load(Ordering::Relaxed),
+        acked,
+        acked_per_second,
+        tally.statuses,
+        live.retries.load(Ordering::Relaxed),
+        live.dropped.load(Ordering::Relaxed)
+    );
+    let show = |name: &str, h: &Histogram<u64>| {
+        if !h.is_empty() {
+            println!(
+                "  {name:<20} n={:<7} p50 {:>8.2}  p90 {:>8.2}  p99 {:>8.2}  p99.9 {:>8.2}  max {:>8.2} ms",
+                h.len(),
+                h.value_at_quantile(0.5) as f64 / 1e3,
+                h.value_at_quantile(0.9) as f64 / 1e3,
+                h.value_at_quantile(0.99) as f64 / 1e3,
+                h.value_at_quantile(0.999) as f64 / 1e3,
+                h.max() as f64 / 1e3
+            );
+        }
+    };
+    show("ack", &tally.ack_us);
+    show("e2e confirmed", &tally.e2e_confirmed_us);
+    show("e2e rejected", &tally.e2e_rejected_us);
+    if !tally.outcomes.is_empty() {
+        println!("  e2e outcomes {:?}, reject reasons {:?}", tally.outcomes, tally.reasons);
+    }
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir).ok();
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)? + "\n")
+        .with_context(|| format!("writing {}", args.json.display()))?;
+    println!("  JSON report: {}", args.json.display());
+    Ok(())
+}
+
+async fn progress(ctx: Arc<Ctx>, started: Instant) {
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(started) + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    let mut last = 0;
+    loop {
+        tick.tick().await;
+        let live = &ctx.live;
+        let acked = live.acked.load(Ordering::Relaxed);
+        let p99 = {
+            let tally = ctx.tally.lock().expect("not poisoned");
+            latency::ms(&tally.ack_us, 0.99)
+        };
+        eprintln!(
+            "  [{:>4.0} s] sent {} acked {} (+{}/s) refused {} retries {} errors {} in flight {} dropped {} e2e done {} ack p99 {} ms",
+            started.elapsed().as_secs_f64(),
+            live.sent.load(Ordering::Relaxed),
+            acked,
+            acked - last,
+            live.refused.load(Ordering::Relaxed),
+            live.retries.load(Ordering::Relaxed),
+            live.transport_errors.load(Ordering::Relaxed),
+            live.in_flight.load(Ordering::Relaxed),
+            live.dropped.load(Ordering::Relaxed),
+            live.e2e_done.load(Ordering::Relaxed),
+            p99.map_or("-".into(), |v| format!("{v:.2}")),
+        );
+        last = acked;
+    }
+}
+
+/// POSTs an order; returns status, Retry-After (seconds) and body.
+async fn post(ctx: &Ctx, body: &Bytes, key: &str) -> anyhow::Result<(u16, Option<u64>, Bytes)> {
+    let request = hyper::Request::post(format!("{}/v1/orders", ctx.args.ingest_url))
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(Full::new(body.clone()))?;
+    let response = ctx.client.request(request).await?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, retry_after, body))
+}
+
+async fn get_json(ctx: &Ctx, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+    let request = hyper::Request::get(format!("{}{path}", ctx.args.query_url))
+        .body(Full::new(Bytes::new()))?;
+    let response = ctx.client.request(request).await?;
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await?.to_bytes();
+    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+}
+
+/// Sends one order (retrying after 503/429 and transport errors when `retry`), records its
+/// acknowledgement latency from `intended`, and follows it to a terminal status when sampled.
+async fn one_order(ctx: &Ctx, order: Order, intended: Instant, retry: bool) {
+    let live = &ctx.live;
+    live.sent.fetch_add(1, Ordering::Relaxed);
+    let key = format!("load-{}-{}", ctx.run_id, order.seq);
+    let mut attempt = 0;
+    let (status, body) = loop {
+        let result = post(ctx, &order.body, &key).await;
+        let (status, retry_after, body) = match result {
+            Ok(answer) => answer,
+            Err(_) => {
+                live.transport_errors.fetch_add(1, Ordering::Relaxed);
+                (0, None, Bytes::new())
+            }
+        };
+        let retryable = matches!(status, 0 | 429 | 503);
+        if status == 429 || status == 503 {
+            live.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        if retryable && retry && attempt < ctx.args.retries {
+            attempt += 1;
+            live.retries.fetch_add(1, Ordering::Relaxed);
+            let wait = retry_after
+                .map_or(Duration::from_millis(100), Duration::from_secs)
+                .min(ctx.args.retry_cap);
+            tokio::time::sleep(wait).await;
+            continue;
+        }
+        break (status, body);
+    };
+    let acked_at = Instant::now();
+    {
+        let mut tally = ctx.tally.lock().expect("not poisoned");
+        *tally.statuses.entry(status).or_default() += 1;
+        if status == 202 {
+            latency::record(&mut tally.ack_us, (acked_at - intended).as_micros() as u64);
+        }
+    }
+    if status != 202 {
+        return;
+    }
+    live.acked.fetch_add(1, Ordering::Relaxed);
+    if !order.follow {
+        return;
+    }
+    let order_id = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("order_id").and_then(|id| id.as_str()).map(str::to_owned));
+    let Some(order_id) = order_id else {
+        record_outcome(ctx, "no_order_id_in_202", None, None);
+        return;
+    };
+    let deadline = intended + ctx.args.e2e_timeout;
+    let mut known = "placed".to_owned();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            record_outcome(ctx, "e2e_timeout", None, None);
+            return;
+        }
+        let wait = left.min(Duration::from_secs(10));
+        let path = format!(
+            "/v1/orders/{order_id}?wait={}ms&status={known}",
+            wait.as_millis().max(1)
+        );
+        match get_json(ctx, &path).await {
+            Ok((200, body)) => {
+                let status = body.get("status").and_then(|s| s.as_str()).unwrap_or("").to_owned();
+                let seen = intended.elapsed().as_micros() as u64;
+                match status.as_str() {
+                    "confirmed" | "rejected" | "cancelled" => {
+                        let reason = body.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+                        record_outcome(ctx, &status, Some(seen), reason);
+                        return;
+                    }
+                    _ => known = status,
+                }
+            }
+            // Not in the views yet (404 after the wait) or a transient error: ask again.
+            Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+fn record_outcome(ctx: &Ctx, outcome: &str, visible_us: Option<u64>, reason: Option<String>) {
+    ctx.live.e2e_done.fetch_add(1, Ordering::Relaxed);
+    let mut tally = ctx.tally.lock().expect("not poisoned");
+    *tally.outcomes.entry(outcome.to_owned()).or_default() += 1;
+    if let Some(reason) = reason {
+        *tally.reasons.entry(reason).or_default() += 1;
+    }
+    match (outcome, visible_us) {
+        ("confirmed", Some(us)) => latency::record(&mut tally.e2e_confirmed_us, us),
+        ("rejected", Some(us)) => latency::record(&mut tally.e2e_rejected_us, us),
+        _ => {}
+    }
+}
