@@ -5,8 +5,9 @@
 //!     cargo run --release -p orderpipe-benches --bin txn-commit -- --transactions 200
 //!
 //! Each round sends N `order_placed`-sized payloads (300 bytes) with an idempotent producer,
-//! acks=all. `transactional`: begin, send N, commit; the commit is timed alone (the sends and
-//! their acknowledgements happen before it) and the whole transaction too. `plain`: send N, flush,
+//! acks=all. `transactional`: begin, send N, send a consumer group's offsets (as a stage does),
+//! commit; the offsets call and the commit are timed alone (the sends and their acknowledgements
+//! happen before them) and the whole transaction too. `plain`: send N, flush,
 //! timed whole. Rounds alternate so that machine noise hits both alike. Prints progress each
 //! second, a summary with p50/p99, and writes JSON (`--out`, default `target/txn-commit.json`).
 
@@ -18,7 +19,9 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use orderpipe_testkit::kafka::TestTopics;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde_json::json;
 
 /// Kafka transaction commit latency vs plain idempotent produce of the same batch.
@@ -92,7 +95,19 @@ async fn main() -> anyhow::Result<()> {
     send_batch(&txn, &topic, &payload, 10).await?;
     txn.commit_transaction(TIMEOUT)?;
 
+    // A group whose offsets each transaction commits, as a stage's does (send_offsets_to_transaction).
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .set("group.id", topics.name("txn-commit-group"))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(&topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let group = consumer.group_metadata().context("group metadata")?;
+
     let mut commit = Histogram::<u64>::new(3)?;
+    let mut offsets_histogram = Histogram::<u64>::new(3)?;
     let mut whole_txn = Histogram::<u64>::new(3)?;
     let mut whole_plain = Histogram::<u64>::new(3)?;
     let started = Instant::now();
@@ -101,6 +116,11 @@ async fn main() -> anyhow::Result<()> {
         let begun = Instant::now();
         txn.begin_transaction()?;
         send_batch(&txn, &topic, &payload, args.messages).await?;
+        let mut offsets = TopicPartitionList::new();
+        offsets.add_partition_offset(&topic, 0, Offset::Offset(round as i64 + 1))?;
+        let sending_offsets = Instant::now();
+        txn.send_offsets_to_transaction(&offsets, &group, TIMEOUT)?;
+        offsets_histogram.record(sending_offsets.elapsed().as_micros() as u64)?;
         let committing = Instant::now();
         txn.commit_transaction(TIMEOUT)?;
         commit.record(committing.elapsed().as_micros() as u64)?;
@@ -125,10 +145,12 @@ async fn main() -> anyhow::Result<()> {
 
     let ratio = ms(&whole_txn, 0.5) / ms(&whole_plain, 0.5);
     println!(
-        "{} transactions of {} messages on {}:\n  commit_transaction  p50 {:.1} ms  p99 {:.1} ms\n  whole transaction   p50 {:.1} ms  p99 {:.1} ms\n  plain produce+flush p50 {:.1} ms  p99 {:.1} ms\n  transaction / plain (p50): {ratio:.2}",
+        "{} transactions of {} messages on {}:\n  send_offsets_to_transaction p50 {:.1} ms  p99 {:.1} ms\n  commit_transaction  p50 {:.1} ms  p99 {:.1} ms\n  whole transaction   p50 {:.1} ms  p99 {:.1} ms\n  plain produce+flush p50 {:.1} ms  p99 {:.1} ms\n  transaction / plain (p50): {ratio:.2}",
         args.transactions,
         args.messages,
         args.bootstrap,
+        ms(&offsets_histogram, 0.5),
+        ms(&offsets_histogram, 0.99),
         ms(&commit, 0.5),
         ms(&commit, 0.99),
         ms(&whole_txn, 0.5),
@@ -141,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         "bootstrap": args.bootstrap,
         "transactions": args.transactions,
         "messages_per_transaction": args.messages,
+        "send_offsets_p50_ms": ms(&offsets_histogram, 0.5),
         "commit_p50_ms": ms(&commit, 0.5),
         "commit_p99_ms": ms(&commit, 0.99),
         "transaction_p50_ms": ms(&whole_txn, 0.5),
