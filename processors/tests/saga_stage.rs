@@ -536,8 +536,8 @@ fn a_deadline_decision_whose_outputs_were_lost_is_repeated_after_a_restore() {
         let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
         let mut stage = SagaStage::new(Topics::default()).with_timeouts(timeouts());
         let mut inputs = vec![placed_lines(id, corr, skus, t0).encode()];
-        for line in 0..answers {
-            inputs.push(at(reserved(id, corr, line as u32, skus[line]), t0 + secs(1)).encode());
+        for (line, sku) in skus.iter().enumerate().take(answers) {
+            inputs.push(at(reserved(id, corr, line as u32, sku), t0 + secs(1)).encode());
         }
         let mut changelog = handle(&mut stage, 0, &inputs, t0 + secs(2)).changelog().to_vec();
         // Given the tick that decides the deadline

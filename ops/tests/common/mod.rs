@@ -236,7 +236,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The terminal events of an order (`order_confirmed` / `order_rejected`).
+    /// The terminal events of an order (`order_confirmed` / `order_rejected` / `order_cancelled`).
     pub fn terminals(&self, order: &Uuid) -> Vec<&OrderEvent> {
         self.events
             .get(order)
@@ -246,7 +246,9 @@ impl Outcome {
                     .filter(|e| {
                         matches!(
                             e,
-                            OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_)
+                            OrderEvent::OrderConfirmed(_)
+                                | OrderEvent::OrderRejected(_)
+                                | OrderEvent::OrderCancelled(_)
                         )
                     })
                     .collect()
@@ -339,7 +341,7 @@ pub async fn collect_outcome(
 
 /// Invariants every sale keeps: each order exactly one terminal event; per SKU, confirmed units
 /// equal `sold`, `sold + available` equals the stock (nothing left reserved), never more sold than
-/// stocked; a rejected order's reserved lines were released.
+/// stocked; a rejected or cancelled order's reserved lines were released and its charge refunded.
 pub fn assert_invariants(
     outcome: &Outcome,
     orders: &HashMap<Uuid, OrderSpec>,
@@ -371,7 +373,7 @@ pub fn assert_invariants(
                 .any(|e| matches!(e, OrderEvent::PaymentSettled(_)));
             assert!(
                 !paid || events.iter().any(|e| matches!(e, OrderEvent::Refunded(_))),
-                "rejected order {id} was charged and not refunded"
+                "rejected or cancelled order {id} was charged and not refunded"
             );
             if !all_reserved {
                 assert_ne!(
