@@ -5,7 +5,7 @@ use orderpipe_processors::payments::{gateway_sim, GatewaySimArgs};
 use orderpipe_schemas::{StockAdjustment, Topics};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{RebuildArgs, StockSetArgs};
+use crate::cli::{RebuildArgs, StockSetArgs, VerifyArgs};
 
 /// `orderpipe stock set`: emit `stock_adjusted`, acknowledged by the broker.
 pub async fn stock_set(args: StockSetArgs) -> anyhow::Result<()> {
@@ -73,4 +73,27 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
         report.poison
     );
     Ok(())
+}
+
+/// `orderpipe verify`: prints the audit (table or JSON); `Ok(false)` when an invariant is broken.
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
+    let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
+    let bootstrap = args.connections.kafka_bootstrap.clone();
+    let within = args.read_timeout;
+    let history = tokio::task::spawn_blocking(move || crate::verify::read_history(&bootstrap, &topics, within))
+        .await
+        .context("verify reader panicked")??;
+    let window = crate::verify::Window {
+        from: args.from,
+        to: args.to,
+        settle: args.settle,
+        now: chrono::Utc::now(),
+    };
+    let report = crate::verify::audit(&history, &window);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::verify::render(&report));
+    }
+    Ok(report.ok())
 }

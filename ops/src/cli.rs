@@ -34,6 +34,32 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Run the payment gateway simulator over HTTP (for `--payments-gateway http` in tests and demos).
     GatewaySim(orderpipe_processors::payments::GatewaySimArgs),
+    /// Audit the pipeline's invariants from the topics (read_committed): one terminal state per
+    /// order, nothing held or charged for orders that did not go through, no double charge, one
+    /// notification per outcome, no SKU oversold. Exit 1 on any violation.
+    Verify(VerifyArgs),
+}
+
+/// `orderpipe verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Audit only orders placed at or after this time (RFC 3339).
+    #[arg(long)]
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Audit only orders placed before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<chrono::DateTime<chrono::Utc>>,
+    /// An order younger than this without a terminal state counts as in flight, not as a violation.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Give up reading the topics after this long (an open transaction holds read_committed back).
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
+    /// Print the report as JSON (for machines) instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connections: Connections,
 }
 
 /// `orderpipe rebuild --into KEYSPACE`.

@@ -3,10 +3,12 @@
 //! Layout:
 //! - [`cli`]: the clap command line (flags, environment variables, defaults).
 //! - [`components`]: the pipeline components `orderpipe run` can start.
-//! - [`admin`]: admin commands (`stock set`, `rebuild`, `gateway-sim`).
+//! - [`admin`]: admin commands (`stock set`, `rebuild`, `gateway-sim`, `verify`).
 //! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
+//! - [`verify`]: the invariant audit behind `orderpipe verify` and the end-to-end tests.
 
 pub mod admin;
 pub mod cli;
 pub mod components;
 pub mod run;
+pub mod verify;

@@ -18,6 +18,11 @@ async fn main() -> ExitCode {
         Command::GatewaySim(args) => {
             orderpipe_ops::admin::gateway_sim(args, orderpipe_runtime::shutdown::on_signal()).await
         }
+        Command::Verify(args) => match orderpipe_ops::admin::verify(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(err) => Err(err),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

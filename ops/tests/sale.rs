@@ -62,7 +62,7 @@ async fn hot_sku_sale(mode: ProcessingMode) {
 
     let outcome = collect_outcome(&topics, &acked, SETTLE).await;
     let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
-    assert_invariants(&outcome, &acked, &stock);
+    assert_invariants(&topics, &outcome, &acked, &stock);
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
     let out_of_stock = acked
         .keys()
@@ -141,7 +141,7 @@ async fn multi_sku_sale_with_declines(mode: ProcessingMode) {
     )
     .await;
     let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(&outcome, &acked, &stock);
+    assert_invariants(&topics, &outcome, &acked, &stock);
 
     let declined = acked
         .keys()
@@ -192,7 +192,7 @@ async fn gateway_outage_mid_sale(mode: ProcessingMode) {
     let acked = sale.await.unwrap();
 
     let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(&outcome, &acked, &stock);
+    assert_invariants(&topics, &outcome, &acked, &stock);
     assert_gateway_ledger(&gateway, &outcome, &acked);
     let timed_out = acked
         .keys()
@@ -316,7 +316,7 @@ async fn processors_killed_mid_sale_keep_every_invariant(mode: ProcessingMode) {
 
     let outcome = collect_outcome(&topics, &acked, SETTLE).await;
     let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
-    assert_invariants(&outcome, &acked, &stock);
+    assert_invariants(&topics, &outcome, &acked, &stock);
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
     assert_eq!(outcome.levels["HOT-1"].sold, confirmed as u64, "{mode}");
     assert_gateway_ledger(&gateway, &outcome, &acked);
@@ -355,7 +355,7 @@ async fn second_processors_process_joins_and_leaves_mid_sale(mode: ProcessingMod
     let acked = sale.await.unwrap();
 
     let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(&outcome, &acked, &stock);
+    assert_invariants(&topics, &outcome, &acked, &stock);
     assert_gateway_ledger(&gateway, &outcome, &acked);
     first.stop();
     ingest.stop();
@@ -453,6 +453,7 @@ async fn views_agree_with_the_topics_after_a_flash_sale() {
     .await;
     let outcome = collect_outcome(&topics, &acked, SETTLE).await;
     assert_invariants(
+        &topics,
         &outcome,
         &acked,
         &BTreeMap::from([("HOT-1".to_string(), 100)]),

@@ -136,24 +136,37 @@ pub(crate) fn restore_consumer_config(
     with_options(client, config)
 }
 
-/// Partition count of `topic`, or `None` if it does not exist.
+/// Partition count of `topic`, or `None` if it does not exist. A topic created a moment ago may
+/// not be in every broker's metadata yet (Apache Kafka answers CreateTopics once the controller
+/// has it; brokers learn of it shortly after): an unknown topic is asked about again for up to
+/// `TOPIC_VISIBLE_WAIT` before it counts as missing.
 pub(crate) fn partition_count<C: rdkafka::consumer::ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
 ) -> Result<Option<i32>, Error> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), SETUP_TIMEOUT)
-        .map_err(|source| Error::Kafka {
-            context: "fetching topic metadata",
-            source,
-        })?;
-    Ok(metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len() as i32))
+    let deadline = std::time::Instant::now() + TOPIC_VISIBLE_WAIT;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), SETUP_TIMEOUT)
+            .map_err(|source| Error::Kafka {
+                context: "fetching topic metadata",
+                source,
+            })?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+            .map(|t| t.partitions().len() as i32);
+        if count.is_some() || std::time::Instant::now() >= deadline {
+            return Ok(count);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
+
+/// How long a stage waits for a topic that is not (yet) in the broker's metadata.
+const TOPIC_VISIBLE_WAIT: Duration = Duration::from_secs(10);
 
 /// Creates the stage's `<prefix><stage>.changelog` (compacted) and `<prefix><stage>.dlq` topics
 /// with `partitions` partitions each, unless they exist. The changelog must have as many
