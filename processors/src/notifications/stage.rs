@@ -37,6 +37,7 @@ use uuid::Uuid;
 use super::config::NotificationsArgs;
 use super::sink::{deliver_with_retry, Notification, NotificationSink};
 use crate::payments::{ConfigError, RetryPolicy};
+use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
 use crate::saga::derived_event_id;
 
@@ -276,6 +277,7 @@ impl NotificationsStage {
         retry: RetryPolicy,
     ) -> Self {
         crate::payments::stage::warn_if_current_thread(&handle, Self::NAME);
+        metrics::register_notifications();
         Self {
             topics,
             sink,
@@ -472,6 +474,10 @@ impl Stage for NotificationsStage {
                         for job in group {
                             let delivery =
                                 deliver_with_retry(sink.as_ref(), &job.notification, &retry).await;
+                            metrics::notification_delivery(
+                                delivery.result.is_ok(),
+                                delivery.attempts,
+                            );
                             let outcome = match delivery.result {
                                 Ok(()) => Outcome::Sent {
                                     attempts: delivery.attempts,

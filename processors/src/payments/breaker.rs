@@ -57,9 +57,11 @@ pub struct CircuitBreaker {
 impl CircuitBreaker {
     /// A closed breaker.
     pub fn new(config: BreakerConfig) -> Self {
+        let state = BreakerState::Closed { failures: 0 };
+        crate::metrics::breaker_state(&state);
         Self {
             config,
-            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            state: Mutex::new(state),
         }
     }
 
@@ -79,6 +81,7 @@ impl CircuitBreaker {
         };
         if trial {
             *state = BreakerState::HalfOpen { since: now };
+            crate::metrics::breaker_state(&state);
         }
         trial
     }
@@ -90,7 +93,9 @@ impl CircuitBreaker {
 
     /// The call succeeded (the gateway answered): close.
     pub fn on_success(&self) {
-        *self.lock() = BreakerState::Closed { failures: 0 };
+        let mut state = self.lock();
+        *state = BreakerState::Closed { failures: 0 };
+        crate::metrics::breaker_state(&state);
     }
 
     /// The call failed at `now` (timeout, unreachable, 5xx).
@@ -112,6 +117,7 @@ impl CircuitBreaker {
             // A call admitted before the circuit opened failed late: stay open as is.
             BreakerState::Open { until } => BreakerState::Open { until },
         };
+        crate::metrics::breaker_state(&state);
     }
 
     /// [`Self::on_failure_at`] now.

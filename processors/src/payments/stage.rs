@@ -32,6 +32,7 @@ use uuid::Uuid;
 use super::config::{ConfigError, PaymentsArgs};
 use super::gateway::{ChargeOutcome, GatewayError, PaymentGateway, Refund};
 use super::{GATEWAY_ERROR_REASON, GATEWAY_TIMEOUT_REASON};
+use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
 use crate::saga::derived_event_id;
 
@@ -175,6 +176,7 @@ impl PaymentsStage {
     /// `Handle::block_on`, which cannot drive a current-thread runtime's timers and IO.
     pub fn new(topics: Topics, gateway: Arc<dyn PaymentGateway>, handle: Handle) -> Self {
         warn_if_current_thread(&handle, Self::NAME);
+        metrics::register_payments();
         Self {
             topics,
             gateway,
@@ -378,16 +380,22 @@ async fn attempt(
                 .await;
             let answer = match result {
                 Ok(charge) => match charge.outcome {
-                    ChargeOutcome::Settled => OrderEvent::PaymentSettled(PaymentSettled {
-                        amount_minor: request.amount_minor,
-                        currency: request.currency.clone(),
-                        charge_id: charge.charge_id,
-                    }),
+                    ChargeOutcome::Settled => {
+                        metrics::payment_charge("settled");
+                        OrderEvent::PaymentSettled(PaymentSettled {
+                            amount_minor: request.amount_minor,
+                            currency: request.currency.clone(),
+                            charge_id: charge.charge_id,
+                        })
+                    }
                     ChargeOutcome::Declined { reason } => {
+                        metrics::payment_charge("declined");
+                        metrics::payment_decline(&reason);
                         OrderEvent::PaymentDeclined(PaymentDeclined { reason })
                     }
                 },
                 Err(err) if is_transient(&err) && now < give_up_at => {
+                    metrics::payment_charge("unavailable");
                     tracing::warn!(%order_id, error = %err, failures = failures + 1,
                         "gateway unavailable; the charge stays pending and is retried");
                     let op = PendingOp::Charge {
@@ -399,6 +407,8 @@ async fn attempt(
                 }
                 Err(err) => {
                     let reason = declined_reason(&err);
+                    metrics::payment_charge("declined");
+                    metrics::payment_decline(reason);
                     tracing::warn!(%order_id, error = %err, reason,
                         "gateway call failed for good; declining the payment");
                     OrderEvent::PaymentDeclined(PaymentDeclined {
@@ -417,6 +427,7 @@ async fn attempt(
                 currency,
                 refund_id,
             }) => {
+                metrics::payment_refund("refunded");
                 tracing::info!(%order_id, %refund_id, "charge of a rejected or cancelled order refunded");
                 let refunded = OrderEvent::Refunded(Refunded {
                     amount_minor,
@@ -427,8 +438,12 @@ async fn attempt(
                     None,
                 )
             }
-            Ok(Refund::NoCharge) => (vec![Step::Done], None),
+            Ok(Refund::NoCharge) => {
+                metrics::payment_refund("no_charge");
+                (vec![Step::Done], None)
+            }
             Err(err) => {
+                metrics::payment_refund("failed");
                 // Never given up: a rejected or cancelled order must end holding no charge.
                 tracing::warn!(%order_id, error = %err, failures = failures + 1,
                     "refund failed; it stays pending and is retried");
@@ -587,5 +602,6 @@ impl Stage for PaymentsStage {
         for (partition, order_id, steps) in self.retry_due(now) {
             self.apply(partition, order_id, steps, now, out);
         }
+        metrics::payments_pending(self.pending_count());
     }
 }

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use super::config::SagaArgs;
 use super::decide::{
-    after, deadline, deadline_outputs, decide, decide_timeout, OutputEnvelope, TimedOut,
+    after, deadline, deadline_outputs, decide, decide_timeout, Output, OutputEnvelope, TimedOut,
     Timeouts, Verdict,
 };
 use super::state::OrderState;
@@ -79,6 +79,7 @@ impl SagaStage {
     /// A saga stage reading and writing `topics`, with the default deadlines and retention.
     pub fn new(topics: Topics) -> Self {
         let args = SagaArgs::default();
+        crate::metrics::register_saga();
         Self {
             topics,
             timeouts: args.timeouts(),
@@ -212,6 +213,12 @@ impl SagaStage {
             };
             tracing::info!(%order_id, phase = state.phase_name(), deadline = %timed_out.at,
                 "saga: phase deadline passed; rejecting the order");
+            crate::metrics::saga_deadline(state.phase_name());
+            for output in &timed_out.decision.outputs {
+                if let Output::Order(event) = output {
+                    crate::metrics::saga_terminal(event);
+                }
+            }
             let correlation_id = state.correlation_id;
             let new_state = timed_out.decision.new_state.clone();
             self.emit_deadline(order_id, correlation_id, timed_out, out);
@@ -292,9 +299,15 @@ impl SagaStage {
             .as_ref()
             .or_else(|| orders.get(&event.order_id))
             .map_or(event.correlation_id, |s| s.correlation_id);
+        let applied = matches!(decision.verdict, Verdict::Applied);
         for (index, output) in (0u32..).zip(decision.outputs) {
             match output.into_envelope(event.order_id, &event, correlation_id, index) {
-                OutputEnvelope::Order(e) => out.emit_order(&self.topics.orders, &e),
+                OutputEnvelope::Order(e) => {
+                    if applied {
+                        crate::metrics::saga_terminal(&e.event);
+                    }
+                    out.emit_order(&self.topics.orders, &e)
+                }
                 OutputEnvelope::Stock(e) => out.emit_stock(&self.topics.stock, &e),
             }
         }

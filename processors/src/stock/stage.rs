@@ -334,9 +334,11 @@ impl Stage for StockStage {
             let Some(state) = self.partitions.get(&partition).and_then(|s| s.get(&sku)) else {
                 continue;
             };
+            let snapshot = state.levels();
+            metrics::stock_levels(&sku, &snapshot);
             let levels = StockEnvelope::new(
                 sku,
-                StockEvent::StockLevels(state.levels()),
+                StockEvent::StockLevels(snapshot),
                 Some(causation),
                 correlation,
             );
