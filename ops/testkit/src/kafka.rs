@@ -114,6 +114,7 @@ impl TestTopics {
             }
         }
         self.created.push(name.clone());
+        wait_until_served(&name, partitions).await?;
         Ok(name)
     }
 
@@ -144,8 +145,49 @@ impl Drop for TestTopics {
     }
 }
 
-/// Commit-free helper: the high watermark (end offset) of a partition.
+/// Waits until the broker's metadata lists every partition of `topic` with a leader. Apache
+/// Kafka answers CreateTopics once the controller has the topic; brokers serve it (and answer
+/// offset or produce requests for it) a moment later, with NotLeaderForPartition until then.
+pub async fn wait_until_served(topic: &str, partitions: i32) -> anyhow::Result<()> {
+    let consumer: rdkafka::consumer::BaseConsumer = client_config().create()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let served = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics().iter().find(|t| t.name() == topic).map(|t| {
+                    t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                })
+            })
+            .unwrap_or(false);
+        if served {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("topic {topic} not served by the broker 15 s after it was created");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Commit-free helper: the high watermark (end offset) of a partition. Asks again for a few
+/// seconds while the partition has no leader yet (a topic created a moment ago).
 pub fn high_watermark(consumer: &StreamConsumer, topic: &str, partition: i32) -> anyhow::Result<i64> {
-    let (_, high) = consumer.fetch_watermarks(topic, partition, Duration::from_secs(5))?;
-    Ok(high)
+    use rdkafka::error::RDKafkaErrorCode::{LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
+            Ok((_, high)) => return Ok(high),
+            Err(err)
+                if matches!(err.rdkafka_error_code(), Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition))
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
