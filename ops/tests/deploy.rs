@@ -231,7 +231,8 @@ async fn every_metric_of_the_dashboard_and_the_alerts_appears_in_a_live_scrape()
     // The new series carry the labels the panels group by.
     for series in [
         "orderpipe_saga_terminals_total{outcome=\"confirmed\"",
-        "orderpipe_saga_terminals_total{outcome=\"rejected\",reason=\"out_of_stock\"}",
+        // Which rejections happen depends on timing (declines release stock).
+        "orderpipe_saga_terminals_total{outcome=\"rejected\",reason=",
         "orderpipe_payments_declines_total{reason=",
         "orderpipe_stock_units{sku=\"DASH-1\",state=\"sold\"}",
         "orderpipe_processor_dead_letters_total{stage=\"saga\"",
