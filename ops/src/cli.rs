@@ -38,6 +38,89 @@ pub enum Command {
     /// order, nothing held or charged for orders that did not go through, no double charge, one
     /// notification per outcome, no SKU oversold. Exit 1 on any violation.
     Verify(VerifyArgs),
+    /// Dead letters of a stage: list them, show one (headers and the original event decoded),
+    /// redrive chosen ones to the stage's input exactly once (a second redrive is refused).
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+/// `orderpipe dlq ...`.
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// One line per dead letter of the stage: id, time, reason, source, whether redriven.
+    List(DlqSelect),
+    /// Each chosen letter (`--id`, default all) in full: headers, key, the original bytes
+    /// decoded as an event (or why they do not decode).
+    Show(DlqSelect),
+    /// Send chosen letters back to their source topic (the stage's input) with their original
+    /// key and bytes, in one Kafka transaction with a marker in `<stage>.dlq.redriven`: each
+    /// letter at most once. `--all` redrives every letter not yet redriven and asks first
+    /// (or needs `--yes`).
+    Redrive(DlqRedriveArgs),
+}
+
+/// A stage whose dead letters `orderpipe dlq` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DlqStage {
+    /// `stock.dlq`.
+    Stock,
+    /// `payments.dlq`.
+    Payments,
+    /// `saga.dlq`.
+    Saga,
+    /// `notifications.dlq`.
+    Notifications,
+    /// `projections.dlq` (undecodable events the projectors skipped).
+    Projections,
+}
+
+impl DlqStage {
+    /// The stage name in topic names.
+    pub fn name(self) -> &'static str {
+        match self {
+            DlqStage::Stock => "stock",
+            DlqStage::Payments => "payments",
+            DlqStage::Saga => "saga",
+            DlqStage::Notifications => "notifications",
+            DlqStage::Projections => "projections",
+        }
+    }
+}
+
+/// Which letters of which stage.
+#[derive(Debug, Args)]
+pub struct DlqSelect {
+    /// The stage.
+    #[arg(long, env = "ORDERPIPE_DLQ_STAGE", value_enum)]
+    pub stage: DlqStage,
+    /// A letter, as `PARTITION/OFFSET` in `<stage>.dlq` (the `id` column of `dlq list`);
+    /// repeatable or comma-separated.
+    #[arg(long = "id", value_delimiter = ',', conflicts_with = "all")]
+    pub ids: Vec<crate::dlq::LetterId>,
+    /// Every letter of the stage (for `redrive`: every letter not yet redriven).
+    #[arg(long)]
+    pub all: bool,
+    /// Print JSON instead of text (`list`, `show`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connections: Connections,
+}
+
+/// `orderpipe dlq redrive`.
+#[derive(Debug, Args)]
+pub struct DlqRedriveArgs {
+    #[command(flatten)]
+    pub select: DlqSelect,
+    /// Show what would be sent, send nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask before a bulk (`--all`) redrive.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Replication factor of `<stage>.dlq.redriven` when the first redrive creates it.
+    #[arg(long, env = "ORDERPIPE_DLQ_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
 }
 
 /// `orderpipe verify`.

@@ -5,10 +5,12 @@
 //! - [`components`]: the pipeline components `orderpipe run` can start.
 //! - [`admin`]: admin commands (`stock set`, `rebuild`, `gateway-sim`, `verify`).
 //! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
+//! - [`dlq`]: `orderpipe dlq list|show|redrive` (dead letters, redrive exactly once).
 //! - [`verify`]: the invariant audit behind `orderpipe verify` and the end-to-end tests.
 
 pub mod admin;
 pub mod cli;
 pub mod components;
+pub mod dlq;
 pub mod run;
 pub mod verify;

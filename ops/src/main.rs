@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(err) => Err(err),
         },
+        Command::Dlq(command) => orderpipe_ops::dlq::dlq(command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,599 @@
+//! `orderpipe dlq list|show|redrive`: read a stage's dead letters and send chosen ones back to
+//! the stage's input, exactly once.
+//!
+//! A letter is named by its place in `<prefix><stage>.dlq`: `PARTITION/OFFSET` (e.g. `0/12`).
+//! A redrive re-produces the letter's original key and bytes to its source topic (the stage's
+//! input, from the `orderpipe.dlq.source.topic` header) and, in the same Kafka transaction, writes
+//! a marker keyed by the letter's id to the compacted `<prefix><stage>.dlq.redriven` topic. The
+//! redriver's `transactional.id` is one per stage, and the markers are read only after
+//! `init_transactions` (which fences any concurrent redriver of the same stage and completes its
+//! open transaction): a letter is redriven at most once, and a redrive that reports success was
+//! committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use orderpipe_schemas::{NotificationEnvelope, OrderEnvelope, StockEnvelope, Topics};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::cli::DlqCommand;
+
+/// Header on a redriven record: the id of the letter it came from.
+pub const REDRIVE_HEADER: &str = "orderpipe.dlq.redriven_from";
+/// How long reading a topic to its end may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Timeout of the transactional calls.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Topic of the redrive markers of a stage: `<prefix><stage>.dlq.redriven` (compacted).
+pub fn redriven_topic(topics: &Topics, stage: &str) -> String {
+    format!("{}.redriven", topics.dlq(stage))
+}
+
+/// A letter's place in its dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct LetterId {
+    /// Partition of the dead-letter topic.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+}
+
+impl std::fmt::Display for LetterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.partition, self.offset)
+    }
+}
+
+impl std::str::FromStr for LetterId {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (p, o) = s
+            .split_once(['/', ':'])
+            .ok_or_else(|| format!("letter id {s:?}: expected PARTITION/OFFSET, e.g. 0/12"))?;
+        Ok(Self {
+            partition: p.trim().parse().map_err(|e| format!("letter id {s:?}: partition: {e}"))?,
+            offset: o.trim().parse().map_err(|e| format!("letter id {s:?}: offset: {e}"))?,
+        })
+    }
+}
+
+/// One dead letter, as read from `<prefix><stage>.dlq`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Letter {
+    /// Its place in the dead-letter topic.
+    pub id: LetterId,
+    /// When it was dead-lettered (record timestamp, ms since the epoch).
+    pub timestamp_ms: Option<i64>,
+    /// `orderpipe.dlq.reason`.
+    pub reason: String,
+    /// `orderpipe.dlq.detail`.
+    pub detail: String,
+    /// `orderpipe.dlq.stage`.
+    pub stage: String,
+    /// Where the original record was: topic, partition, offset.
+    pub source_topic: String,
+    /// Source partition (`-1` when the header is missing).
+    pub source_partition: i32,
+    /// Source offset (`-1` when the header is missing).
+    pub source_offset: i64,
+    /// Original key.
+    #[serde(skip)]
+    pub key: Option<Vec<u8>>,
+    /// Original value.
+    #[serde(skip)]
+    pub payload: Option<Vec<u8>>,
+    /// The redrive marker, when it was redriven already.
+    pub redriven: Option<serde_json::Value>,
+}
+
+impl Letter {
+    fn from_message(message: &OwnedMessage) -> Self {
+        let mut headers: HashMap<String, String> = HashMap::new();
+        if let Some(h) = message.headers() {
+            for header in h.iter() {
+                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                headers.insert(header.key.to_owned(), value.unwrap_or_default());
+            }
+        }
+        let get = |k: &str| headers.get(k).cloned().unwrap_or_default();
+        Self {
+            id: LetterId {
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            timestamp_ms: message.timestamp().to_millis(),
+            reason: get("orderpipe.dlq.reason"),
+            detail: get("orderpipe.dlq.detail"),
+            stage: get("orderpipe.dlq.stage"),
+            source_topic: get("orderpipe.dlq.source.topic"),
+            source_partition: get("orderpipe.dlq.source.partition").parse().unwrap_or(-1),
+            source_offset: get("orderpipe.dlq.source.offset").parse().unwrap_or(-1),
+            key: message.key().map(<[u8]>::to_vec),
+            payload: message.payload().map(<[u8]>::to_vec),
+            redriven: None,
+        }
+    }
+
+    /// The original bytes decoded as the event of their source topic: the event as JSON, or why
+    /// it does not decode.
+    pub fn decoded(&self, topics: &Topics) -> Result<serde_json::Value, String> {
+        let bytes = self.payload.as_deref().ok_or("no value (tombstone)")?;
+        let value = if self.source_topic == topics.orders {
+            OrderEnvelope::decode(bytes).map(|e| serde_json::to_value(e))
+        } else if self.source_topic == topics.stock {
+            StockEnvelope::decode(bytes).map(|e| serde_json::to_value(e))
+        } else if self.source_topic == topics.notifications {
+            NotificationEnvelope::decode(bytes).map(|e| serde_json::to_value(e))
+        } else {
+            return Err(format!("unknown source topic {:?}", self.source_topic));
+        };
+        match value {
+            Ok(json) => json.map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+}
+
+/// Marker key of a letter: `<dlq topic>/<partition>/<offset>`.
+fn marker_key(dlq_topic: &str, id: LetterId) -> String {
+    format!("{dlq_topic}/{id}")
+}
+
+/// Every committed record of `topic` up to its end when called (read_committed, manual
+/// assignment: no group is joined or moved). A missing topic reads as empty.
+pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("orderpipe-dlq-{}", Uuid::new_v4().simple()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("fetch.wait.max.ms", "50")
+        .create()
+        .context("creating a consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let mut assignment = TopicPartitionList::new();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for t in metadata.topics() {
+        if t.error().is_some() {
+            return Ok(Vec::new());
+        }
+        for partition in t.partitions() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
+                .with_context(|| format!("end offset of {topic}/{}", partition.id()))?;
+            if high > 0 {
+                assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
+                ends.insert(partition.id(), high);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&assignment)?;
+    let deadline = Instant::now() + READ_TIMEOUT;
+    loop {
+        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+            let message = message.with_context(|| format!("reading {topic}"))?;
+            out.push(message.detach());
+        }
+        // Positions move past transaction markers too, so compare positions with the ends.
+        let positions = consumer.position()?;
+        let done = positions.elements().iter().all(|e| match e.offset() {
+            Offset::Offset(position) => ends.get(&e.partition()).is_none_or(|end| position >= *end),
+            _ => false,
+        });
+        if done {
+            return Ok(out);
+        }
+        if Instant::now() > deadline {
+            bail!("reading {topic} did not reach its end within {READ_TIMEOUT:?} (an open transaction?)");
+        }
+    }
+}
+
+/// The stage's letters, oldest first per partition, each with its redrive marker if any.
+pub fn read_letters(bootstrap: &str, topics: &Topics, stage: &str) -> anyhow::Result<Vec<Letter>> {
+    let dlq_topic = topics.dlq(stage);
+    let markers: HashMap<String, serde_json::Value> =
+        read_topic(bootstrap, &redriven_topic(topics, stage))?
+            .iter()
+            .filter_map(|m| {
+                let key = String::from_utf8_lossy(m.key()?).into_owned();
+                let value = serde_json::from_slice(m.payload()?).ok()?;
+                Some((key, value))
+            })
+            .collect();
+    let mut letters: Vec<Letter> = read_topic(bootstrap, &dlq_topic)?
+        .iter()
+        .map(Letter::from_message)
+        .collect();
+    for letter in &mut letters {
+        letter.redriven = markers.get(&marker_key(&dlq_topic, letter.id)).cloned();
+    }
+    letters.sort_by_key(|l| l.id);
+    Ok(letters)
+}
+
+fn time(ms: Option<i64>) -> String {
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn render_list(stage: &str, letters: &[Letter]) -> String {
+    let mut out = format!(
+        "{:<10} {:<24} {:<22} {:<28} {:<9} detail\n",
+        "id", "dead-lettered at", "reason", "source", "redriven"
+    );
+    for l in letters {
+        let source = format!("{}/{}@{}", l.source_topic, l.source_partition, l.source_offset);
+        let mut detail = l.detail.replace('\n', " ");
+        if detail.len() > 60 {
+            let cut = (0..=60).rev().find(|i| detail.is_char_boundary(*i)).unwrap_or(0);
+            detail.truncate(cut);
+            detail.push('…');
+        }
+        out.push_str(&format!(
+            "{:<10} {:<24} {:<22} {:<28} {:<9} {}\n",
+            l.id.to_string(),
+            time(l.timestamp_ms),
+            l.reason,
+            source,
+            if l.redriven.is_some() { "yes" } else { "no" },
+            detail
+        ));
+    }
+    let waiting = letters.iter().filter(|l| l.redriven.is_none()).count();
+    out.push_str(&format!(
+        "{} dead letters of stage {stage}, {waiting} not redriven\n",
+        letters.len()
+    ));
+    out
+}
+
+fn render_letter(topics: &Topics, l: &Letter) -> String {
+    let mut out = format!(
+        "letter:        {}/{}\nstage:         {}\nreason:        {}\ndetail:        {}\ndead-lettered: {}\nsource:        {} partition {} offset {}\nkey:           {}\nredriven:      {}\n",
+        topics.dlq(if l.stage.is_empty() { "?" } else { &l.stage }),
+        l.id,
+        l.stage,
+        l.reason,
+        l.detail,
+        time(l.timestamp_ms),
+        l.source_topic,
+        l.source_partition,
+        l.source_offset,
+        l.key.as_deref().map_or("-".into(), |k| String::from_utf8_lossy(k).into_owned()),
+        l.redriven.as_ref().map_or("no".into(), |m| m.to_string()),
+    );
+    match l.decoded(topics) {
+        Ok(event) => out.push_str(&format!(
+            "event:\n{}\n",
+            serde_json::to_string_pretty(&event).unwrap_or_default()
+        )),
+        Err(err) => {
+            out.push_str(&format!("event:         does not decode: {err}\nbytes:\n"));
+            let bytes = l.payload.as_deref().unwrap_or_default();
+            match std::str::from_utf8(bytes) {
+                Ok(text) => out.push_str(&format!("{text}\n")),
+                Err(_) => {
+                    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                    out.push_str(&format!("{hex}\n"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `orderpipe dlq ...`.
+pub async fn dlq(command: DlqCommand) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || dlq_blocking(command))
+        .await
+        .context("dlq task panicked")?
+}
+
+fn dlq_blocking(command: DlqCommand) -> anyhow::Result<()> {
+    let (common, command) = match command {
+        DlqCommand::List(a) => (a, Mode::List),
+        DlqCommand::Show(a) => (a, Mode::Show),
+        DlqCommand::Redrive(r) => (
+            r.select,
+            Mode::Redrive {
+                dry_run: r.dry_run,
+                yes: r.yes,
+                replication: r.replication_factor,
+            },
+        ),
+    };
+    let topics = Topics::with_prefix(common.connections.topic_prefix.clone());
+    let bootstrap = common.connections.kafka_bootstrap.clone();
+    let stage = common.stage.name();
+    match command {
+        Mode::List => {
+            let letters = read_letters(&bootstrap, &topics, stage)?;
+            let letters = select(letters, &common.ids, true)?;
+            if common.json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else {
+                print!("{}", render_list(stage, &letters));
+            }
+            Ok(())
+        }
+        Mode::Show => {
+            let letters = read_letters(&bootstrap, &topics, stage)?;
+            let letters = select(letters, &common.ids, common.all || common.ids.is_empty())?;
+            if common.json {
+                let json: Vec<serde_json::Value> = letters
+                    .iter()
+                    .map(|l| {
+                        let mut v = serde_json::to_value(l).unwrap_or_default();
+                        match l.decoded(&topics) {
+                            Ok(event) => v["event"] = event,
+                            Err(err) => v["decode_error"] = err.into(),
+                        }
+                        v["payload_utf8"] = l
+                            .payload
+                            .as_deref()
+                            .map(|b| String::from_utf8_lossy(b).into_owned())
+                            .into();
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            } else {
+                for l in &letters {
+                    println!("{}", render_letter(&topics, l));
+                }
+            }
+            Ok(())
+        }
+        Mode::Redrive {
+            dry_run,
+            yes,
+            replication,
+        } => {
+            if common.ids.is_empty() && !common.all {
+                bail!("redrive needs --id PARTITION/OFFSET (repeatable) or --all");
+            }
+            redrive(&bootstrap, &topics, stage, &common.ids, common.all, dry_run, yes, replication)
+        }
+    }
+}
+
+enum Mode {
+    List,
+    Show,
+    Redrive {
+        dry_run: bool,
+        yes: bool,
+        replication: i32,
+    },
+}
+
+/// The letters named by `ids` (each must exist), or all of them when `ids` is empty and `all`.
+fn select(letters: Vec<Letter>, ids: &[LetterId], all: bool) -> anyhow::Result<Vec<Letter>> {
+    if ids.is_empty() {
+        return Ok(if all { letters } else { Vec::new() });
+    }
+    let mut by_id: HashMap<LetterId, Letter> = letters.into_iter().map(|l| (l.id, l)).collect();
+    ids.iter()
+        .map(|id| {
+            by_id
+                .remove(id)
+                .with_context(|| format!("no dead letter {id} (see `orderpipe dlq list`)"))
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn redrive(
+    bootstrap: &str,
+    topics: &Topics,
+    stage: &str,
+    ids: &[LetterId],
+    all: bool,
+    dry_run: bool,
+    yes: bool,
+    replication: i32,
+) -> anyhow::Result<()> {
+    let dlq_topic = topics.dlq(stage);
+    let marker_topic = redriven_topic(topics, stage);
+    let producer = if dry_run {
+        None
+    } else {
+        ensure_marker_topic(bootstrap, &marker_topic, replication)?;
+        let producer: BaseProducer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set(
+                "transactional.id",
+                format!("{}orderpipe-dlq-redrive-{stage}", topics.prefix()),
+            )
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()
+            .context("creating the redrive producer")?;
+        // Fences any other redriver of this stage and completes its open transaction, so the
+        // markers read below include every redrive that will ever commit before ours.
+        producer
+            .init_transactions(TXN_TIMEOUT)
+            .context("initialising the redrive transaction")?;
+        Some(producer)
+    };
+    let letters = read_letters(bootstrap, topics, stage)?;
+    let chosen = if ids.is_empty() {
+        letters.into_iter().filter(|l| l.redriven.is_none()).collect::<Vec<_>>()
+    } else {
+        let chosen = select(letters, ids, all)?;
+        let done: Vec<String> = chosen
+            .iter()
+            .filter_map(|l| {
+                l.redriven
+                    .as_ref()
+                    .map(|m| format!("{} (redriven at {})", l.id, m["redriven_at"].as_str().unwrap_or("?")))
+            })
+            .collect();
+        if !done.is_empty() {
+            bail!(
+                "refusing to redrive letters of stage {stage} that were already redriven: {}; \
+                 a letter is sent back at most once",
+                done.join(", ")
+            );
+        }
+        chosen
+    };
+    if chosen.is_empty() {
+        println!("nothing to redrive: every dead letter of stage {stage} was redriven already");
+        return Ok(());
+    }
+    for l in &chosen {
+        if l.source_topic.is_empty() {
+            bail!("letter {} has no source topic header: cannot tell where to send it", l.id);
+        }
+    }
+    let verb = if dry_run { "would redrive" } else { "redriving" };
+    for l in &chosen {
+        println!(
+            "{verb} {} ({}) -> {} (originally partition {} offset {}), {} bytes",
+            l.id,
+            l.reason,
+            l.source_topic,
+            l.source_partition,
+            l.source_offset,
+            l.payload.as_ref().map_or(0, Vec::len)
+        );
+    }
+    let Some(producer) = producer else {
+        println!("dry run: {} letters of stage {stage} would be redriven; nothing sent", chosen.len());
+        return Ok(());
+    };
+    if all && !yes && !confirm(&format!("redrive {} letters of stage {stage}?", chosen.len()))? {
+        bail!("not confirmed: nothing redriven (pass --yes to skip the question)");
+    }
+    producer.begin_transaction().context("beginning the redrive transaction")?;
+    let sent = (|| -> anyhow::Result<()> {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for l in &chosen {
+            let id = marker_key(&dlq_topic, l.id);
+            let headers = OwnedHeaders::new().insert(Header {
+                key: REDRIVE_HEADER,
+                value: Some(&id),
+            });
+            let mut record = BaseRecord::<[u8], [u8]>::to(&l.source_topic).headers(headers);
+            if let Some(key) = &l.key {
+                record = record.key(key.as_slice());
+            }
+            if let Some(payload) = &l.payload {
+                record = record.payload(payload.as_slice());
+            }
+            send(&producer, record)?;
+            let marker = serde_json::json!({
+                "letter": id,
+                "reason": l.reason,
+                "to_topic": l.source_topic,
+                "redriven_at": now,
+            })
+            .to_string();
+            send(
+                &producer,
+                BaseRecord::<str, str>::to(&marker_topic).key(&id).payload(&marker),
+            )?;
+        }
+        producer
+            .commit_transaction(TXN_TIMEOUT)
+            .context("committing the redrive transaction")?;
+        Ok(())
+    })();
+    if let Err(err) = sent {
+        let _ = producer.abort_transaction(TXN_TIMEOUT);
+        return Err(err.context("nothing redriven (transaction aborted)"));
+    }
+    println!("redrove {} letters of stage {stage} (marked in {marker_topic})", chosen.len());
+    Ok(())
+}
+
+fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> anyhow::Result<()>
+where
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(50));
+            }
+            Err((err, _)) => return Err(err).context("producing"),
+        }
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        bail!("{question} needs confirmation: pass --yes (stdin is not a terminal)");
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    stdin.lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+}
+
+fn ensure_marker_topic(bootstrap: &str, topic: &str, replication: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .context("creating Kafka admin client")?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
+        .set("cleanup.policy", "compact");
+    let results = futures_lite_block_on(admin.create_topics([&new], &options))
+        .with_context(|| format!("creating {topic}"))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => bail!("creating topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// Runs an admin future from this blocking thread (we are inside `spawn_blocking`).
+fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Handle::current().block_on(future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letter_ids_parse_with_slash_or_colon() {
+        assert_eq!(
+            "3/17".parse::<LetterId>().unwrap(),
+            LetterId { partition: 3, offset: 17 }
+        );
+        assert_eq!("0:5".parse::<LetterId>().unwrap().to_string(), "0/5");
+        assert!("5".parse::<LetterId>().is_err());
+        assert!("a/b".parse::<LetterId>().is_err());
+    }
+}
