@@ -106,8 +106,20 @@ async fn ingest_recovers_by_itself_when_the_broker_comes_back() {
     let topics = Topics::with_prefix("restart.");
     let ingest = TestIngest::start_on(config, &bootstrap, topics.clone()).await;
     let mut conn = ingest.conn();
-    let mut acked = vec![accepted_id(&conn.post_order(&[], &order_body()).await)];
     ingest.wait_ready(200, Duration::from_secs(5)).await;
+    // A broker started a moment ago may still be loading its transaction coordinator, which
+    // hands the idempotent producer its id ("coordinator load in progress"): until then orders
+    // get 503, as they should. Wait for the first acknowledgement (bounded).
+    let warm_up = Instant::now();
+    let mut acked = loop {
+        let reply = conn.post_order(&[], &order_body()).await;
+        if reply.status == 202 {
+            break vec![accepted_id(&reply)];
+        }
+        assert_eq!(reply.status, 503, "{reply:?}");
+        assert!(warm_up.elapsed() < Duration::from_secs(30), "no order acknowledged 30 s after start: {}", broker.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
 
     // When the broker stops
     broker.stop();

@@ -65,8 +65,8 @@ pub struct CqlConfig {
 /// The projector consumers (flags start with `--projections-`).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ProjectorConfig {
-    /// Consumer group prefix: the orders projector uses `<group>.orders`, the stock projector
-    /// `<group>.stock`.
+    /// Consumer group name: the orders projector uses `<topic prefix><group>.orders`, the stock
+    /// projector `<topic prefix><group>.stock`.
     #[arg(
         long = "projections-group",
         env = "ORDERPIPE_PROJECTIONS_GROUP",

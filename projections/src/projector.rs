@@ -603,7 +603,9 @@ fn live_consumer(
         .set("bootstrap.servers", bootstrap)
         .set(
             "group.id",
-            format!("{}.{}", config.projector.group, kind.name()),
+            // Behind the topic prefix, as the stages' groups are: pipelines sharing a cluster
+            // under different prefixes must not share (and split) one projector group.
+            format!("{}{}.{}", topics.prefix(), config.projector.group, kind.name()),
         )
         .set(
             "group.instance.id",
