@@ -108,6 +108,17 @@ pub async fn run_query(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     config.check().map_err(Error::Config)?;
+    // Not ready until it serves: the process's /readyz must not send traffic to a query API that
+    // still waits for the views' schema (slow on a fresh Cassandra or ScyllaDB keyspace).
+    let listening = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = listening.clone();
+    readiness.add("query", move || {
+        if flag.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("waiting for the views' schema".into())
+        }
+    });
     let session = connect(nodes, &config.cql).await?;
     let mut backoff = Duration::from_millis(200);
     let api = loop {
@@ -125,6 +136,7 @@ pub async fn run_query(
     };
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "query API listening");
+    listening.store(true, Ordering::Relaxed);
     serve(listener, api, readiness, shutdown).await
 }
 

@@ -177,13 +177,16 @@ pub async fn run_sale(
     let next = Arc::new(AtomicUsize::new(0));
     let acked = Arc::new(Mutex::new(HashMap::new()));
     let after_each = Arc::new(after_each);
+    // Keys unique to this sale: a test may run several sales against one ingest.
+    let sale = Arc::new(orderpipe_testkit::unique_suffix());
     let mut tasks = Vec::new();
     for client in 0..clients {
-        let (orders, next, acked, after_each) = (
+        let (orders, next, acked, after_each, sale) = (
             orders.clone(),
             next.clone(),
             acked.clone(),
             after_each.clone(),
+            sale.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut conn = Conn::new(ingest);
@@ -191,7 +194,7 @@ pub async fn run_sale(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(lines) = orders.get(i) else { break };
                 let body = order_body(&format!("customer-{}", i % 997), lines);
-                let key = format!("sale-{i}");
+                let key = format!("sale-{sale}-{i}");
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let order_id = loop {
                     let reply = conn.post_order(&[("idempotency-key", &key)], &body).await;
