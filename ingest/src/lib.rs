@@ -62,6 +62,7 @@ pub mod idempotency_store;
 pub mod kafka;
 pub mod metrics;
 pub mod ratelimit;
+mod serve;
 pub mod server;
 
 use std::net::SocketAddr;

@@ -175,13 +175,10 @@ impl Server {
         }
 
         tracing::info!(%addr, "ingest listening");
-        let served = axum::serve(
-            self.listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
-        .context("serving HTTP");
+        // Not axum::serve: it sets no deadline on the request head (see serve.rs).
+        let served = crate::serve::serve(self.listener, router, self.request_timeout, shutdown)
+            .await
+            .context("serving HTTP");
 
         background.cancel();
         while tasks.join_next().await.is_some() {}
