@@ -112,6 +112,9 @@ struct SaleArgs {
     /// Soak: seconds per reported interval.
     #[arg(long, default_value_t = 60)]
     interval: u64,
+    /// Log filter of the pipeline's processes (`info` logs every order: ~1 GB per hour of sale).
+    #[arg(long, default_value = "warn")]
+    log: String,
     /// Keep the private testbed's directory (logs) after the run.
     #[arg(long)]
     keep: bool,
@@ -254,6 +257,7 @@ struct Procs {
     gateway: SocketAddr,
     webhook: SocketAddr,
     secret: String,
+    log_filter: String,
     children: Mutex<HashMap<Comp, Child>>,
 }
 
@@ -316,7 +320,7 @@ impl Procs {
             .open(self.logs.join(format!("{}.log", comp.name())))?;
         let child = Command::new(&self.bin)
             .args(self.args(comp))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.log_filter)
             // The webhook secret goes by environment, never on a command line.
             .env("ORDERPIPE_NOTIFICATIONS_WEBHOOK_SECRET", &self.secret)
             .stdin(Stdio::null())
@@ -655,6 +659,7 @@ struct Counts {
     orders_abandoned: u64,
     same_key_two_ids: u64,
     processes_panicked: usize,
+    secrets_in_logs_or_metrics: usize,
     fault_errors: usize,
 }
 
@@ -678,6 +683,7 @@ impl Counts {
             ("orders abandoned by clients (no 202 in 120 s)", self.orders_abandoned),
             ("same key acknowledged under two ids", self.same_key_two_ids),
             ("processes that panicked (logs)", self.processes_panicked as u64),
+            ("secrets (payment token, webhook secret) in logs or metrics", self.secrets_in_logs_or_metrics as u64),
             ("faults that could not be applied", self.fault_errors as u64),
         ]
     }
@@ -813,6 +819,7 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         gateway: gateway_addr,
         webhook: webhook_addr,
         secret,
+        log_filter: args.log.clone(),
         children: Mutex::default(),
     };
 
@@ -1097,6 +1104,21 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         Some(format!("{}: {line}", c.name()))
     }).collect();
     counts.processes_panicked = panics.len();
+    // Secrets: the payment token every order carries and the webhook secret never appear in a
+    // process's log or metrics.
+    let mut leaks = Vec::new();
+    for comp in Comp::ALL {
+        let log = std::fs::read_to_string(procs.logs.join(format!("{}.log", comp.name()))).unwrap_or_default();
+        let metrics = http::request(procs.admin[&comp], "GET", "/metrics", &[], None, Duration::from_secs(5)).await.map(|r| r.body).unwrap_or_default();
+        for (what, text) in [("log", &log), ("metrics", &metrics)] {
+            for secret in ["tok_chaos_secret_4242", procs.secret.as_str()] {
+                if text.contains(secret) {
+                    leaks.push(format!("{} {what} holds {secret:.12}...", comp.name()));
+                }
+            }
+        }
+    }
+    counts.secrets_in_logs_or_metrics = leaks.len();
     let done = std::mem::take(&mut *done.lock().unwrap());
     counts.fault_errors = done.errors.len();
 
@@ -1136,6 +1158,9 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     }
     for line in &done.errors {
         println!("  fault: {line}");
+    }
+    for line in &leaks {
+        println!("  leak: {line}");
     }
     for line in &panics {
         println!("  panic: {line}");
