@@ -42,6 +42,48 @@ pub enum Command {
     /// redrive chosen ones to the stage's input exactly once (a second redrive is refused).
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Consumer lag per group and partition, for every stage and both projectors: committed
+    /// offset vs end offset, and the age of the oldest unprocessed record.
+    Lag(LagArgs),
+    /// The pipeline's topics: create them from the topic plan, or compare the cluster with it.
+    #[command(subcommand)]
+    Topics(TopicsCommand),
+}
+
+/// `orderpipe lag`.
+#[derive(Debug, Args)]
+pub struct LagArgs {
+    /// Consumer group prefix of the projectors (`<group>.orders`, `<group>.stock`).
+    #[arg(long, env = "ORDERPIPE_PROJECTIONS_GROUP", default_value = "orderpipe-projections")]
+    pub projections_group: String,
+    /// Print JSON (one object per group and partition) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connections: Connections,
+}
+
+/// `orderpipe topics ...`.
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Create every planned topic that is missing (idempotent: existing topics are left alone).
+    Create(TopicsArgs),
+    /// Each planned topic's partitions, replication and cleanup.policy on the cluster, and its
+    /// drift from the plan (missing, fewer partitions, less replication, wrong cleanup policy).
+    /// Exit 1 on any drift.
+    Describe(TopicsArgs),
+}
+
+/// The topic plan's inputs: prefix, partitions, replication (the `--ingest-*` flags `run` uses).
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// Print JSON instead of the table (`describe`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connections: Connections,
+    #[command(flatten)]
+    pub ingest: orderpipe_ingest::Config,
 }
 
 /// `orderpipe dlq ...`.
@@ -162,6 +204,41 @@ pub struct RebuildArgs {
 pub enum StockCommand {
     /// Set the available units of a SKU (emits `stock_adjusted`; the stock stage applies it).
     Set(StockSetArgs),
+    /// Add (or with a negative DELTA remove) available units of a SKU (emits `stock_adjusted`;
+    /// available units never go below 0).
+    Adjust(StockAdjustArgs),
+    /// A SKU's stock as the query view has it (read from the CQL cluster, as
+    /// `GET /v1/stock/{sku}` would answer; no running service needed).
+    Show(StockShowArgs),
+}
+
+/// `orderpipe stock adjust SKU DELTA [--limit N]`.
+#[derive(Debug, Args)]
+pub struct StockAdjustArgs {
+    /// The SKU.
+    pub sku: String,
+    /// Units to add (e.g. `5`) or remove (e.g. `-5`).
+    #[arg(allow_negative_numbers = true)]
+    pub delta: i64,
+    /// Most units one customer may buy of this SKU (no flag: no limit).
+    #[arg(long)]
+    pub limit: Option<u32>,
+    #[command(flatten)]
+    pub connections: Connections,
+}
+
+/// `orderpipe stock show SKU`.
+#[derive(Debug, Args)]
+pub struct StockShowArgs {
+    /// The SKU.
+    pub sku: String,
+    /// Print the view as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub connections: Connections,
+    #[command(flatten)]
+    pub projections: orderpipe_projections::Config,
 }
 
 /// `orderpipe stock set SKU QTY [--limit N]`.

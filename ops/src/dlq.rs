@@ -173,9 +173,7 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessa
             return Ok(Vec::new());
         }
         for partition in t.partitions() {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                .with_context(|| format!("end offset of {topic}/{}", partition.id()))?;
+            let (_, high) = crate::lag::watermarks(&consumer, topic, partition.id())?;
             if high > 0 {
                 assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
                 ends.insert(partition.id(), high);

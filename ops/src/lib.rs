@@ -6,11 +6,17 @@
 //! - [`admin`]: admin commands (`stock set`, `rebuild`, `gateway-sim`, `verify`).
 //! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
 //! - [`dlq`]: `orderpipe dlq list|show|redrive` (dead letters, redrive exactly once).
+//! - [`lag`]: `orderpipe lag` (committed vs end offsets, age of the oldest unprocessed record).
+//! - [`topics`]: `orderpipe topics create|describe` (the topic plan and its drift).
+//! - [`stock`]: `orderpipe stock adjust|show`.
 //! - [`verify`]: the invariant audit behind `orderpipe verify` and the end-to-end tests.
 
 pub mod admin;
 pub mod cli;
 pub mod components;
 pub mod dlq;
+pub mod lag;
 pub mod run;
+pub mod stock;
+pub mod topics;
 pub mod verify;

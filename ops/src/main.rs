@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orderpipe_ops::cli::{Cli, Command, StockCommand};
+use orderpipe_ops::cli::{Cli, Command, StockCommand, TopicsCommand};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,6 +24,17 @@ async fn main() -> ExitCode {
             Err(err) => Err(err),
         },
         Command::Dlq(command) => orderpipe_ops::dlq::dlq(command).await,
+        Command::Lag(args) => orderpipe_ops::lag::lag(args).await,
+        Command::Topics(TopicsCommand::Create(args)) => orderpipe_ops::topics::create(args).await,
+        Command::Topics(TopicsCommand::Describe(args)) => {
+            match orderpipe_ops::topics::describe_command(args).await {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(err) => Err(err),
+            }
+        }
+        Command::Stock(StockCommand::Adjust(args)) => orderpipe_ops::stock::adjust(args).await,
+        Command::Stock(StockCommand::Show(args)) => orderpipe_ops::stock::show(args).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

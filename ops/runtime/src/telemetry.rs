@@ -9,5 +9,7 @@ pub fn init(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
+        // stdout is for command output (`--json` reports must parse); logs go to stderr.
+        .with_writer(std::io::stderr)
         .try_init();
 }

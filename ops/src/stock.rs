@@ -1,0 +1,92 @@
+//! `orderpipe stock adjust|show`: change a SKU's available units by a delta (the stock stage
+//! applies it), and read the stock view the query API serves.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use orderpipe_schemas::{StockAdjustment, Topics};
+use tower::ServiceExt;
+
+use crate::cli::{StockAdjustArgs, StockShowArgs};
+
+/// `orderpipe stock adjust SKU DELTA`: emit `stock_adjusted` (delta), acknowledged by the broker.
+pub async fn adjust(args: StockAdjustArgs) -> anyhow::Result<()> {
+    let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
+    let event_id = orderpipe_processors::stock::set_stock(
+        &args.connections.kafka_bootstrap,
+        &topics,
+        &args.sku,
+        StockAdjustment::Delta { delta: args.delta },
+        args.limit,
+    )
+    .await
+    .with_context(|| format!("adjusting stock of {}", args.sku))?;
+    println!("{}: {:+} units (event {event_id})", args.sku, args.delta);
+    Ok(())
+}
+
+/// The stock view of a SKU, as `GET /v1/stock/{sku}` answers it: (HTTP status, JSON body).
+/// Served in-process by the query API's own handler over a CQL session: no running service needed.
+pub async fn view(
+    nodes: &[String],
+    config: &orderpipe_projections::Config,
+    sku: &str,
+) -> anyhow::Result<(u16, serde_json::Value)> {
+    let session = orderpipe_projections::connect(nodes, &config.cql)
+        .await
+        .context("connecting to the CQL cluster")?;
+    let api = orderpipe_projections::QueryApi::new(Arc::clone(&session), config)
+        .await
+        .with_context(|| format!("preparing the reads of keyspace {}", config.cql.keyspace))?;
+    let router = api.router(
+        orderpipe_runtime::health::Readiness::new(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let path: String = format!("/v1/stock/{}", percent_encode(sku));
+    let request = axum::http::Request::get(path)
+        .body(axum::body::Body::empty())
+        .context("building the request")?;
+    let response = router.oneshot(request).await.context("reading the stock view")?;
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .context("reading the answer")?;
+    let json = serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
+    Ok((status, json))
+}
+
+fn percent_encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `orderpipe stock show SKU`.
+pub async fn show(args: StockShowArgs) -> anyhow::Result<()> {
+    let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
+    let (status, body) = view(&nodes, &args.projections, &args.sku).await?;
+    if status != 200 {
+        let detail = body["detail"].as_str().map_or_else(|| body.to_string(), str::to_owned);
+        anyhow::bail!("stock of {}: {detail} (HTTP {status})", args.sku);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+    } else {
+        let limit = body["per_customer_limit"]
+            .as_i64()
+            .map_or("no limit".to_string(), |l| format!("limit {l} per customer"));
+        println!(
+            "{}: available {}, reserved {}, sold {}, {limit} (view updated {})",
+            args.sku,
+            body["available"],
+            body["reserved"],
+            body["sold"],
+            body["updated_at"].as_str().unwrap_or("-")
+        );
+    }
+    Ok(())
+}
