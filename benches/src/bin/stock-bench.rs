@@ -15,8 +15,9 @@
 //!   transactions, no decoding, offsets committed once at the end): what the broker and client
 //!   allow for a consume-transform-produce stage on this machine.
 //! - `txn-copy`: the same copy in Kafka transactions of `--batch-max-messages` messages (or
-//!   `--batch-linger`), offsets committed in each with `send_offsets_to_transaction`: the floor
-//!   of an exactly-once stage with the stages' batch size. Same input as the stock stage.
+//!   `--batch-linger`), offsets committed in each with `send_offsets_to_transaction`, deliveries
+//!   drained in 1 ms steps before each commit (as the runner does): the floor of an exactly-once
+//!   stage with the stages' batch size. Same input as the stock stage.
 //! - `exactly-once` / `at-least-once`: the stock stage on the runner, N `reservation_requested`
 //!   for one SKU stocked with `--stock` units; its answers are checked (exactly `--stock` reserved).
 //! - `saga-txn-copy`: the transactional copy of N one-line `order_placed` events (the saga's input).
@@ -419,6 +420,12 @@ async fn copy(
             }
             let lingered = batch_started.is_some_and(|t| t.elapsed() >= linger);
             if transactional && in_batch > 0 && (in_batch >= batch_max || lingered || copied == n) {
+                // As the runner does: serve delivery reports in 1 ms steps before committing;
+                // commit_transaction's own flush polls in 100 ms steps and would make this floor
+                // a ceiling of ~10 transactions/s.
+                while producer.in_flight_count() > 0 {
+                    producer.poll(Duration::from_millis(1));
+                }
                 let position = consumer.position()?;
                 let group = consumer
                     .group_metadata()
