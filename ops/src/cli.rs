@@ -200,6 +200,8 @@ pub struct RebuildArgs {
 }
 
 /// `orderpipe stock ...`.
+// Parsed once at start-up: `show` carries the projections config; not worth boxing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum StockCommand {
     /// Set the available units of a SKU (emits `stock_adjusted`; the stock stage applies it).

@@ -132,11 +132,11 @@ impl Letter {
     pub fn decoded(&self, topics: &Topics) -> Result<serde_json::Value, String> {
         let bytes = self.payload.as_deref().ok_or("no value (tombstone)")?;
         let value = if self.source_topic == topics.orders {
-            OrderEnvelope::decode(bytes).map(|e| serde_json::to_value(e))
+            OrderEnvelope::decode(bytes).map(serde_json::to_value)
         } else if self.source_topic == topics.stock {
-            StockEnvelope::decode(bytes).map(|e| serde_json::to_value(e))
+            StockEnvelope::decode(bytes).map(serde_json::to_value)
         } else if self.source_topic == topics.notifications {
-            NotificationEnvelope::decode(bytes).map(|e| serde_json::to_value(e))
+            NotificationEnvelope::decode(bytes).map(serde_json::to_value)
         } else {
             return Err(format!("unknown source topic {:?}", self.source_topic));
         };
