@@ -163,6 +163,9 @@ struct CleanupArgs {
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// Longest wait for an answer (beyond a long-poll's own wait) before a request counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// What the run saw (one lock, short critical sections).
 struct Tally {
     ack_us: Histogram<u64>,
@@ -363,6 +366,37 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
         .await
         .context("warm-up order")?;
     ensure!(status == 202, "warm-up order answered {status}");
+    if args.e2e_sample > 0.0 {
+        // The whole pipeline flows (stages assigned, views written) before the clock starts.
+        let warm = Order { follow: true, ..scenario.order(u64::MAX - 1) };
+        let started = Instant::now();
+        one_order(&ctx, warm, started, true).await;
+        let tally = ctx.tally.lock().expect("not poisoned");
+        ensure!(
+            tally.outcomes.keys().any(|o| o == "confirmed" || o == "rejected" || o == "cancelled"),
+            "warm-up order reached no terminal status in the query API: {:?}",
+            tally.outcomes
+        );
+        eprintln!(
+            "warm-up order {:?} in the query API after {:.2} s",
+            tally.outcomes,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    // Warm-up orders are not part of the measurement.
+    {
+        let mut tally = ctx.tally.lock().expect("not poisoned");
+        tally.ack_us.reset();
+        tally.e2e_confirmed_us.reset();
+        tally.e2e_rejected_us.reset();
+        tally.statuses.clear();
+        tally.outcomes.clear();
+        tally.reasons.clear();
+    }
+    for counter in [&ctx.live.sent, &ctx.live.acked, &ctx.live.refused, &ctx.live.retries,
+        &ctx.live.transport_errors, &ctx.live.e2e_done] {
+        counter.store(0, Ordering::Relaxed);
+    }
 
     eprintln!(
         "{}: {:?} loop, {} for {} s against {} ({} SKUs, Zipf {}, <= {} lines, e2e sample {})",
@@ -559,7 +593,10 @@ async fn post(ctx: &Ctx, body: &Bytes, key: &str) -> anyhow::Result<(u16, Option
         .header("content-type", "application/json")
         .header("idempotency-key", key)
         .body(Full::new(body.clone()))?;
-    let response = ctx.client.request(request).await?;
+    // A request the server never answers counts as a transport error, not a hang.
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, ctx.client.request(request))
+        .await
+        .context("no answer within the request timeout")??;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -570,10 +607,16 @@ async fn post(ctx: &Ctx, body: &Bytes, key: &str) -> anyhow::Result<(u16, Option
     Ok((status, retry_after, body))
 }
 
-async fn get_json(ctx: &Ctx, path: &str) -> anyhow::Result<(u16, serde_json::Value)> {
+async fn get_json(
+    ctx: &Ctx,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     let request = hyper::Request::get(format!("{}{path}", ctx.args.query_url))
         .body(Full::new(Bytes::new()))?;
-    let response = ctx.client.request(request).await?;
+    let response = tokio::time::timeout(timeout, ctx.client.request(request))
+        .await
+        .context("no answer within the request timeout")??;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
@@ -645,7 +688,7 @@ async fn one_order(ctx: &Ctx, order: Order, intended: Instant, retry: bool) {
             "/v1/orders/{order_id}?wait={}ms&status={known}",
             wait.as_millis().max(1)
         );
-        match get_json(ctx, &path).await {
+        match get_json(ctx, &path, wait + REQUEST_TIMEOUT).await {
             Ok((200, body)) => {
                 let status = body.get("status").and_then(|s| s.as_str()).unwrap_or("").to_owned();
                 let seen = intended.elapsed().as_micros() as u64;

@@ -9,9 +9,11 @@
 //!    (the projector's own batch size and `--write-concurrency` CQL requests in flight). Its rate is
 //!    the view rows it leaves, per second of reading and writing (connection and migrations
 //!    excluded, as the rebuild report counts them).
-//! 3. `raw_cql`: those same rows (read back with `SELECT JSON`, held in memory before the clock
-//!    starts) are written into a second fresh keyspace with the same schema, one prepared
-//!    `INSERT ... JSON ?` per row, `--write-concurrency` in flight, same scylla driver.
+//! 3. `raw_cql`: those same rows (read back as typed values, held in memory before the clock
+//!    starts) are written into a second fresh keyspace with the same schema by prepared INSERTs,
+//!    batched as the projector batches (one unlogged batch per partition, at most 64 statements,
+//!    single rows as plain statements), `--write-concurrency` in flight, same scylla driver: the
+//!    ceiling for the projector's writes, without its reading, decoding and planning.
 //!
 //! Prints progress and a summary; writes JSON (`--out`). Topics and keyspaces are deleted.
 
@@ -31,10 +33,15 @@ use orderpipe_schemas::{
     StockLineReserved, StockReserved, Topics,
 };
 use orderpipe_testkit::cql::TestKeyspace;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::{CqlValue, Row};
 use orderpipe_testkit::kafka::TestTopics;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use uuid::Uuid;
+
+/// The projector's cap on statements per unlogged batch (`projections/src/store.rs`).
+const MAX_BATCH_STATEMENTS: usize = 64;
 
 /// Projector rebuild rows/s vs raw CQL writes of the same rows.
 #[derive(Debug, Parser)]
@@ -234,13 +241,30 @@ async fn main() -> anyhow::Result<()> {
     );
     let projector_seconds = report.events as f64 / report.events_per_second;
 
-    // The rows it left, per table, as JSON (read before the raw clock starts).
+    // The rows it left, per table, as typed values (read before the raw clock starts), grouped
+    // as the projector groups its writes: one unlogged batch per partition, at most
+    // MAX_BATCH_STATEMENTS statements each, single-row partitions as plain statements.
     let session = connect(&nodes, &config.cql).await?;
-    let mut rows: Vec<(String, String)> = Vec::new();
+    let mut chunks: Vec<(String, Vec<Vec<Option<CqlValue>>>)> = Vec::new();
     let mut per_table = serde_json::Map::new();
+    let mut columns_of = std::collections::HashMap::new();
+    let mut row_count = 0u64;
     for table in VIEW_TABLES {
+        let described = session
+            .query_unpaged(
+                "SELECT column_name, kind, position FROM system_schema.columns WHERE keyspace_name = ? AND table_name = ?",
+                (projected.name(), *table),
+            )
+            .await?
+            .into_rows_result()?;
+        let mut columns: Vec<(String, String, i32)> =
+            described.rows::<(String, String, i32)>()?.collect::<Result<_, _>>()?;
+        columns.sort_by(|a, b| (a.1 != "partition_key", a.2).cmp(&(b.1 != "partition_key", b.2)));
+        let names: Vec<String> = columns.iter().map(|c| c.0.clone()).collect();
+        let key_len = columns.iter().filter(|c| c.1 == "partition_key").count();
         let statement = scylla::statement::Statement::new(format!(
-            "SELECT JSON * FROM {}.{table}",
+            "SELECT {} FROM {}.{table}",
+            names.join(", "),
             projected.name()
         ))
         .with_page_size(5000);
@@ -248,24 +272,42 @@ async fn main() -> anyhow::Result<()> {
             .query_iter(statement, &[])
             .await
             .with_context(|| format!("reading {table}"))?
-            .rows_stream::<(String,)>()?;
+            .rows_stream::<Row>()?;
+        let mut partitions: std::collections::HashMap<String, Vec<Vec<Option<CqlValue>>>> =
+            std::collections::HashMap::new();
         let mut n = 0u64;
-        while let Some((row,)) = pager.try_next().await? {
-            rows.push((table.to_string(), row));
+        while let Some(row) = pager.try_next().await? {
+            let key = format!("{:?}", &row.columns[..key_len]);
+            partitions.entry(key).or_default().push(row.columns);
             n += 1;
         }
+        for mut rows in partitions.into_values() {
+            while rows.len() > MAX_BATCH_STATEMENTS {
+                let rest = rows.split_off(MAX_BATCH_STATEMENTS);
+                chunks.push((table.to_string(), std::mem::replace(&mut rows, rest)));
+            }
+            chunks.push((table.to_string(), rows));
+        }
         per_table.insert(table.to_string(), json!(n));
+        row_count += n;
+        columns_of.insert(table.to_string(), names);
     }
-    let row_count = rows.len() as u64;
     anyhow::ensure!(row_count > 0, "the rebuild left no rows");
 
-    // Raw CQL: the same rows into a second keyspace with the same schema, same concurrency.
+    // Raw CQL: the same rows into a second keyspace with the same schema, same batching and
+    // concurrency, typed values bound to prepared INSERTs.
     let raw = TestKeyspace::with_session(session.clone()).await?;
     migrate(&session, raw.name(), &config.cql.replication).await?;
     let mut prepared = std::collections::HashMap::new();
     for table in VIEW_TABLES {
+        let names = &columns_of[*table];
+        let marks = vec!["?"; names.len()].join(", ");
         let statement = session
-            .prepare(format!("INSERT INTO {}.{table} JSON ?", raw.name()))
+            .prepare(format!(
+                "INSERT INTO {}.{table} ({}) VALUES ({marks})",
+                raw.name(),
+                names.join(", ")
+            ))
             .await
             .with_context(|| format!("preparing insert into {table}"))?;
         prepared.insert(table.to_string(), statement);
@@ -283,12 +325,20 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
-    stream::iter(rows.iter())
-        .map(|(table, row)| {
+    stream::iter(chunks.iter())
+        .map(|(table, rows)| {
             let (session, statement, written) = (&session, &prepared[table], &written);
             async move {
-                session.execute_unpaged(statement, (row.as_str(),)).await?;
-                written.fetch_add(1, Ordering::Relaxed);
+                if rows.len() == 1 {
+                    session.execute_unpaged(statement, &rows[0]).await?;
+                } else {
+                    let mut batch = Batch::new(BatchType::Unlogged);
+                    for _ in rows {
+                        batch.append_statement(statement.clone());
+                    }
+                    session.batch(&batch, rows).await?;
+                }
+                written.fetch_add(rows.len() as u64, Ordering::Relaxed);
                 anyhow::Ok(())
             }
         })
@@ -321,7 +371,7 @@ async fn main() -> anyhow::Result<()> {
             "seconds_with_connection_and_migrations": report.elapsed.as_secs_f64(),
         },
         "raw_cql": {
-            "kind": "prepared INSERT ... JSON per row, write_concurrency in flight, same driver, fresh keyspace",
+            "kind": "prepared typed INSERTs, one unlogged batch per partition (<= 64), write_concurrency in flight, same driver, fresh keyspace",
             "rows_per_second": raw_rows_per_second,
             "seconds": raw_seconds,
         },
