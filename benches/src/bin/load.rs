@@ -497,6 +497,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
             "max_quantity": args.max_quantity, "customers": args.customers,
             "stock_per_sku": args.set_stock, "customer_limit": args.customer_limit,
             "retries": args.retries, "e2e_sample": args.e2e_sample, "seed": args.seed,
+            "e2e_timeout_ms": args.e2e_timeout.as_millis() as u64,
         },
         "sent": live.sent.load(Ordering::Relaxed),
         "acked": acked,
