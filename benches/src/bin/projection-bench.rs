@@ -259,7 +259,7 @@ async fn main() -> anyhow::Result<()> {
             .into_rows_result()?;
         let mut columns: Vec<(String, String, i32)> =
             described.rows::<(String, String, i32)>()?.collect::<Result<_, _>>()?;
-        columns.sort_by(|a, b| (a.1 != "partition_key", a.2).cmp(&(b.1 != "partition_key", b.2)));
+        columns.sort_by_key(|c| (c.1 != "partition_key", c.2));
         let names: Vec<String> = columns.iter().map(|c| c.0.clone()).collect();
         let key_len = columns.iter().filter(|c| c.1 == "partition_key").count();
         let statement = scylla::statement::Statement::new(format!(
