@@ -8,77 +8,41 @@
 //! - [`report`]: figures that are either a number or `null` with a reason, machine facts.
 
 pub mod kafka {
-    //! Kafka client settings of every bench binary.
+    //! Kafka client settings of every bench binary, from the product's presets
+    //! (`orderpipe_runtime::kafka`), so that a baseline measures what the product does.
 
+    use orderpipe_runtime::kafka;
     use rdkafka::config::ClientConfig;
 
-    /// Bootstrap servers only.
+    /// Bootstrap servers, client id and reconnect backoff, as every product client has.
     pub fn base(bootstrap: &str) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", bootstrap);
-        config
+        kafka::client(bootstrap, "orderpipe-bench")
     }
 
-    /// The producer ingest uses (see `orderpipe_ingest::kafka::Publisher::new`): idempotent,
-    /// acks=all, ingest's ack deadline as message timeout, its linger and queue bounds, and the
-    /// operator's extra options last. The raw-produce baseline uses exactly this.
+    /// The producer ingest uses (`orderpipe_ingest::producer_config`): the raw-produce baseline
+    /// uses exactly this.
     pub fn ingest_producer(bootstrap: &str, ingest: &orderpipe_ingest::Config) -> ClientConfig {
-        let mut config = base(bootstrap);
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", ingest.ack_deadline.as_millis().to_string())
-            .set(
-                "linger.ms",
-                format!("{:.3}", ingest.producer_linger.as_secs_f64() * 1000.0),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                ingest.producer_queue_messages.to_string(),
-            )
-            .set(
-                "queue.buffering.max.kbytes",
-                ingest.producer_queue_kbytes.to_string(),
-            );
-        // `--ingest-kafka-option key=value`, applied after ingest's own settings as ingest does.
-        for option in &ingest.kafka_options {
-            if let Some((key, value)) = option.split_once('=') {
-                config.set(key.trim(), value.trim());
-            }
-        }
-        config
+        orderpipe_ingest::producer_config(bootstrap, ingest)
     }
 
     /// Loading input topics before a measurement (not measured).
     pub fn loader(bootstrap: &str) -> ClientConfig {
-        let mut config = base(bootstrap);
-        config
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
-        config
+        copy_producer(bootstrap, None)
     }
 
     /// The consumer of a copy baseline: read_committed like the stages, offsets committed by hand.
     pub fn copy_consumer(bootstrap: &str, group: &str) -> ClientConfig {
-        let mut config = base(bootstrap);
-        config
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed");
-        config
+        output_reader(bootstrap, group)
     }
 
     /// The producer of a copy baseline: idempotent, and transactional when `transactional_id`
     /// is given (the floor of an exactly-once stage).
     pub fn copy_producer(bootstrap: &str, transactional_id: Option<&str>) -> ClientConfig {
-        let mut config = base(bootstrap);
-        config
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5");
-        if let Some(id) = transactional_id {
-            config.set("transactional.id", id);
-        }
+        let mut config = match transactional_id {
+            Some(id) => kafka::transactional_producer(bootstrap, "orderpipe-bench", id),
+            None => kafka::idempotent_producer(bootstrap, "orderpipe-bench"),
+        };
+        config.set("linger.ms", "5");
         config
     }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::ArgAction;
+use orderpipe_runtime::kafka::{self, TopicSettings};
 
 /// Ingest settings (flags start with `--ingest-`, variables with `ORDERPIPE_INGEST_`).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -27,20 +27,11 @@ pub struct Config {
     #[arg(long = "ingest-max-body-bytes", env = "ORDERPIPE_INGEST_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
 
-    /// Create missing topics at start (`--ingest-create-topics=false` where topics are managed elsewhere).
-    #[arg(long = "ingest-create-topics", env = "ORDERPIPE_INGEST_CREATE_TOPICS", default_value_t = true,
-          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub create_topics: bool,
-
-    /// Partitions of topics created at start (orders, stock, notifications, changelogs, dead letters).
-    #[arg(long = "ingest-partitions", env = "ORDERPIPE_INGEST_PARTITIONS", default_value_t = 12,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub partitions: i32,
-
-    /// Replication factor of topics created at start (3 on a production cluster).
-    #[arg(long = "ingest-replication-factor", env = "ORDERPIPE_INGEST_REPLICATION_FACTOR", default_value_t = 1,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub replication_factor: i32,
+    /// Topics ingest creates at start when asked to (alone, in tests); `orderpipe run` creates
+    /// the pipeline's topics itself, once, from its pipeline-wide `--partitions` and
+    /// `--replication-factor`, and turns this off.
+    #[arg(skip)]
+    pub topics: TopicSettings,
 
     /// JSON file of API keys, `[{"client_id": "...", "key_sha256": "<hex>", "disabled": false}]`.
     /// Without it every caller is the client `anonymous` and no key is asked for.
@@ -90,12 +81,9 @@ pub struct Config {
 
     /// Extra librdkafka settings for the producer and admin client, `key=value`, comma-separated
     /// (e.g. `security.protocol=SASL_SSL`).
-    #[arg(
-        long = "ingest-kafka-option",
-        env = "ORDERPIPE_INGEST_KAFKA_OPTIONS",
-        value_delimiter = ','
-    )]
-    pub kafka_options: Vec<String>,
+    #[arg(long = "ingest-kafka-option", value_name = "KEY=VALUE", env = "ORDERPIPE_INGEST_KAFKA_OPTIONS",
+          value_delimiter = ',', value_parser = kafka::parse_option)]
+    pub kafka_options: Vec<(String, String)>,
 
     /// Where Idempotency-Key fingerprints are checked: `memory` (this instance only) or `cql`
     /// (a ScyllaDB/Cassandra table shared by every instance, surviving restarts; memory stays
@@ -149,9 +137,7 @@ impl Default for Config {
             retry_after: Duration::from_secs(1),
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
-            create_topics: true,
-            partitions: 12,
-            replication_factor: 1,
+            topics: TopicSettings::default(),
             api_keys_file: None,
             rate_limit_per_second: 1000,
             rate_limit_burst: 2000,
@@ -202,14 +188,6 @@ impl Config {
                 );
             }
         }
-        for option in &self.kafka_options {
-            if option
-                .split_once('=')
-                .is_none_or(|(k, _)| k.trim().is_empty())
-            {
-                return Err(format!("kafka option {option:?} is not key=value"));
-            }
-        }
         Ok(())
     }
 
@@ -221,14 +199,6 @@ impl Config {
             .filter(|n| !n.is_empty())
             .map(str::to_owned)
             .collect()
-    }
-
-    /// `kafka_options` as (key, value) pairs.
-    pub(crate) fn kafka_option_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.kafka_options
-            .iter()
-            .filter_map(|o| o.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim()))
     }
 }
 
@@ -270,9 +240,6 @@ mod tests {
         let c = parse(&[
             "--ingest-ack-deadline",
             "500ms",
-            "--ingest-create-topics=false",
-            "--ingest-partitions",
-            "3",
             "--ingest-api-keys-file",
             "/etc/keys.json",
             "--ingest-kafka-option",
@@ -280,18 +247,14 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.ack_deadline, Duration::from_millis(500));
-        assert!(!c.create_topics);
-        assert_eq!(c.partitions, 3);
         assert_eq!(c.api_keys_file, Some(PathBuf::from("/etc/keys.json")));
         assert_eq!(
-            c.kafka_option_pairs().collect::<Vec<_>>(),
+            c.kafka_options,
             vec![
-                ("security.protocol", "SASL_SSL"),
-                ("sasl.mechanism", "PLAIN")
+                ("security.protocol".into(), "SASL_SSL".into()),
+                ("sasl.mechanism".into(), "PLAIN".into())
             ]
         );
-        assert!(parse(&["--ingest-create-topics"]).unwrap().create_topics);
-        assert!(parse(&["--ingest-partitions", "0"]).is_err());
     }
 
     #[test]
@@ -341,10 +304,7 @@ mod tests {
             ..Config::default()
         };
         assert!(c.check().unwrap_err().contains("request timeout"));
-        let c = Config {
-            kafka_options: vec!["acks".into()],
-            ..Config::default()
-        };
-        assert!(c.check().unwrap_err().contains("key=value"));
+        let err = parse(&["--ingest-kafka-option", "acks"]).unwrap_err();
+        assert!(err.to_string().contains("key=value"), "{err}");
     }
 }

@@ -1,15 +1,14 @@
 //! Everything ingest says to Kafka: the idempotent producer that writes `order_placed` and waits
-//! for its acknowledgement within the deadline, the broker probe behind `/readyz`, and topic
-//! creation at start.
+//! for its acknowledgement within the deadline, and the broker probe behind `/readyz`. Client
+//! presets and topic creation are `orderpipe_runtime::kafka`'s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use orderpipe_schemas::{OrderEnvelope, Topics};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use anyhow::Context;
+use orderpipe_runtime::kafka;
+use orderpipe_schemas::OrderEnvelope;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -18,116 +17,39 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics;
 
-/// Stages that keep state in a compacted `<stage>.changelog` topic.
-pub const CHANGELOG_STAGES: &[&str] = &["stock", "payments", "saga", "notifications"];
-/// Stages that dead-letter poison events to a `<stage>.dlq` topic.
-pub const DLQ_STAGES: &[&str] = &["stock", "payments", "saga", "notifications", "projections"];
-
 /// How long one readiness probe waits for the broker's metadata.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One topic the pipeline needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TopicSpec {
-    /// Full name (prefix included).
-    pub name: String,
-    /// Partition count.
-    pub partitions: i32,
-    /// `cleanup.policy=compact` (state changelogs) instead of delete.
-    pub compacted: bool,
-}
-
-/// Every topic of the pipeline under `topics`' prefix: the three event topics, the changelog of
-/// each stateful stage (compacted) and the dead-letter topic of each stage. All share one
-/// partition count, so that changelogs are co-partitioned with the topics they follow.
-pub fn topic_plan(topics: &Topics, partitions: i32) -> Vec<TopicSpec> {
-    let plain = |name: String| TopicSpec {
-        name,
-        partitions,
-        compacted: false,
-    };
-    let mut plan = vec![
-        plain(topics.orders.clone()),
-        plain(topics.stock.clone()),
-        plain(topics.notifications.clone()),
-    ];
-    plan.extend(CHANGELOG_STAGES.iter().map(|stage| TopicSpec {
-        compacted: true,
-        ..plain(topics.changelog(stage))
-    }));
-    plan.extend(DLQ_STAGES.iter().map(|stage| plain(topics.dlq(stage))));
-    plan
-}
-
-/// Client settings shared by the producer and the admin client: bootstrap servers plus the
-/// operator's extra options (security settings and the like).
-fn base_config(bootstrap: &str, config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
+/// Settings of the `order_placed` producer (also the ingest load benchmark's raw baseline).
+pub fn producer_config(bootstrap: &str, config: &Config) -> ClientConfig {
+    // Never acknowledge before the event is durable: every in-sync replica has it (acks=all),
+    // and librdkafka's retries cannot duplicate or reorder it (idempotence).
+    let mut client = kafka::idempotent_producer(bootstrap, "orderpipe-ingest");
     client
-        .set("bootstrap.servers", bootstrap)
-        .set("client.id", "orderpipe-ingest")
-        // librdkafka backs off reconnects exponentially up to 10 s by default; after a broker
-        // restart that would keep ingest answering 503 for up to 10 s. Retry every second at most.
-        .set("reconnect.backoff.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000");
-    for (key, value) in config.kafka_option_pairs() {
-        client.set(key, value);
-    }
-    client
-}
-
-/// Creates the topics of `plan` that do not exist yet; existing ones are left as they are.
-/// Returns the names actually created.
-pub async fn ensure_topics(
-    bootstrap: &str,
-    config: &Config,
-    plan: &[TopicSpec],
-) -> anyhow::Result<Vec<String>> {
-    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap, config)
-        .create()
-        .context("creating Kafka admin client")?;
-    let timeout = Duration::from_secs(10);
-    let options = AdminOptions::new()
-        .request_timeout(Some(timeout))
-        .operation_timeout(Some(timeout));
-    let new_topics: Vec<NewTopic<'_>> = plan
-        .iter()
-        .map(|spec| {
-            let topic = NewTopic::new(
-                &spec.name,
-                spec.partitions,
-                TopicReplication::Fixed(config.replication_factor),
-            );
-            if spec.compacted {
-                // Same settings as the stages' own creation (processors::kafka::ensure_topics),
-                // whichever runs first: compaction only cleans closed segments, so roll hourly.
-                topic
-                    .set("cleanup.policy", "compact")
-                    .set("segment.ms", "3600000")
-            } else {
-                topic
-            }
-        })
-        .collect();
-    let results = tokio::time::timeout(
-        timeout + Duration::from_secs(5),
-        admin.create_topics(&new_topics, &options),
-    )
-    .await
-    .context("creating topics: the broker did not answer")?
-    .context("creating topics")?;
-    let mut created = Vec::new();
-    for result in results {
-        match result {
-            Ok(name) => created.push(name),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => bail!("creating topic {name}: {code}"),
-        }
-    }
-    if !created.is_empty() {
-        tracing::info!(topics = ?created, "created topics");
-    }
-    Ok(created)
+        // librdkafka gives up on a message after this long, counted from `send`. It equals
+        // our ack deadline, so that when we answer 503 librdkafka also stops retrying the
+        // message instead of writing it minutes later. A message whose produce request was
+        // already on the wire can still land after the 503 (the broker wrote it, its answer
+        // was lost or late): the client was told "unknown outcome, retry with the same
+        // Idempotency-Key", and a retry derives the same order id, which downstream stages
+        // deduplicate. Without a key such a retry is a second order: clients should send one.
+        .set(
+            "message.timeout.ms",
+            config.ack_deadline.as_millis().to_string(),
+        )
+        .set(
+            "linger.ms",
+            format!("{:.3}", config.producer_linger.as_secs_f64() * 1000.0),
+        )
+        .set(
+            "queue.buffering.max.messages",
+            config.producer_queue_messages.to_string(),
+        )
+        .set(
+            "queue.buffering.max.kbytes",
+            config.producer_queue_kbytes.to_string(),
+        );
+    kafka::with_options(client, &config.kafka_options)
 }
 
 /// The producer of `order_placed` events and what it knows about the broker.
@@ -147,39 +69,7 @@ impl Publisher {
     /// A producer for `topic` on `bootstrap`. Does not contact the broker (librdkafka connects
     /// in the background), so this succeeds while the broker is down.
     pub(crate) fn new(bootstrap: &str, topic: &str, config: &Config) -> anyhow::Result<Self> {
-        let mut client = base_config(bootstrap, config);
-        // Never acknowledge before the event is durable: every in-sync replica has it (acks=all),
-        // and librdkafka's retries cannot duplicate or reorder it (idempotence).
-        client
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // librdkafka gives up on a message after this long, counted from `send`. It equals
-            // our ack deadline, so that when we answer 503 librdkafka also stops retrying the
-            // message instead of writing it minutes later. A message whose produce request was
-            // already on the wire can still land after the 503 (the broker wrote it, its answer
-            // was lost or late): the client was told "unknown outcome, retry with the same
-            // Idempotency-Key", and a retry derives the same order id, which downstream stages
-            // deduplicate. Without a key such a retry is a second order: clients should send one.
-            .set(
-                "message.timeout.ms",
-                config.ack_deadline.as_millis().to_string(),
-            )
-            .set(
-                "linger.ms",
-                format!("{:.3}", config.producer_linger.as_secs_f64() * 1000.0),
-            )
-            .set(
-                "queue.buffering.max.messages",
-                config.producer_queue_messages.to_string(),
-            )
-            .set(
-                "queue.buffering.max.kbytes",
-                config.producer_queue_kbytes.to_string(),
-            );
-        // The operator's options win over ours (e.g. a larger batch size).
-        for (key, value) in config.kafka_option_pairs() {
-            client.set(key, value);
-        }
+        let client = producer_config(bootstrap, config);
         let producer = client.create().context("creating Kafka producer")?;
         // Down until a probe says otherwise, like readiness.
         metrics::broker_up(false);
@@ -332,26 +222,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plan_covers_every_topic_once() {
-        let plan = topic_plan(&Topics::with_prefix("p."), 6);
-        let names: Vec<&str> = plan.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(&names[..3], ["p.orders", "p.stock", "p.notifications"]);
-        assert!(names.contains(&"p.stock.changelog") && names.contains(&"p.saga.dlq"));
-        let mut unique = names.clone();
-        unique.sort();
-        unique.dedup();
-        assert_eq!(unique.len(), names.len());
-        assert!(plan.iter().all(|t| t.partitions == 6));
-        assert!(plan
-            .iter()
-            .all(|t| t.compacted == t.name.ends_with(".changelog")));
-    }
-
-    #[test]
     fn producer_settings_follow_the_deadline() {
         let config = Config {
             ack_deadline: Duration::from_millis(1500),
-            kafka_options: vec!["batch.num.messages=500".into()],
+            kafka_options: vec![("batch.num.messages".into(), "500".into())],
             ..Config::default()
         };
         let publisher = Publisher::new("127.0.0.1:1", "t", &config).unwrap();

@@ -10,7 +10,8 @@
 //! - [`ratelimit`]: per-client request rate limit.
 //! - [`idempotency`]: Idempotency-Key validation, derived order ids, body fingerprints seen.
 //! - [`idempotency_store`]: the optional shared Idempotency-Key store in ScyllaDB/Cassandra.
-//! - [`kafka`]: the producer and its acknowledgement deadline, broker probe, topic creation.
+//! - `kafka`: the producer and its acknowledgement deadline, broker probe (client presets and
+//!   topic creation are `orderpipe_runtime::kafka`'s).
 //! - [`metrics`]: names and meaning of every metric this crate records.
 //!
 //! # Contract
@@ -59,7 +60,7 @@ pub mod config;
 pub mod error;
 pub mod idempotency;
 pub mod idempotency_store;
-pub mod kafka;
+mod kafka;
 pub mod metrics;
 pub mod ratelimit;
 mod serve;
@@ -72,6 +73,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, IdempotencyStore};
 pub use error::{ApiError, Problem};
+pub use kafka::producer_config;
 pub use server::{Accepted, Server};
 
 /// Runs the ingest API on `listen` until `shutdown` is cancelled: creates missing topics (unless

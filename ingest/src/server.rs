@@ -31,7 +31,7 @@ use crate::config::{Config, IdempotencyStore};
 use crate::error::{ApiError, PROBLEM_JSON};
 use crate::idempotency::{self, IdempotencyKey, RecentKeys};
 use crate::idempotency_store::{CqlStore, Outcome};
-use crate::kafka::{self, Publisher};
+use crate::kafka::Publisher;
 use crate::metrics;
 use crate::ratelimit::RateLimit;
 
@@ -112,9 +112,11 @@ impl Server {
             Some(path) => Some(ApiKeys::load(path)?),
             None => None,
         };
-        if config.create_topics {
-            let plan = kafka::topic_plan(&topics, config.partitions);
-            kafka::ensure_topics(kafka_bootstrap, &config, &plan).await?;
+        if config.topics.create {
+            let plan = topics.plan(config.topics.partitions, config.topics.replication_factor);
+            orderpipe_runtime::kafka::create_topics(kafka_bootstrap, &config.kafka_options, &plan)
+                .await
+                .context("creating topics")?;
         }
         let publisher = Arc::new(Publisher::new(kafka_bootstrap, &topics.orders, &config)?);
         let store = match config.idempotency_store {

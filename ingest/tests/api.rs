@@ -610,14 +610,14 @@ async fn topics_are_created_once_with_the_configured_partitions() {
 
     // Given ingest started with 3 partitions
     let config = Config {
-        partitions: 3,
+        topics: orderpipe_runtime::kafka::TopicSettings::with_partitions(3),
         ..test_config()
     };
     let ingest = TestIngest::start(config.clone()).await;
 
     // Then every planned topic exists with 3 partitions
     let reader = topic_reader(&ingest.topics.orders, 1);
-    let plan = orderpipe_ingest::kafka::topic_plan(&ingest.topics, 3);
+    let plan = ingest.topics.plan(3, 1);
     assert!(plan.len() >= 3 + 4 + 4, "{plan:?}");
     for spec in &plan {
         let metadata = reader

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use orderpipe_ingest::Config;
+use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::Topics;
 
 /// An address nothing listens on: a port bound and released.
@@ -23,7 +24,10 @@ async fn unreachable_broker_gets_503_within_the_deadline() {
     let deadline = Duration::from_secs(1);
     let config = Config {
         ack_deadline: deadline,
-        create_topics: false,
+        topics: TopicSettings {
+            create: false,
+            ..TopicSettings::default()
+        },
         ..test_config()
     };
     let ingest = TestIngest::start_on(config, &closed_port(), Topics::with_prefix("down.")).await;
@@ -78,7 +82,7 @@ async fn unreachable_broker_gets_503_within_the_deadline() {
 #[tokio::test]
 async fn topic_creation_failure_stops_start_up_with_a_clear_error() {
     let config = Config {
-        create_topics: true,
+        topics: TopicSettings::with_partitions(2),
         ..test_config()
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -100,7 +104,10 @@ async fn full_producer_queue_is_answered_503_at_once() {
     // Given a producer queue of one message and no broker to drain it
     let config = Config {
         ack_deadline: Duration::from_secs(1),
-        create_topics: false,
+        topics: TopicSettings {
+            create: false,
+            ..TopicSettings::default()
+        },
         producer_queue_messages: 1,
         ..test_config()
     };

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use orderpipe_ingest::Config;
+use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::Topics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
@@ -100,7 +101,7 @@ async fn ingest_recovers_by_itself_when_the_broker_comes_back() {
     let deadline = Duration::from_secs(1);
     let config = Config {
         ack_deadline: deadline,
-        partitions: 1,
+        topics: TopicSettings::with_partitions(1),
         ..test_config()
     };
     let topics = Topics::with_prefix("restart.");

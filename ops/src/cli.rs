@@ -267,6 +267,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub connections: Connections,
 
+    /// Topic creation, partitions and replication of every topic of the pipeline.
+    #[command(flatten)]
+    pub topics: orderpipe_runtime::kafka::TopicSettings,
+
     /// Address of the ingest HTTP API.
     #[arg(
         long,
@@ -385,6 +389,33 @@ mod tests {
             parse(&["stock", "set", "SKU-1", "-5"]).is_err(),
             "negative stock is refused"
         );
+    }
+
+    #[test]
+    fn topic_flags_are_pipeline_wide_and_keep_their_old_names() {
+        let run = |args: &[&str]| match parse(&[&["run"], args].concat()).map(|c| c.command) {
+            Ok(Command::Run(run)) => Ok(run.topics),
+            Ok(_) => panic!("run expected"),
+            Err(err) => Err(err),
+        };
+        let t = run(&[
+            "--partitions",
+            "3",
+            "--replication-factor",
+            "2",
+            "--create-topics=false",
+        ])
+        .unwrap();
+        assert_eq!(
+            (t.create, t.partitions, t.replication_factor),
+            (false, 3, 2)
+        );
+        let old = run(&["--ingest-partitions", "3", "--ingest-create-topics=false"]).unwrap();
+        assert_eq!((old.create, old.partitions), (false, 3));
+        assert!(!run(&["--projections-create-dlq=false"]).unwrap().create);
+        assert!(run(&["--create-topics"]).unwrap().create);
+        assert!(run(&["--partitions", "0"]).is_err());
+        assert!(run(&["--ingest-partitions", "0"]).is_err());
     }
 
     #[test]

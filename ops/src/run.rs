@@ -31,13 +31,13 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
     // Every topic of the pipeline exists before any component starts: stages refuse to start
     // without their input, changelog and dead-letter topics. Production clusters that manage
-    // topics elsewhere turn this off with `--ingest-create-topics=false`.
-    if args.ingest.create_topics {
+    // topics elsewhere turn this off with `--create-topics=false`.
+    if args.topics.create {
         let topics = orderpipe_schemas::Topics::with_prefix(args.connections.topic_prefix.clone());
-        let plan = orderpipe_ingest::kafka::topic_plan(&topics, args.ingest.partitions);
-        orderpipe_ingest::kafka::ensure_topics(
+        let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
+        orderpipe_runtime::kafka::create_topics(
             &args.connections.kafka_bootstrap,
-            &args.ingest,
+            &args.ingest.kafka_options,
             &plan,
         )
         .await?;
@@ -109,7 +109,7 @@ fn start(
         Component::Ingest => {
             // The pipeline's topics were created above, once for every component.
             let config = orderpipe_ingest::Config {
-                create_topics: false,
+                topics: args.topics.without_creation(),
                 ..args.ingest.clone()
             };
             let listen: SocketAddr = args.ingest_listen;
@@ -118,7 +118,10 @@ fn start(
             })
         }
         Component::Projections => {
-            let config = args.projections.clone();
+            let config = orderpipe_projections::Config {
+                topics: args.topics.without_creation(),
+                ..args.projections.clone()
+            };
             Box::pin(async move {
                 orderpipe_projections::run_projectors(
                     config, &bootstrap, &nodes, topics, readiness, token,

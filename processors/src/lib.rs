@@ -3,7 +3,8 @@
 //! Layout:
 //! - [`runner`]: the [`Stage`] trait, [`Effects`], [`Config`], [`spawn_stage`] and the loop that
 //!   drives a stage on its own thread (Kafka transactions, changelog restore, dead letters).
-//! - [`kafka`]: client settings every stage shares, [`ensure_topics`] for changelog/dlq topics.
+//! - [`kafka`]: the stages' clients from the `orderpipe_runtime::kafka` presets, [`ensure_topics`]
+//!   for a stage's own changelog and dead-letter topics.
 //! - [`metrics`]: every metric the processors record, with their names.
 //! - [`stock`]: per-SKU stock reservation (pure decisions in [`stock::core`], the stage, admin).
 //! - [`saga`]: the per-order state machine (pure [`saga::decide()`]) and its stage.

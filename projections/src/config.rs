@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::ArgAction;
+use orderpipe_runtime::kafka::{self, TopicSettings};
 use scylla::statement::Consistency;
 
 /// Everything this crate needs besides the broker and CQL addresses (which `orderpipe run` owns).
@@ -23,6 +23,10 @@ pub struct Config {
     /// Query API.
     #[command(flatten)]
     pub query: QueryConfig,
+    /// Whether (and how) the projectors create their dead-letter topic at start, when started
+    /// alone; `orderpipe run` creates every topic itself from its pipeline-wide flags.
+    #[arg(skip)]
+    pub topics: TopicSettings,
 }
 
 /// Keyspace, replication and consistency of the views.
@@ -123,25 +127,11 @@ pub struct ProjectorConfig {
     )]
     pub state_cache: usize,
 
-    /// Create the dead-letter topic `<prefix>projections.dlq` at start when it is missing.
-    #[arg(long = "projections-create-dlq", env = "ORDERPIPE_PROJECTIONS_CREATE_DLQ", default_value_t = true,
-          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub create_dlq_topic: bool,
-
-    /// Replication factor of the dead-letter topic when it is created (3 on a production cluster).
-    #[arg(long = "projections-dlq-replication-factor", env = "ORDERPIPE_PROJECTIONS_DLQ_REPLICATION_FACTOR", default_value_t = 1,
-          value_parser = clap::value_parser!(i32).range(1..))]
-    pub dlq_replication_factor: i32,
-
     /// Extra librdkafka settings for the consumers and the dead-letter producer, `key=value`,
     /// comma-separated (e.g. `security.protocol=SASL_SSL`).
-    #[arg(
-        id = "projections_kafka_options",
-        long = "projections-kafka-option",
-        env = "ORDERPIPE_PROJECTIONS_KAFKA_OPTIONS",
-        value_delimiter = ','
-    )]
-    pub kafka_options: Vec<String>,
+    #[arg(id = "projections_kafka_options", long = "projections-kafka-option", value_name = "KEY=VALUE",
+          env = "ORDERPIPE_PROJECTIONS_KAFKA_OPTIONS", value_delimiter = ',', value_parser = kafka::parse_option)]
+    pub kafka_options: Vec<(String, String)>,
 }
 
 /// The query API (flags start with `--query-`).
@@ -202,8 +192,6 @@ impl Default for ProjectorConfig {
             stats_interval: Duration::from_secs(5),
             progress_interval: Duration::from_secs(10),
             state_cache: 100_000,
-            create_dlq_topic: true,
-            dlq_replication_factor: 1,
             kafka_options: Vec::new(),
         }
     }
@@ -235,14 +223,6 @@ impl Config {
         if self.projector.stats_interval < Duration::from_millis(100) {
             return Err("projections stats interval must be at least 100ms".into());
         }
-        for option in &self.projector.kafka_options {
-            if option
-                .split_once('=')
-                .is_none_or(|(k, _)| k.trim().is_empty())
-            {
-                return Err(format!("kafka option {option:?} is not key=value"));
-            }
-        }
         if self.query.poll_interval.is_zero() {
             return Err("query poll interval must be positive".into());
         }
@@ -257,14 +237,6 @@ impl Config {
 }
 
 impl ProjectorConfig {
-    /// `kafka_options` as (key, value) pairs.
-    pub(crate) fn kafka_option_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.kafka_options
-            .iter()
-            .filter_map(|o| o.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim()))
-    }
-
     /// The static membership id: the configured one, else the host name.
     pub(crate) fn instance_id(&self) -> String {
         self.instance_id
@@ -462,7 +434,6 @@ mod tests {
             "quorum",
             "--projections-batch-max",
             "50",
-            "--projections-create-dlq=false",
             "--query-max-wait",
             "10s",
         ])
@@ -471,7 +442,6 @@ mod tests {
         assert!(matches!(c.cql.replication, Replication::NetworkTopology(ref d) if d.len() == 2));
         assert_eq!(c.cql.consistency, ConsistencyLevel::Quorum);
         assert_eq!(c.projector.batch_max, 50);
-        assert!(!c.projector.create_dlq_topic);
         assert_eq!(c.query.max_wait, Duration::from_secs(10));
         assert!(parse(&["--projections-batch-max", "0"]).is_err());
     }

@@ -35,6 +35,9 @@ pub enum Error {
         /// The client's error.
         source: rdkafka::error::KafkaError,
     },
+    /// Creating the dead-letter topic failed: check the broker, then restart.
+    #[error(transparent)]
+    Topics(#[from] orderpipe_runtime::kafka::Error),
     /// The listener failed: restart the component.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

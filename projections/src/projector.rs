@@ -18,15 +18,13 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use orderpipe_runtime::health::Readiness;
+use orderpipe_runtime::kafka::{self, DeadLetterSource};
 use orderpipe_schemas::{DecodeError, OrderEnvelope, StockEnvelope, Topics};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -42,13 +40,6 @@ use crate::model::{needs_state, plan_order, plan_stock, OrderState, Write};
 use crate::schema::{connect, migrate};
 use crate::store::Writer;
 
-/// Dead-letter headers, the same names the processors' stages use.
-const DLQ_REASON: &str = "orderpipe.dlq.reason";
-const DLQ_DETAIL: &str = "orderpipe.dlq.detail";
-const DLQ_STAGE: &str = "orderpipe.dlq.stage";
-const DLQ_TOPIC: &str = "orderpipe.dlq.source.topic";
-const DLQ_PARTITION: &str = "orderpipe.dlq.source.partition";
-const DLQ_OFFSET: &str = "orderpipe.dlq.source.offset";
 /// The stage name of the dead-letter topic: `<prefix>projections.dlq`.
 pub const DLQ_STAGE_NAME: &str = "projections";
 /// Longest pause between attempts of a failing write or dead-letter delivery.
@@ -206,38 +197,20 @@ struct ProjectorContext {
 
 impl ClientContext for ProjectorContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            self.progress.with(|p| p.stats_seen.insert(self.kind));
-            return;
-        };
-        let mut seen = Vec::new();
+        let offsets = kafka::partition_offsets(&statistics, &self.topic).unwrap_or_default();
         self.progress.with(|p| {
             p.stats_seen.insert(self.kind);
-            for (&partition, stats) in &topic.partitions {
-                let key = (self.kind, self.topic.clone(), partition);
-                if partition < 0 || !stats.desired {
-                    continue;
-                }
-                // Under read_committed the end is the last stable offset.
-                let end = if stats.ls_offset >= 0 {
-                    stats.ls_offset
-                } else {
-                    stats.hi_offset
-                };
+            for stats in &offsets {
+                let key = (self.kind, self.topic.clone(), stats.partition);
                 let entry = p.partitions.entry(key).or_default();
-                if end >= 0 {
-                    entry.end = Some(end);
+                entry.end = stats.end.or(entry.end);
+                entry.start = stats.start.or(entry.start);
+                if entry.committed.is_none() {
+                    entry.committed = stats.committed;
                 }
-                if stats.lo_offset >= 0 {
-                    entry.start = Some(stats.lo_offset);
-                }
-                if entry.committed.is_none() && stats.committed_offset >= 0 {
-                    entry.committed = Some(stats.committed_offset);
-                }
-                seen.push(partition);
             }
         });
-        for partition in seen {
+        for partition in offsets.iter().map(|o| o.partition) {
             self.progress.publish_lag(self.kind, &self.topic, partition);
         }
     }
@@ -527,8 +500,14 @@ pub async fn start_projectors(
     migrate(&session, &config.cql.keyspace, &config.cql.replication).await?;
     let writer = Arc::new(Writer::new(session, &config.cql.keyspace).await?);
     let dlq_topic = topics.dlq(DLQ_STAGE_NAME);
-    if config.projector.create_dlq_topic {
-        ensure_topic(bootstrap, config, &dlq_topic).await?;
+    let settings = &config.topics;
+    if settings.create {
+        let dlq = topics.dlq_spec(
+            DLQ_STAGE_NAME,
+            settings.partitions,
+            settings.replication_factor,
+        );
+        kafka::create_topics(bootstrap, &config.projector.kafka_options, &[dlq]).await?;
     }
     let producer = Arc::new(dlq_producer(bootstrap, config)?);
 
@@ -575,15 +554,6 @@ pub async fn start_projectors(
     })
 }
 
-fn base_config(bootstrap: &str, config: &Config) -> ClientConfig {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", bootstrap);
-    for (key, value) in config.projector.kafka_option_pairs() {
-        client.set(key, value);
-    }
-    client
-}
-
 fn live_consumer(
     kind: ProjectorKind,
     bootstrap: &str,
@@ -598,35 +568,25 @@ fn live_consumer(
         progress: progress.clone(),
         rebalanced: Mutex::new(Vec::new()),
     };
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            // Behind the topic prefix, as the stages' groups are: pipelines sharing a cluster
-            // under different prefixes must not share (and split) one projector group.
-            format!("{}{}.{}", topics.prefix(), config.projector.group, kind.name()),
-        )
-        .set(
-            "group.instance.id",
-            format!("{}.{}", config.projector.instance_id(), kind.name()),
-        )
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("isolation.level", "read_committed")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "true")
-        .set(
-            "statistics.interval.ms",
-            config.projector.stats_interval.as_millis().to_string(),
-        );
-    for (key, value) in config.projector.kafka_option_pairs() {
-        client.set(key, value);
-    }
-    let consumer: StreamConsumer<ProjectorContext> = client
-        .create_with_context(context)
-        .map_err(|e| Error::kafka("creating consumer", e))?;
+    let mut client = kafka::group_consumer(
+        bootstrap,
+        &format!("orderpipe-projections-{}", kind.name()),
+        // Behind the topic prefix, as the stages' groups are: pipelines sharing a cluster under
+        // different prefixes must not share (and split) one projector group.
+        &format!(
+            "{}{}.{}",
+            topics.prefix(),
+            config.projector.group,
+            kind.name()
+        ),
+        &format!("{}.{}", config.projector.instance_id(), kind.name()),
+        config.projector.stats_interval,
+    );
+    client.set("enable.partition.eof", "true");
+    let consumer: StreamConsumer<ProjectorContext> =
+        kafka::with_options(client, &config.projector.kafka_options)
+            .create_with_context(context)
+            .map_err(|e| Error::kafka("creating consumer", e))?;
     consumer
         .subscribe(&[&topic])
         .map_err(|e| Error::kafka(format!("subscribing to {topic}"), e))?;
@@ -634,44 +594,11 @@ fn live_consumer(
 }
 
 fn dlq_producer(bootstrap: &str, config: &Config) -> Result<FutureProducer, Error> {
-    let mut client = base_config(bootstrap, config);
-    client
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", "10000");
-    client
+    let mut client = kafka::idempotent_producer(bootstrap, "orderpipe-projections-dlq");
+    client.set("message.timeout.ms", "10000");
+    kafka::with_options(client, &config.projector.kafka_options)
         .create()
         .map_err(|e| Error::kafka("creating dead-letter producer", e))
-}
-
-/// Creates `topic` (one partition: dead letters are rare and kept in arrival order) unless it
-/// exists.
-async fn ensure_topic(bootstrap: &str, config: &Config, topic: &str) -> Result<(), Error> {
-    let admin: AdminClient<DefaultClientContext> = base_config(bootstrap, config)
-        .create()
-        .map_err(|e| Error::kafka("creating admin client", e))?;
-    let new = NewTopic::new(
-        topic,
-        1,
-        TopicReplication::Fixed(config.projector.dlq_replication_factor),
-    );
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin
-        .create_topics([&new], &options)
-        .await
-        .map_err(|e| Error::kafka(format!("creating {topic}"), e))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                return Err(Error::kafka(
-                    format!("creating {name}"),
-                    KafkaError::AdminOp(code),
-                ))
-            }
-        }
-    }
-    Ok(())
 }
 
 /// One live projector: its consumer, applier and dead-letter producer.
@@ -896,33 +823,14 @@ impl Live {
                 "dead-lettering an undecodable event"
             );
             let sent = retry("dead-lettering an event", name, shutdown, || async {
-                let partition = message.partition().to_string();
-                let offset = message.offset().to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: DLQ_REASON,
-                        value: Some(p.reason),
-                    })
-                    .insert(Header {
-                        key: DLQ_DETAIL,
-                        value: Some(p.detail.as_str()),
-                    })
-                    .insert(Header {
-                        key: DLQ_STAGE,
-                        value: Some(DLQ_STAGE_NAME),
-                    })
-                    .insert(Header {
-                        key: DLQ_TOPIC,
-                        value: Some(message.topic()),
-                    })
-                    .insert(Header {
-                        key: DLQ_PARTITION,
-                        value: Some(partition.as_str()),
-                    })
-                    .insert(Header {
-                        key: DLQ_OFFSET,
-                        value: Some(offset.as_str()),
-                    });
+                let headers = kafka::dead_letter_headers(DeadLetterSource {
+                    reason: p.reason,
+                    detail: &p.detail,
+                    stage: DLQ_STAGE_NAME,
+                    topic: message.topic(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                });
                 let mut record: FutureRecord<'_, [u8], [u8]> =
                     FutureRecord::to(&self.dlq_topic).headers(headers);
                 if let Some(key) = message.key() {

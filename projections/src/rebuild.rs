@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orderpipe_runtime::kafka;
 use orderpipe_schemas::Topics;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
@@ -109,25 +109,16 @@ pub async fn rebuild(
         applier.assume_fresh();
     }
 
-    let mut client = ClientConfig::new();
-    client
-        .set("bootstrap.servers", bootstrap)
-        // Never joined (manual assignment) and never committed: the live groups are untouched.
-        .set(
-            "group.id",
-            format!(
-                "{}.rebuild-{}",
-                config.projector.group,
-                uuid::Uuid::new_v4().simple()
-            ),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("enable.partition.eof", "true");
-    for (key, value) in config.projector.kafka_option_pairs() {
-        client.set(key, value);
-    }
+    // Never joined (manual assignment) and never committed: the live groups are untouched.
+    let group = format!(
+        "{}.rebuild-{}",
+        config.projector.group,
+        uuid::Uuid::new_v4().simple()
+    );
+    let client = kafka::with_options(
+        kafka::assigned_reader(bootstrap, "orderpipe-rebuild", &group),
+        &config.projector.kafka_options,
+    );
     let consumer: Arc<StreamConsumer<RebuildContext>> = Arc::new(
         client
             .create_with_context(RebuildContext)

@@ -8,7 +8,8 @@
 //! - [`versions`]: current schema version of every event type and the upcasters of old versions.
 //! - [`error`]: [`DecodeError`], every variant of which means "dead-letter this event".
 //! - [`new_order`]: the `POST /v1/orders` body, its validation and fingerprint.
-//! - [`topics`]: topic names (defaults, prefix, changelog and dead-letter topics).
+//! - [`topics`]: topic names (defaults, prefix, changelog and dead-letter topics) and the topic
+//!   plan (partitions, replication, compaction of each), as data.
 //! - [`json_schema`]: JSON Schema export, committed under `schemas/json/`.
 //!
 //! Pure: no IO, no async. Decoding goes bytes -> `serde_json::Value` -> upcast -> typed.
@@ -41,5 +42,5 @@ pub use stock::{
     ReleaseRequested, ReservationRequested, SaleRequested, StockAdjusted, StockAdjustment,
     StockEvent, StockLevels, StockRejectReason,
 };
-pub use topics::{TopicKind, Topics};
+pub use topics::{TopicKind, TopicSpec, Topics, CHANGELOG_STAGES, DLQ_STAGES};
 pub use versions::{current_version, EventType, EVENT_TYPES};

@@ -1,6 +1,8 @@
-//! Topic names. Names are configuration: defaults are `orders`, `stock` and `notifications`,
-//! plus `<stage>.changelog` and `<stage>.dlq` per processor stage, all behind an optional prefix
-//! (tests use a unique prefix each, so they never share a topic).
+//! Topic names and the topic plan. Names are configuration: defaults are `orders`, `stock` and
+//! `notifications`, plus `<stage>.changelog` and `<stage>.dlq` per stage, all behind an optional
+//! prefix (tests use a unique prefix each, so they never share a topic). The plan
+//! ([`Topics::plan`]) is every topic the pipeline needs, as data; `orderpipe_runtime::kafka`
+//! creates it.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -92,6 +94,108 @@ impl Topics {
     }
 }
 
+/// Stages that keep state in a compacted `<stage>.changelog` topic.
+pub const CHANGELOG_STAGES: &[&str] = &["stock", "payments", "saga", "notifications"];
+/// Stages that dead-letter poison events to a `<stage>.dlq` topic.
+pub const DLQ_STAGES: &[&str] = &["stock", "payments", "saga", "notifications", "projections"];
+
+/// `segment.ms` of compacted topics: compaction only cleans closed segments, so roll them hourly
+/// (a hot SKU's reservation records, tombstoned once done, must not pile up for a week).
+const COMPACTED_SEGMENT_MS: &str = "3600000";
+
+/// One topic the pipeline needs: what creating it takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Full name (prefix included).
+    pub name: String,
+    /// Partition count.
+    pub partitions: i32,
+    /// Replication factor.
+    pub replication_factor: i32,
+    /// `cleanup.policy=compact` (state changelogs) instead of delete.
+    pub compacted: bool,
+}
+
+impl TopicSpec {
+    /// A delete-policy topic.
+    pub fn new(name: impl Into<String>, partitions: i32, replication_factor: i32) -> Self {
+        Self {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            compacted: false,
+        }
+    }
+
+    /// Topic-level settings to create it with (retention is the broker's default).
+    pub fn configs(&self) -> &'static [(&'static str, &'static str)] {
+        if self.compacted {
+            &[
+                ("cleanup.policy", "compact"),
+                ("segment.ms", COMPACTED_SEGMENT_MS),
+            ]
+        } else {
+            &[]
+        }
+    }
+}
+
+impl Topics {
+    /// Every topic of the pipeline: the three event topics, the changelog of each stateful stage
+    /// (compacted) and the dead-letter topic of each stage. All share one partition count, so
+    /// that changelogs are co-partitioned with the topics they follow.
+    pub fn plan(&self, partitions: i32, replication_factor: i32) -> Vec<TopicSpec> {
+        let mut plan: Vec<TopicSpec> = TopicKind::ALL
+            .iter()
+            .map(|&kind| TopicSpec::new(self.name(kind), partitions, replication_factor))
+            .collect();
+        plan.extend(
+            CHANGELOG_STAGES
+                .iter()
+                .map(|stage| self.changelog_spec(stage, partitions, replication_factor)),
+        );
+        plan.extend(
+            DLQ_STAGES
+                .iter()
+                .map(|stage| self.dlq_spec(stage, partitions, replication_factor)),
+        );
+        plan
+    }
+
+    /// The topics a processor stage owns: its compacted changelog and its dead-letter topic. The
+    /// changelog must have as many partitions as the stage's input (state of input partition N
+    /// lives in changelog partition N).
+    pub fn stage_plan(
+        &self,
+        stage: &str,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> Vec<TopicSpec> {
+        vec![
+            self.changelog_spec(stage, partitions, replication_factor),
+            self.dlq_spec(stage, partitions, replication_factor),
+        ]
+    }
+
+    /// The dead-letter topic of `stage`.
+    pub fn dlq_spec(&self, stage: &str, partitions: i32, replication_factor: i32) -> TopicSpec {
+        TopicSpec::new(self.dlq(stage), partitions, replication_factor)
+    }
+
+    /// The compacted changelog topic of `stage`.
+    pub fn changelog_spec(
+        &self,
+        stage: &str,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> TopicSpec {
+        TopicSpec {
+            compacted: true,
+            ..TopicSpec::new(self.changelog(stage), partitions, replication_factor)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,5 +226,21 @@ mod tests {
         assert_eq!(t.name(TopicKind::Notifications), "t-ab12.notifications");
         assert_eq!(t.changelog("saga"), "t-ab12.saga.changelog");
         assert_eq!(t.dlq("payments"), "t-ab12.payments.dlq");
+    }
+
+    #[test]
+    fn plan_covers_every_topic_once() {
+        let plan = Topics::with_prefix("p.").plan(6, 1);
+        let names: Vec<&str> = plan.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(&names[..3], ["p.orders", "p.stock", "p.notifications"]);
+        assert!(names.contains(&"p.stock.changelog") && names.contains(&"p.saga.dlq"));
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len());
+        assert!(plan.iter().all(|t| t.partitions == 6));
+        assert!(plan
+            .iter()
+            .all(|t| t.compacted == t.name.ends_with(".changelog")));
     }
 }

@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use orderpipe_ingest::{kafka, Config, Server};
+use orderpipe_ingest::{Config, Server};
+use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::{NewOrder, OrderEnvelope, OrderEvent, Topics};
 use orderpipe_testkit::http;
 use orderpipe_testkit::kafka::TestTopics;
@@ -143,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let mut test_topics = TestTopics::new()?;
     test_topics.prefix = format!("bench-ingest-{}", test_topics.prefix);
     let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for spec in kafka::topic_plan(&topics, args.partitions) {
+    for spec in topics.plan(args.partitions, 1) {
         test_topics.adopt(&spec.name);
     }
     let baseline_topic = test_topics.create("baseline", args.partitions).await?;
@@ -158,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let config = Config {
-        partitions: args.partitions,
+        topics: TopicSettings::with_partitions(args.partitions),
         // Every client shares 127.0.0.1: no per-IP limit in a load run.
         rate_limit_per_second: 0,
         ..Config::default()

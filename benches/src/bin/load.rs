@@ -279,7 +279,7 @@ async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.topic_prefix.clone());
     let mut doomed = orderpipe_testkit::kafka::TestTopics::new()?;
     // Partition count is irrelevant for names.
-    for spec in orderpipe_ingest::kafka::topic_plan(&topics, 1) {
+    for spec in topics.plan(1, 1) {
         doomed.adopt(&spec.name);
     }
     eprintln!("deleting the topics under {:?}", args.topic_prefix);

@@ -18,7 +18,6 @@ use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use orderpipe_testkit::kafka::TestTopics;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
@@ -44,16 +43,7 @@ struct Args {
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn producer(bootstrap: &str, transactional_id: Option<&str>) -> anyhow::Result<FutureProducer> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5");
-    if let Some(id) = transactional_id {
-        config.set("transactional.id", id);
-    }
-    Ok(config.create()?)
+    Ok(orderpipe_benches::kafka::copy_producer(bootstrap, transactional_id).create()?)
 }
 
 /// Enqueues all N at once (as a stage's batch does), then awaits every acknowledgement.
@@ -96,8 +86,7 @@ async fn main() -> anyhow::Result<()> {
     txn.commit_transaction(TIMEOUT)?;
 
     // A group whose offsets each transaction commits, as a stage's does (send_offsets_to_transaction).
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
+    let consumer: BaseConsumer = orderpipe_benches::kafka::base(&args.bootstrap)
         .set("group.id", topics.name("txn-commit-group"))
         .set("enable.auto.commit", "false")
         .create()?;

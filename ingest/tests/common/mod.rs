@@ -8,7 +8,8 @@ pub use orderpipe_testkit::http;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use orderpipe_ingest::{kafka, Config, Problem, Server};
+use orderpipe_ingest::{Config, Problem, Server};
+use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::Topics;
 use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, TestTopics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -24,7 +25,7 @@ pub use http::{Conn, Reply};
 /// Settings for tests: small topics, a short deadline, no rate limit unless a test sets one.
 pub fn test_config() -> Config {
     Config {
-        partitions: 2,
+        topics: TopicSettings::with_partitions(2),
         ack_deadline: Duration::from_secs(2),
         rate_limit_per_second: 0,
         ..Config::default()
@@ -46,7 +47,7 @@ impl TestIngest {
     pub async fn start(config: Config) -> Self {
         let mut test_topics = TestTopics::new().expect("test topics");
         let topics = Topics::with_prefix(test_topics.prefix.clone());
-        for spec in kafka::topic_plan(&topics, config.partitions) {
+        for spec in topics.plan(config.topics.partitions, 1) {
             test_topics.adopt(&spec.name);
         }
         let mut ingest = Self::start_on(config, &bootstrap(), topics).await;

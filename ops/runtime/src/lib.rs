@@ -1,12 +1,15 @@
 //! Process plumbing every orderpipe service shares, kept in one place.
 //!
 //! Layout:
+//! - [`kafka`]: the one Kafka layer (client presets, operator options, topic creation from the
+//!   topic plan, dead-letter headers, lag from statistics).
 //! - [`telemetry`]: structured logging setup.
 //! - [`metrics`]: the process-wide Prometheus recorder and its `/metrics` rendering.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` routes, with readiness checks components register.
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGINT or SIGTERM.
 
 pub mod health;
+pub mod kafka;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;

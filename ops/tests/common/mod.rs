@@ -48,7 +48,7 @@ impl Orderpipe {
             .args(["--kafka-bootstrap", &kafka::bootstrap()])
             .args(["--topic-prefix", &topics.prefix])
             .args(["--admin-listen", &admin.to_string()])
-            .args(["--ingest-partitions", &PARTITIONS.to_string()])
+            .args(["--partitions", &PARTITIONS.to_string()])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(file.try_clone().unwrap()))
@@ -125,7 +125,7 @@ impl Drop for Orderpipe {
 /// Every topic `orderpipe run` creates under the test prefix, so TestTopics deletes them after.
 pub fn adopt_pipeline_topics(topics: &mut TestTopics) {
     let names = Topics::with_prefix(topics.prefix.clone());
-    for spec in orderpipe_ingest::kafka::topic_plan(&names, PARTITIONS) {
+    for spec in names.plan(PARTITIONS, 1) {
         topics.adopt(&spec.name);
     }
 }

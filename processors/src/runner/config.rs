@@ -75,17 +75,8 @@ pub struct Config {
     /// Extra librdkafka settings for every client of the stages, `key=value`, comma-separated
     /// (e.g. `security.protocol=SASL_SSL`); they override the runner's own settings.
     #[arg(id = "processor_kafka_options",
-        value_name = "KEY=VALUE", long = "processor-kafka-option", env = "ORDERPIPE_PROCESSOR_KAFKA_OPTIONS", value_delimiter = ',', value_parser = parse_key_value)]
+        value_name = "KEY=VALUE", long = "processor-kafka-option", env = "ORDERPIPE_PROCESSOR_KAFKA_OPTIONS", value_delimiter = ',', value_parser = orderpipe_runtime::kafka::parse_option)]
     pub kafka_options: Vec<(String, String)>,
-}
-
-fn parse_key_value(option: &str) -> Result<(String, String), String> {
-    match option.split_once('=') {
-        Some((key, value)) if !key.trim().is_empty() => {
-            Ok((key.trim().to_owned(), value.trim().to_owned()))
-        }
-        _ => Err(format!("kafka option {option:?} is not key=value")),
-    }
 }
 
 impl Default for Config {
@@ -131,9 +122,19 @@ fn auto_instance_id(host: &str, port: u16) -> String {
     let host: String = host
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    let host = if host.is_empty() { "localhost".to_owned() } else { host };
+    let host = if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    };
     format!("{host}-{port}")
 }
 
@@ -206,7 +207,10 @@ mod tests {
         assert_eq!(a.instance_id, AUTO_INSTANCE_ID);
         a.resolve_instance_id("127.0.0.1:9464".parse().unwrap());
         b.resolve_instance_id("127.0.0.1:9465".parse().unwrap());
-        assert_ne!(a.instance_id, b.instance_id, "two processes fence each other");
+        assert_ne!(
+            a.instance_id, b.instance_id,
+            "two processes fence each other"
+        );
         let mut again = parse(&["t"]);
         again.resolve_instance_id("127.0.0.1:9464".parse().unwrap());
         assert_eq!(again.instance_id, a.instance_id, "a restart keeps its id");

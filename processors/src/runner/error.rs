@@ -1,6 +1,6 @@
 //! Errors of the stage runner; each variant says what the caller (the ops binary) does.
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 
 /// Why a stage could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +13,9 @@ pub enum Error {
         /// The client's error.
         source: KafkaError,
     },
-    /// A topic the stage needs does not exist: create it (`ensure_topics`, `orderpipe topics`).
-    #[error("topic {0} does not exist (create it first, e.g. with ensure_topics)")]
+    /// A topic the stage needs does not exist: create it (`orderpipe run --create-topics`, or
+    /// `ensure_topics` for a stage's own topics).
+    #[error("topic {0} does not exist (create it first, e.g. with orderpipe run --create-topics)")]
     TopicMissing(String),
     /// The changelog is not co-partitioned with the input: recreate the changelog with the
     /// input's partition count (its state is rebuilt from it, so it must match exactly).
@@ -32,14 +33,9 @@ pub enum Error {
         /// Its partition count.
         changelog_partitions: i32,
     },
-    /// Creating a topic failed: check broker permissions and settings.
-    #[error("creating topic {topic}: {code}")]
-    CreateTopic {
-        /// Topic name.
-        topic: String,
-        /// Broker error.
-        code: RDKafkaErrorCode,
-    },
+    /// Creating topics failed: check the broker, its permissions and settings.
+    #[error(transparent)]
+    Topics(#[from] orderpipe_runtime::kafka::Error),
     /// Another instance took over this stage's `transactional.id` or `group.instance.id`: this
     /// one is a zombie and stopped without committing. Do not restart it with the same instance id
     /// while the other runs.

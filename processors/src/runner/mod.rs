@@ -21,22 +21,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, ProcessingMode, AUTO_INSTANCE_ID};
 pub use error::Error;
-pub(crate) use run::{DLQ_DETAIL, DLQ_OFFSET, DLQ_PARTITION, DLQ_REASON, DLQ_STAGE, DLQ_TOPIC};
+/// Names of the dead-letter headers the runner sets (reason, detail, stage, source topic,
+/// partition and offset), for tools that inspect or redrive dead letters.
+pub use orderpipe_runtime::kafka::dlq::HEADERS as DLQ_HEADERS;
 pub use stage::{ChangelogRecord, DeadLetter, Effects, Input, OutputRecord, Stage};
 
 use crate::kafka;
 use run::{create_producer, Runner, RunnerContext, StageConsumer};
-
-/// Names of the dead-letter headers the runner sets (reason, detail, stage, source topic,
-/// partition and offset), for tools that inspect or redrive dead letters.
-pub const DLQ_HEADERS: [&str; 6] = [
-    DLQ_REASON,
-    DLQ_DETAIL,
-    DLQ_STAGE,
-    DLQ_TOPIC,
-    DLQ_PARTITION,
-    DLQ_OFFSET,
-];
 
 /// Starts `stage` on a dedicated thread and returns at once after the setup checks.
 ///

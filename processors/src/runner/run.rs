@@ -16,12 +16,14 @@ use std::time::{Duration, Instant, SystemTime};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
 use tokio_util::sync::CancellationToken;
+
+use orderpipe_runtime::kafka::{self, DeadLetterSource};
 
 use super::{Config, Effects, Error, Input, ProcessingMode, Stage};
 use crate::metrics;
@@ -34,14 +36,6 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest pause between attempts after consecutive failed batches.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-
-/// Dead-letter headers: why and where from.
-pub(crate) const DLQ_REASON: &str = "orderpipe.dlq.reason";
-pub(crate) const DLQ_DETAIL: &str = "orderpipe.dlq.detail";
-pub(crate) const DLQ_STAGE: &str = "orderpipe.dlq.stage";
-pub(crate) const DLQ_TOPIC: &str = "orderpipe.dlq.source.topic";
-pub(crate) const DLQ_PARTITION: &str = "orderpipe.dlq.source.partition";
-pub(crate) const DLQ_OFFSET: &str = "orderpipe.dlq.source.offset";
 
 /// What the rebalance callbacks tell the loop; drained after every poll.
 #[derive(Debug)]
@@ -59,19 +53,10 @@ pub(crate) struct RunnerContext {
 
 impl ClientContext for RunnerContext {
     fn stats(&self, statistics: Statistics) {
-        let lag = statistics
-            .topics
-            .get(&self.input_topic)
-            .map(|topic| {
-                topic
-                    .partitions
-                    .iter()
-                    .filter(|(&p, part)| p >= 0 && part.consumer_lag >= 0)
-                    .map(|(_, part)| part.consumer_lag)
-                    .sum::<i64>()
-            })
-            .unwrap_or(0);
-        metrics::consumer_lag(self.stage, lag);
+        metrics::consumer_lag(
+            self.stage,
+            kafka::consumer_lag(&statistics, &self.input_topic),
+        );
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -663,33 +648,14 @@ impl Runner {
             )?;
         }
         for letter in &effects.dead_letters {
-            let partition = letter.partition.to_string();
-            let offset = letter.offset.to_string();
-            let headers = OwnedHeaders::new()
-                .insert(Header {
-                    key: DLQ_REASON,
-                    value: Some(&letter.reason),
-                })
-                .insert(Header {
-                    key: DLQ_DETAIL,
-                    value: Some(&letter.detail),
-                })
-                .insert(Header {
-                    key: DLQ_STAGE,
-                    value: Some(self.name),
-                })
-                .insert(Header {
-                    key: DLQ_TOPIC,
-                    value: Some(&letter.topic),
-                })
-                .insert(Header {
-                    key: DLQ_PARTITION,
-                    value: Some(&partition),
-                })
-                .insert(Header {
-                    key: DLQ_OFFSET,
-                    value: Some(&offset),
-                });
+            let headers = kafka::dead_letter_headers(DeadLetterSource {
+                reason: &letter.reason,
+                detail: &letter.detail,
+                stage: self.name,
+                topic: &letter.topic,
+                partition: letter.partition,
+                offset: letter.offset,
+            });
             let mut record = BaseRecord::<[u8], [u8]>::to(&self.dlq_topic).headers(headers);
             if let Some(key) = &letter.key {
                 record = record.key(key.as_slice());
@@ -863,7 +829,7 @@ pub(crate) fn create_producer(
         })?;
     if transactional {
         producer
-            .init_transactions(crate::kafka::SETUP_TIMEOUT)
+            .init_transactions(kafka::SETUP_TIMEOUT)
             .map_err(|source| Error::Kafka {
                 context: "initialising transactions",
                 source,

@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use orderpipe_runtime::kafka;
 use orderpipe_schemas::{StockAdjusted, StockAdjustment, StockEnvelope, StockEvent, Topics};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use uuid::Uuid;
 
-use crate::kafka::base_config;
 use crate::runner::Error;
 
 /// How long `set_stock` waits for the broker's acknowledgement.
@@ -23,9 +23,7 @@ pub async fn set_stock(
     adjustment: StockAdjustment,
     per_customer_limit: Option<u32>,
 ) -> Result<Uuid, Error> {
-    let producer: FutureProducer = base_config(bootstrap, "orderpipe-stock-admin")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    let producer: FutureProducer = kafka::idempotent_producer(bootstrap, "orderpipe-stock-admin")
         .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
         .create()
         .map_err(|source| Error::Kafka {
