@@ -82,6 +82,10 @@ pub struct TopicsArgs {
     pub json: bool,
     #[command(flatten)]
     pub connections: Connections,
+    /// Partitions and replication the plan asks for (`create` also needs `--create-topics`'s
+    /// default, true).
+    #[command(flatten)]
+    pub topics: orderpipe_runtime::kafka::TopicSettings,
     #[command(flatten)]
     pub ingest: orderpipe_ingest::Config,
 }

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use orderpipe_ingest::kafka::{ensure_topics, topic_plan, TopicSpec};
-use orderpipe_schemas::Topics;
+use orderpipe_runtime::kafka;
+use orderpipe_schemas::{TopicSpec, Topics};
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use serde::Serialize;
 
 use crate::cli::TopicsArgs;
@@ -39,24 +38,19 @@ pub struct TopicState {
     pub drift: Vec<String>,
 }
 
-fn admin(bootstrap: &str, config: &orderpipe_ingest::Config) -> anyhow::Result<AdminClient<DefaultClientContext>> {
-    let mut client = ClientConfig::new();
-    client.set("bootstrap.servers", bootstrap);
-    for option in &config.kafka_options {
-        if let Some((key, value)) = option.split_once('=') {
-            client.set(key.trim(), value.trim());
-        }
-    }
-    client.create().context("creating Kafka admin client")
+fn admin(bootstrap: &str, options: &[(String, String)]) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+    kafka::with_options(kafka::client(bootstrap, "orderpipe-admin"), options)
+        .create()
+        .context("creating Kafka admin client")
 }
 
 /// Each planned topic compared with the cluster.
 pub async fn describe(
     bootstrap: &str,
-    config: &orderpipe_ingest::Config,
+    options: &[(String, String)],
     plan: &[TopicSpec],
 ) -> anyhow::Result<Vec<TopicState>> {
-    let admin = admin(bootstrap, config)?;
+    let admin = admin(bootstrap, options)?;
     let metadata = admin
         .inner()
         .fetch_metadata(None, TIMEOUT)
@@ -92,7 +86,7 @@ pub async fn describe(
         let mut state = TopicState {
             name: spec.name.clone(),
             planned_partitions: spec.partitions,
-            planned_replication: config.replication_factor,
+            planned_replication: spec.replication_factor,
             planned_cleanup_policy: planned_policy,
             exists: topic.is_some(),
             partitions: None,
@@ -116,10 +110,10 @@ pub async fn describe(
                         .drift
                         .push(format!("{partitions} partitions, fewer than the planned {}", spec.partitions));
                 }
-                if replication < config.replication_factor {
+                if replication < spec.replication_factor {
                     state.drift.push(format!(
                         "replication {replication}, less than the planned {}",
-                        config.replication_factor
+                        spec.replication_factor
                     ));
                 }
                 // `compact,delete` still compacts; only the planned policy's absence is drift.
@@ -176,8 +170,9 @@ pub fn render(states: &[TopicState]) -> String {
 /// `orderpipe topics create`: creates the planned topics that are missing (idempotent).
 pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
-    let plan = topic_plan(&topics, args.ingest.partitions);
-    let created = ensure_topics(&args.connections.kafka_bootstrap, &args.ingest, &plan).await?;
+    let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
+    let created =
+        kafka::create_topics(&args.connections.kafka_bootstrap, &args.ingest.kafka_options, &plan).await?;
     for spec in &plan {
         let what = if created.contains(&spec.name) { "created" } else { "exists" };
         println!("{what:<8} {}", spec.name);
@@ -189,8 +184,8 @@ pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
 /// `orderpipe topics describe`: `Ok(false)` on drift.
 pub async fn describe_command(args: TopicsArgs) -> anyhow::Result<bool> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
-    let plan = topic_plan(&topics, args.ingest.partitions);
-    let states = describe(&args.connections.kafka_bootstrap, &args.ingest, &plan).await?;
+    let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
+    let states = describe(&args.connections.kafka_bootstrap, &args.ingest.kafka_options, &plan).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&states)?);
     } else {
