@@ -810,7 +810,6 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
             "--processing".into(), "exactly-once".into(),
             "--partitions".into(), args.partitions.to_string(),
             "--replication-factor".into(), replication.to_string(),
-            "--projections-dlq-replication-factor".into(), replication.to_string(),
             "--ingest-rate-limit".into(), "0".into(),
         ],
         admin: Comp::ALL.iter().map(|c| (*c, addr(free_port()))).collect(),
