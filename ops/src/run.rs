@@ -3,6 +3,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use orderpipe_processors::notifications::NotificationsStage;
@@ -105,6 +107,18 @@ fn start(
     let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
     let topics = orderpipe_schemas::Topics::with_prefix(args.connections.topic_prefix.clone());
     let readiness = readiness.clone();
+    // Not ready until the component has started (bound its port, joined its group): a check
+    // per component from the first moment, so /readyz never answers 200 for a process whose
+    // components have not said anything yet.
+    let started = Arc::new(AtomicBool::new(false));
+    let flag = started.clone();
+    readiness.add(format!("{component:?} started").to_lowercase(), move || {
+        if flag.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            Err("starting".into())
+        }
+    });
     match component {
         Component::Ingest => {
             // The pipeline's topics were created above, once for every component.
@@ -114,7 +128,9 @@ fn start(
             };
             let listen: SocketAddr = args.ingest_listen;
             Box::pin(async move {
-                orderpipe_ingest::run(config, &bootstrap, topics, listen, token).await
+                let server = orderpipe_ingest::Server::bind(config, &bootstrap, topics, listen).await?;
+                started.store(true, Ordering::Relaxed);
+                server.serve(token).await
             })
         }
         Component::Projections => {
@@ -123,16 +139,20 @@ fn start(
                 ..args.projections.clone()
             };
             Box::pin(async move {
-                orderpipe_projections::run_projectors(
-                    config, &bootstrap, &nodes, topics, readiness, token,
+                let projectors = orderpipe_projections::start_projectors(
+                    &config, &bootstrap, &nodes, &topics, &readiness, token,
                 )
-                .await
-                .map_err(anyhow::Error::from)
+                .await?;
+                // Their own lag checks are registered now.
+                started.store(true, Ordering::Relaxed);
+                projectors.wait().await.map_err(anyhow::Error::from)
             })
         }
         Component::Query => {
             let config = args.projections.clone();
             let listen = args.query_listen;
+            // The query API registers its own check ("waiting for the views' schema") first thing.
+            started.store(true, Ordering::Relaxed);
             Box::pin(async move {
                 orderpipe_projections::run_query(config, &nodes, listen, readiness, token)
                     .await
@@ -166,6 +186,7 @@ fn start(
                 })
                 .await??;
                 readiness.add(format!("stage {}", stage.name()), stage.readiness_check());
+                started.store(true, Ordering::Relaxed);
                 stage.wait().await.map_err(anyhow::Error::from)
             })
         }
