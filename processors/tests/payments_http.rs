@@ -123,7 +123,12 @@ async fn an_outage_fails_every_request_for_its_duration_then_the_gateway_answers
             payment: card(),
         })
         .unwrap();
-        raw(Method::POST, format!("{}/v1/charges", sim.url), Some(order_id.to_string()), body)
+        raw(
+            Method::POST,
+            format!("{}/v1/charges", sim.url),
+            Some(order_id.to_string()),
+            body,
+        )
     };
     for _ in 0..5 {
         let (status, _) = charge(Uuid::now_v7()).await;

@@ -7,9 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::future::BoxFuture;
 
 use orderpipe_processors::payments::{
-    Charge, GatewayError, HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage,
-    PendingOp, Refund, RetryPolicy, RetrySchedule, SimConfig, SimulatedGateway,
-    GATEWAY_TIMEOUT_REASON,
+    Charge, GatewayError, HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage, PendingOp,
+    Refund, RetryPolicy, RetrySchedule, SimConfig, SimulatedGateway, GATEWAY_TIMEOUT_REASON,
 };
 use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
 use orderpipe_schemas::{

@@ -4,20 +4,26 @@
 //! repeated decision must be byte-identical to the first: no two records on any topic share an
 //! `event_id` with different bytes, and each order is notified once.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::order;
 use orderpipe_processors::notifications::{LogSink, NotificationsStage};
 use orderpipe_processors::payments::{PaymentsStage, RetryPolicy, SimConfig, SimulatedGateway};
 use orderpipe_processors::saga::SagaStage;
 use orderpipe_processors::stock::{set_stock, StockStage};
-use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, Stage, StageHandle};
-use orderpipe_schemas::{
-    NotificationEnvelope, NotificationEvent, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced,
-    PaymentRef, StockAdjustment, Topics,
+use orderpipe_processors::{
+    ensure_topics, spawn_stage, Config, ProcessingMode, Stage, StageHandle,
 };
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, high_watermark, producer, TestTopics};
+use orderpipe_schemas::{
+    NotificationEnvelope, NotificationEvent, OrderEnvelope, OrderEvent, StockAdjustment, Topics,
+};
+use orderpipe_testkit::kafka::{
+    bootstrap, consume_n, consumer, high_watermark, producer, TestTopics,
+};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureRecord;
@@ -25,31 +31,6 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
-
-fn order(order_id: Uuid, lines: &[(&str, u32)]) -> OrderEnvelope {
-    OrderEnvelope::new(
-        order_id,
-        OrderEvent::OrderPlaced(OrderPlaced {
-            customer_id: format!("cust-{}", order_id.simple()),
-            currency: "EUR".into(),
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| OrderLine {
-                    sku: (*sku).into(),
-                    quantity: *quantity,
-                    unit_price_minor: 1_000,
-                })
-                .collect(),
-            total_minor: lines.iter().map(|(_, q)| i64::from(*q) * 1_000).sum(),
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "tok".into(),
-            },
-        }),
-        None,
-        order_id,
-    )
-}
 
 fn start_all(
     topics: &Topics,
@@ -61,7 +42,11 @@ fn start_all(
     let stages: Vec<Box<dyn Stage>> = vec![
         Box::new(StockStage::new(topics.clone())),
         Box::new(SagaStage::new(topics.clone())),
-        Box::new(PaymentsStage::new(topics.clone(), gateway.clone(), handle.clone())),
+        Box::new(PaymentsStage::new(
+            topics.clone(),
+            gateway.clone(),
+            handle.clone(),
+        )),
         Box::new(NotificationsStage::new(
             topics.clone(),
             Arc::new(LogSink),
@@ -113,8 +98,11 @@ async fn settle(reader: &StreamConsumer, topics: &[&str], quiet: Duration, max: 
 }
 
 async fn read_all(test_topics: &TestTopics, topic: &str) -> Vec<OwnedMessage> {
-    let reader = consumer(&test_topics.name(&format!("all-{}", Uuid::new_v4().simple())), true)
-        .unwrap();
+    let reader = consumer(
+        &test_topics.name(&format!("all-{}", Uuid::new_v4().simple())),
+        true,
+    )
+    .unwrap();
     reader.subscribe(&[topic]).unwrap();
     let mut all = Vec::new();
     loop {
@@ -142,9 +130,15 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
         }
     }
     for (sku, quantity) in [("HOT", 6u32), ("COLD", 20)] {
-        set_stock(&bootstrap(), &topics, sku, StockAdjustment::Set { quantity }, None)
-            .await
-            .unwrap();
+        set_stock(
+            &bootstrap(),
+            &topics,
+            sku,
+            StockAdjustment::Set { quantity },
+            None,
+        )
+        .await
+        .unwrap();
     }
     let gateway = Arc::new(SimulatedGateway::new(SimConfig {
         decline_rate: 0.2,
@@ -183,7 +177,13 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
         topics.stock.as_str(),
         topics.notifications.as_str(),
     ];
-    settle(&watch, &all_topics, Duration::from_secs(6), Duration::from_secs(120)).await;
+    settle(
+        &watch,
+        &all_topics,
+        Duration::from_secs(6),
+        Duration::from_secs(120),
+    )
+    .await;
     shutdown.cancel();
     for stage in running {
         stage.wait().await.unwrap();
@@ -192,7 +192,13 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
     // When every stage gets all its inputs again (fresh groups, state restored)
     let shutdown = CancellationToken::new();
     let running = start_all(&topics, &gateway, Some("again"), &shutdown);
-    settle(&watch, &all_topics, Duration::from_secs(8), Duration::from_secs(180)).await;
+    settle(
+        &watch,
+        &all_topics,
+        Duration::from_secs(8),
+        Duration::from_secs(180),
+    )
+    .await;
     shutdown.cancel();
     for stage in running {
         stage.wait().await.unwrap();
@@ -226,7 +232,10 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
             }
             if topic == topics.orders {
                 let e = OrderEnvelope::decode(&bytes).unwrap();
-                if matches!(e.event, OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_)) {
+                if matches!(
+                    e.event,
+                    OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_)
+                ) {
                     terminal.insert(e.order_id);
                 }
             }
@@ -234,7 +243,11 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
         eprintln!("{topic}: {} events, {repeats} repeats", seen.len());
     }
     // And every order reached its end and was notified exactly once
-    assert_eq!(terminal.len(), orders.len(), "orders without a terminal event");
+    assert_eq!(
+        terminal.len(),
+        orders.len(),
+        "orders without a terminal event"
+    );
     for o in &orders {
         let n = notified.get(&o.order_id).map_or(0, HashSet::len);
         assert_eq!(n, 1, "order {} notified {n} times", o.order_id);

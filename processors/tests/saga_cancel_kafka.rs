@@ -4,17 +4,20 @@
 //! charge refunded (the gateway's own ledger nets to zero); a cancellation of a confirmed order
 //! changes nothing.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::order;
 use orderpipe_processors::payments::{PaymentsStage, SimConfig, SimulatedGateway};
 use orderpipe_processors::saga::SagaStage;
 use orderpipe_processors::stock::{set_stock, StockStage};
 use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, Stage};
 use orderpipe_schemas::{
-    CancellationRequested, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef,
-    StockAdjustment, StockEnvelope, StockEvent, StockLevels, Topics,
+    CancellationRequested, OrderEnvelope, OrderEvent, StockAdjustment, StockEnvelope, StockEvent,
+    StockLevels, Topics,
 };
 use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -29,31 +32,6 @@ const WAIT: Duration = Duration::from_secs(60);
 use orderpipe_testkit::both_modes;
 
 both_modes!(a_cancelled_order_releases_its_stock_and_its_charge_is_refunded);
-
-fn order(order_id: Uuid, lines: &[(&str, u32)]) -> OrderEnvelope {
-    OrderEnvelope::new(
-        order_id,
-        OrderEvent::OrderPlaced(OrderPlaced {
-            customer_id: format!("cust-{}", order_id.simple()),
-            currency: "EUR".into(),
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| OrderLine {
-                    sku: (*sku).into(),
-                    quantity: *quantity,
-                    unit_price_minor: 1_000,
-                })
-                .collect(),
-            total_minor: lines.iter().map(|(_, q)| i64::from(*q) * 1_000).sum(),
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "tok".into(),
-            },
-        }),
-        None,
-        order_id,
-    )
-}
 
 /// What ingest writes for `POST /v1/orders/{id}/cancel`.
 fn cancel(order_id: Uuid) -> OrderEnvelope {
@@ -70,7 +48,9 @@ fn cancel(order_id: Uuid) -> OrderEnvelope {
 async fn send(producer: &FutureProducer, topic: &str, event: &OrderEnvelope) {
     producer
         .send(
-            FutureRecord::to(topic).key(&event.key()).payload(&event.encode()),
+            FutureRecord::to(topic)
+                .key(&event.key())
+                .payload(&event.encode()),
             Duration::from_secs(10),
         )
         .await
@@ -85,7 +65,11 @@ async fn until(
 ) {
     let deadline = Instant::now() + WAIT;
     while !pred(seen) {
-        assert!(Instant::now() < deadline, "timed out; saw {:?}", types(seen));
+        assert!(
+            Instant::now() < deadline,
+            "timed out; saw {:?}",
+            types(seen)
+        );
         for m in consume_n(reader, 50, Duration::from_millis(300)).await {
             seen.push(OrderEnvelope::decode(m.payload().unwrap()).unwrap());
         }
@@ -93,7 +77,10 @@ async fn until(
 }
 
 fn types(events: &[OrderEnvelope]) -> Vec<(Uuid, &'static str)> {
-    events.iter().map(|e| (e.order_id, e.event_type())).collect()
+    events
+        .iter()
+        .map(|e| (e.order_id, e.event_type()))
+        .collect()
 }
 
 /// Distinct events (by id: at-least-once may repeat one) of `order` with `event_type`.
@@ -121,9 +108,15 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
         }
     }
     for (sku, quantity) in [("CX-A", 5u32), ("CX-B", 3)] {
-        set_stock(&bootstrap(), &topics, sku, StockAdjustment::Set { quantity }, None)
-            .await
-            .unwrap();
+        set_stock(
+            &bootstrap(),
+            &topics,
+            sku,
+            StockAdjustment::Set { quantity },
+            None,
+        )
+        .await
+        .unwrap();
     }
     // Every gateway call takes 2 s: the charge of the order is in flight when it is cancelled.
     let gateway = Arc::new(SimulatedGateway::new(SimConfig {
@@ -140,8 +133,14 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
     let running: Vec<_> = stages
         .into_iter()
         .map(|stage| {
-            spawn_stage(stage, &Config::with_mode(mode), &bootstrap(), &topics, shutdown.clone())
-                .unwrap()
+            spawn_stage(
+                stage,
+                &Config::with_mode(mode),
+                &bootstrap(),
+                &topics,
+                shutdown.clone(),
+            )
+            .unwrap()
         })
         .collect();
     let reader = consumer(&test_topics.name("orders-reader"), true).unwrap();
@@ -150,12 +149,20 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
 
     // Given order A (2 x CX-A, 1 x CX-B) and order B (1 x CX-A)
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    send(&producer, &topics.orders, &order(a, &[("CX-A", 2), ("CX-B", 1)])).await;
+    send(
+        &producer,
+        &topics.orders,
+        &order(a, &[("CX-A", 2), ("CX-B", 1)]),
+    )
+    .await;
     send(&producer, &topics.orders, &order(b, &[("CX-A", 1)])).await;
     let mut seen = Vec::new();
 
     // When A is cancelled once its payment is requested (reserved, charge on its way)
-    until(&reader, &mut seen, |s| count(s, a, "payment_requested") == 1).await;
+    until(&reader, &mut seen, |s| {
+        count(s, a, "payment_requested") == 1
+    })
+    .await;
     send(&producer, &topics.orders, &cancel(a)).await;
     // And B is cancelled after it was confirmed
     until(&reader, &mut seen, |s| count(s, b, "order_confirmed") == 1).await;
@@ -197,8 +204,24 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
 
     // And the stock settles with nothing held: A's lines released, B's unit sold
     let want = [
-        ("CX-A", StockLevels { available: 4, reserved: 0, sold: 1, per_customer_limit: None }),
-        ("CX-B", StockLevels { available: 3, reserved: 0, sold: 0, per_customer_limit: None }),
+        (
+            "CX-A",
+            StockLevels {
+                available: 4,
+                reserved: 0,
+                sold: 1,
+                per_customer_limit: None,
+            },
+        ),
+        (
+            "CX-B",
+            StockLevels {
+                available: 3,
+                reserved: 0,
+                sold: 0,
+                per_customer_limit: None,
+            },
+        ),
     ];
     let levels_reader = consumer(&test_topics.name("stock-reader"), true).unwrap();
     levels_reader.subscribe(&[&topics.stock]).unwrap();
@@ -206,7 +229,10 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
     let mut releases = 0;
     let deadline = Instant::now() + WAIT;
     while want.iter().any(|(sku, l)| latest.get(*sku) != Some(l)) {
-        assert!(Instant::now() < deadline, "stock levels {latest:?}, want {want:?}");
+        assert!(
+            Instant::now() < deadline,
+            "stock levels {latest:?}, want {want:?}"
+        );
         for m in consume_n(&levels_reader, 100, Duration::from_millis(500)).await {
             let e = StockEnvelope::decode(m.payload().unwrap()).unwrap();
             match e.event {

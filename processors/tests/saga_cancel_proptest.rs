@@ -59,22 +59,24 @@ fn case() -> impl Strategy<Value = Case> {
                 Just(redeliveries),
             )
         })
-        .prop_map(|(reserved, answers, cancels, payment, cancel_at, redeliveries)| {
-            // Answers in any order, then the payment outcome (it only follows payment_requested;
-            // the saga ignores it when the order is not paying); cancellations anywhere after
-            // the placement, redeliveries of anything sent before them.
-            let mut steps = answers;
-            steps.push(payment);
-            for _ in 0..cancels {
-                let at = cancel_at.index(steps.len() + 1);
-                steps.insert(at, Step::Cancel);
-            }
-            for (at, which) in redeliveries {
-                let at = 1 + at.index(steps.len());
-                steps.insert(at, Step::Redeliver(which));
-            }
-            Case { reserved, steps }
-        })
+        .prop_map(
+            |(reserved, answers, cancels, payment, cancel_at, redeliveries)| {
+                // Answers in any order, then the payment outcome (it only follows payment_requested;
+                // the saga ignores it when the order is not paying); cancellations anywhere after
+                // the placement, redeliveries of anything sent before them.
+                let mut steps = answers;
+                steps.push(payment);
+                for _ in 0..cancels {
+                    let at = cancel_at.index(steps.len() + 1);
+                    steps.insert(at, Step::Cancel);
+                }
+                for (at, which) in redeliveries {
+                    let at = 1 + at.index(steps.len());
+                    steps.insert(at, Step::Redeliver(which));
+                }
+                Case { reserved, steps }
+            },
+        )
 }
 
 fn event(order_id: Uuid, case: &Case, step: Option<&Step>) -> OrderEnvelope {

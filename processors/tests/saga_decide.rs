@@ -3,10 +3,10 @@
 use orderpipe_processors::payments::{is_for_payments, GATEWAY_TIMEOUT_REASON};
 use orderpipe_processors::saga::{decide, Ignored, LineAnswer, OrderState, Output, Phase, Verdict};
 use orderpipe_schemas::{
-    CancellationRequested, OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
-    PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled, Refunded, RejectReason,
-    StockEvent, StockLineRejected, StockLineReserved, StockRejectReason, StockRejected,
-    StockReserved,
+    CancellationRequested, OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine,
+    OrderPlaced, OrderRejected, PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled,
+    Refunded, RejectReason, StockEvent, StockLineRejected, StockLineReserved, StockRejectReason,
+    StockRejected, StockReserved,
 };
 use uuid::Uuid;
 
@@ -588,7 +588,10 @@ fn cancel_while_reserving_releases_the_reserved_lines_and_later_reservations() {
     let decision = decide(state.as_ref(), &cancel(id));
     // Then it is cancelled: line 0 released, order_cancelled emitted
     assert_eq!(decision.verdict, Verdict::Applied);
-    assert_eq!(stock_events(&decision.outputs), vec![s("A", "release", 0, 1)]);
+    assert_eq!(
+        stock_events(&decision.outputs),
+        vec![s("A", "release", 0, 1)]
+    );
     assert_eq!(
         order_events(&decision.outputs),
         vec![&OrderEvent::OrderCancelled(OrderCancelled {})]
@@ -602,7 +605,10 @@ fn cancel_while_reserving_releases_the_reserved_lines_and_later_reservations() {
     assert_eq!(stock_events(&late.outputs), vec![s("C", "release", 2, 3)]);
     assert!(order_events(&late.outputs).is_empty());
     let state = late.new_state.unwrap();
-    assert_eq!(state.details.as_ref().unwrap().lines[2].answer, LineAnswer::ReleasedLate);
+    assert_eq!(
+        state.details.as_ref().unwrap().lines[2].answer,
+        LineAnswer::ReleasedLate
+    );
     assert!(!state.awaits_late_answers() && state.is_compactable());
 }
 
@@ -615,7 +621,10 @@ fn cancel_while_paying_releases_every_line_and_asks_payments_to_refund() {
         reserved(id, 1, "B", 2),
         reserved(id, 0, "A", 1),
     ]);
-    assert!(matches!(order_events(&outputs[2])[1], OrderEvent::PaymentRequested(_)));
+    assert!(matches!(
+        order_events(&outputs[2])[1],
+        OrderEvent::PaymentRequested(_)
+    ));
     // When its cancellation is requested
     let decision = decide(state.as_ref(), &cancel(id));
     // Then every line is released and the order is cancelled
@@ -624,7 +633,10 @@ fn cancel_while_paying_releases_every_line_and_asks_payments_to_refund() {
         vec![s("A", "release", 0, 1), s("B", "release", 1, 2)]
     );
     let cancelled = order_events(&decision.outputs);
-    assert_eq!(cancelled, vec![&OrderEvent::OrderCancelled(OrderCancelled {})]);
+    assert_eq!(
+        cancelled,
+        vec![&OrderEvent::OrderCancelled(OrderCancelled {})]
+    );
     // And the payments stage refunds (or voids) the charge of a cancelled order
     assert!(is_for_payments(cancelled[0]));
     // And a payment outcome that comes later (the charge raced the cancellation) changes
@@ -640,7 +652,11 @@ fn cancel_while_paying_releases_every_line_and_asks_payments_to_refund() {
 #[test]
 fn cancel_of_a_terminal_or_unknown_order_is_ignored_and_a_redelivery_repeats() {
     let id = Uuid::now_v7();
-    let confirmed = vec![placed(id, &[("A", 1)]), reserved(id, 0, "A", 1), settled(id)];
+    let confirmed = vec![
+        placed(id, &[("A", 1)]),
+        reserved(id, 0, "A", 1),
+        settled(id),
+    ];
     let rejected_by_stock = vec![
         placed(id, &[("A", 1)]),
         rejected(id, 0, "A", 1, StockRejectReason::OutOfStock),
@@ -668,6 +684,9 @@ fn cancel_of_a_terminal_or_unknown_order_is_ignored_and_a_redelivery_repeats() {
     assert_eq!(again.outputs, outputs[1]);
     assert!(again.new_state.is_none());
     // The saga's own order_cancelled coming back is not a request
-    let d = decide(state.as_ref(), &env(id, OrderEvent::OrderCancelled(OrderCancelled {})));
+    let d = decide(
+        state.as_ref(),
+        &env(id, OrderEvent::OrderCancelled(OrderCancelled {})),
+    );
     assert_eq!(d.verdict, Verdict::Ignored(Ignored::NotForSaga));
 }

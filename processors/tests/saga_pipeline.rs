@@ -3,18 +3,21 @@
 //! exactly one terminal event, nothing is oversold, declined orders' stock is released (and
 //! sold again), money moves once per confirmed order.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::order;
 use orderpipe_processors::notifications::{LogSink, NotificationsStage};
 use orderpipe_processors::payments::{PaymentsStage, RetryPolicy, SimConfig, SimulatedGateway};
 use orderpipe_processors::saga::SagaStage;
 use orderpipe_processors::stock::{set_stock, StockStage};
 use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, Stage};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, RejectReason, StockAdjustment,
-    StockEnvelope, StockEvent, StockLevels, Topics,
+    OrderEnvelope, OrderEvent, RejectReason, StockAdjustment, StockEnvelope, StockEvent,
+    StockLevels, Topics,
 };
 use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
 use rdkafka::consumer::Consumer;
@@ -28,31 +31,6 @@ const PARTITIONS: i32 = 2;
 use orderpipe_testkit::both_modes;
 
 both_modes!(a_small_sale_through_all_stages);
-
-fn order(order_id: Uuid, lines: &[(&str, u32)]) -> OrderEnvelope {
-    OrderEnvelope::new(
-        order_id,
-        OrderEvent::OrderPlaced(OrderPlaced {
-            customer_id: format!("cust-{}", order_id.simple()),
-            currency: "EUR".into(),
-            lines: lines
-                .iter()
-                .map(|(sku, quantity)| OrderLine {
-                    sku: (*sku).into(),
-                    quantity: *quantity,
-                    unit_price_minor: 1_000,
-                })
-                .collect(),
-            total_minor: lines.iter().map(|(_, q)| i64::from(*q) * 1_000).sum(),
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "tok".into(),
-            },
-        }),
-        None,
-        order_id,
-    )
-}
 
 async fn a_small_sale_through_all_stages(mode: ProcessingMode) {
     let mut test_topics = TestTopics::new().unwrap();

@@ -268,7 +268,12 @@ fn a_restored_terminal_order_repeats_in_the_first_batch_and_is_compacted_after()
 }
 
 /// Processes `payloads` as one batch of `partition` starting at `first_offset`.
-fn process_at(stage: &mut SagaStage, partition: i32, first_offset: i64, payloads: &[Vec<u8>]) -> Effects {
+fn process_at(
+    stage: &mut SagaStage,
+    partition: i32,
+    first_offset: i64,
+    payloads: &[Vec<u8>],
+) -> Effects {
     let inputs: Vec<Input<'_>> = payloads
         .iter()
         .enumerate()
@@ -306,7 +311,12 @@ fn order_types(out: &Effects) -> Vec<String> {
     out.outputs()
         .iter()
         .filter(|o| o.topic == "orders")
-        .map(|o| OrderEnvelope::decode(&o.payload).unwrap().event_type().to_owned())
+        .map(|o| {
+            OrderEnvelope::decode(&o.payload)
+                .unwrap()
+                .event_type()
+                .to_owned()
+        })
         .collect()
 }
 
@@ -327,7 +337,12 @@ fn stock_types(out: &Effects) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn placed_lines(order_id: Uuid, correlation: Uuid, skus: &[&str], at: DateTime<Utc>) -> OrderEnvelope {
+fn placed_lines(
+    order_id: Uuid,
+    correlation: Uuid,
+    skus: &[&str],
+    at: DateTime<Utc>,
+) -> OrderEnvelope {
     let mut e = placed(order_id, correlation);
     if let OrderEvent::OrderPlaced(p) = &mut e.event {
         p.lines = skus
@@ -405,7 +420,12 @@ fn the_stock_deadline_rejects_releases_what_is_held_and_a_late_reservation_is_re
     let out = handle(&mut stage, 2, std::slice::from_ref(&late), t0 + secs(41));
     assert!(order_types(&out).is_empty());
     assert_eq!(stock_types(&out), [("release_requested".to_owned(), 1)]);
-    let again = handle(&mut stage, 3, &[reserved(id, corr, 1, "B").encode()], t0 + secs(42));
+    let again = handle(
+        &mut stage,
+        3,
+        &[reserved(id, corr, 1, "B").encode()],
+        t0 + secs(42),
+    );
     assert!(again.outputs().is_empty());
 }
 
@@ -421,7 +441,9 @@ fn the_payment_deadline_rejects_with_payment_timeout_and_releases_every_line() {
     let out = handle(&mut stage, 0, &inputs, t0 + secs(6));
     assert_eq!(order_types(&out), ["stock_reserved", "payment_requested"]);
     // The payment deadline counts from the last stock answer
-    assert!(handle(&mut stage, 2, &[], t0 + secs(64)).outputs().is_empty());
+    assert!(handle(&mut stage, 2, &[], t0 + secs(64))
+        .outputs()
+        .is_empty());
     let out = handle(&mut stage, 2, &[], t0 + secs(66));
     assert_eq!(order_types(&out), ["order_rejected"]);
     assert_eq!(stock_types(&out), [("release_requested".to_owned(), 0)]);
@@ -463,7 +485,12 @@ fn a_redelivery_split_over_batches_after_a_restore_repeats_every_output() {
     }
     let mut again: Vec<Effects> = Vec::new();
     for (offset, input) in inputs.iter().enumerate() {
-        again.push(handle(&mut stage, offset as i64, std::slice::from_ref(input), now));
+        again.push(handle(
+            &mut stage,
+            offset as i64,
+            std::slice::from_ref(input),
+            now,
+        ));
     }
     // Every output is repeated, identically, the confirmation and the sale included
     let repeated: Vec<_> = again.iter().flat_map(same).collect();
@@ -473,7 +500,10 @@ fn a_redelivery_split_over_batches_after_a_restore_repeats_every_output() {
     // Once the committed offset is past the confirming input, the order is compacted
     let next = handle(&mut stage, 3, &[placed(Uuid::now_v7(), corr).encode()], now);
     assert!(next.changelog().iter().any(|c| c.key == id.to_string()
-        && OrderState::from_json(c.value.as_deref().unwrap()).unwrap().details.is_none()));
+        && OrderState::from_json(c.value.as_deref().unwrap())
+            .unwrap()
+            .details
+            .is_none()));
     assert!(stage.order(id).unwrap().details.is_none());
 }
 
@@ -539,7 +569,9 @@ fn a_deadline_decision_whose_outputs_were_lost_is_repeated_after_a_restore() {
         for (line, sku) in skus.iter().enumerate().take(answers) {
             inputs.push(at(reserved(id, corr, line as u32, sku), t0 + secs(1)).encode());
         }
-        let mut changelog = handle(&mut stage, 0, &inputs, t0 + secs(2)).changelog().to_vec();
+        let mut changelog = handle(&mut stage, 0, &inputs, t0 + secs(2))
+            .changelog()
+            .to_vec();
         // Given the tick that decides the deadline
         let decided = handle(&mut stage, inputs.len() as i64, &[], deadline_at);
         assert_eq!(order_types(&decided), ["order_rejected"], "{skus:?}");
@@ -554,10 +586,20 @@ fn a_deadline_decision_whose_outputs_were_lost_is_repeated_after_a_restore() {
         }
         assert_eq!(restored.order(id).unwrap().phase_name(), "rejected");
         // Then the first handle after the restore emits the very same outputs again
-        let again = handle(&mut restored, inputs.len() as i64, &[], deadline_at + secs(1));
+        let again = handle(
+            &mut restored,
+            inputs.len() as i64,
+            &[],
+            deadline_at + secs(1),
+        );
         assert_eq!(again.outputs(), decided.outputs(), "{skus:?}");
         // Once, not on every handle
-        let later = handle(&mut restored, inputs.len() as i64, &[], deadline_at + secs(2));
+        let later = handle(
+            &mut restored,
+            inputs.len() as i64,
+            &[],
+            deadline_at + secs(2),
+        );
         assert!(later.outputs().is_empty(), "{:?}", later.outputs());
     }
 }

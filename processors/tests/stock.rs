@@ -927,9 +927,7 @@ async fn late_duplicate_of_a_forgotten_line_is_not_decided_afresh(mode: Processi
     env.set_stock(sku, 0, None).await;
     let stage = Running::start(
         &env,
-        Box::new(
-            StockStage::new(env.topics.clone()).with_line_retention(Duration::from_secs(2)),
-        ),
+        Box::new(StockStage::new(env.topics.clone()).with_line_retention(Duration::from_secs(2))),
         &config(mode, "0"),
     );
     let reader = env.reader(&env.topics.orders);
@@ -939,7 +937,10 @@ async fn late_duplicate_of_a_forgotten_line_is_not_decided_afresh(mode: Processi
     let request = reserve(sku, order, 0, "c", 1);
     env.send(vec![request.clone()]).await;
     let first = read_answers(&reader, 1, mode).await;
-    assert_eq!(first[&(order, 0)].rejected, Some(StockRejectReason::OutOfStock));
+    assert_eq!(
+        first[&(order, 0)].rejected,
+        Some(StockRejectReason::OutOfStock)
+    );
     // and the line was forgotten (its changelog record tombstoned)
     let line_key = format!("l|{sku}|{order}|0");
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -969,7 +970,11 @@ async fn late_duplicate_of_a_forgotten_line_is_not_decided_afresh(mode: Processi
     }
     for a in &later {
         if a.order == order {
-            assert_eq!(a, &first[&(order, 0)], "the forgotten line was decided afresh");
+            assert_eq!(
+                a,
+                &first[&(order, 0)],
+                "the forgotten line was decided afresh"
+            );
         }
     }
     assert_eq!(
@@ -1036,10 +1041,11 @@ async fn unreadable_changelog_record_stops_the_stage_loudly() {
         // And the failure is counted
         let text = orderpipe_runtime::metrics::render();
         assert!(
-            text.lines().any(|l| l
-                .starts_with("orderpipe_changelog_restore_failures_total{")
-                && l.contains(r#"stage="stock""#)
-                && l.contains(r#"partition="1""#)),
+            text.lines().any(
+                |l| l.starts_with("orderpipe_changelog_restore_failures_total{")
+                    && l.contains(r#"stage="stock""#)
+                    && l.contains(r#"partition="1""#)
+            ),
             "{what}: metric missing from:\n{text}"
         );
     }

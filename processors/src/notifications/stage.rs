@@ -36,8 +36,8 @@ use uuid::Uuid;
 
 use super::config::NotificationsArgs;
 use super::sink::{deliver_with_retry, Notification, NotificationSink};
-use crate::payments::{ConfigError, RetryPolicy};
 use crate::metrics;
+use crate::payments::{ConfigError, RetryPolicy};
 use crate::runner::{Effects, Input, Stage};
 use crate::saga::derived_event_id;
 

@@ -121,7 +121,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 /// A pending injected fault, if any (consumes it).
 fn take_fault(state: &AppState) -> Option<Response> {
     let mut faults = state.faults.lock().unwrap_or_else(|e| e.into_inner());
-    let outage = faults.until.is_some_and(|until| std::time::Instant::now() < until);
+    let outage = faults
+        .until
+        .is_some_and(|until| std::time::Instant::now() < until);
     if faults.remaining == 0 && !outage {
         return None;
     }

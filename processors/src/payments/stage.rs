@@ -297,7 +297,14 @@ impl PaymentsStage {
     }
 
     /// Applies the steps of one order: emits answers, keeps or drops its pending work.
-    fn apply(&mut self, partition: i32, order_id: Uuid, steps: Vec<Step>, now: SystemTime, out: &mut Effects) {
+    fn apply(
+        &mut self,
+        partition: i32,
+        order_id: Uuid,
+        steps: Vec<Step>,
+        now: SystemTime,
+        out: &mut Effects,
+    ) {
         let before = self
             .pending
             .get(&partition)
@@ -403,7 +410,10 @@ async fn attempt(
                         request,
                         give_up_at,
                     };
-                    return (vec![Step::Keep(op.clone(), failures + 1)], Some((op, failures + 1)));
+                    return (
+                        vec![Step::Keep(op.clone(), failures + 1)],
+                        Some((op, failures + 1)),
+                    );
                 }
                 Err(err) => {
                     let reason = declined_reason(&err);
@@ -417,7 +427,10 @@ async fn attempt(
                 }
             };
             (
-                vec![Step::Emit(Box::new(reply(order_id, &cause, answer))), Step::Done],
+                vec![
+                    Step::Emit(Box::new(reply(order_id, &cause, answer))),
+                    Step::Done,
+                ],
                 None,
             )
         }
@@ -434,7 +447,10 @@ async fn attempt(
                     currency,
                 });
                 (
-                    vec![Step::Emit(Box::new(reply(order_id, &cause, refunded))), Step::Done],
+                    vec![
+                        Step::Emit(Box::new(reply(order_id, &cause, refunded))),
+                        Step::Done,
+                    ],
                     None,
                 )
             }
@@ -448,7 +464,10 @@ async fn attempt(
                 tracing::warn!(%order_id, error = %err, failures = failures + 1,
                     "refund failed; it stays pending and is retried");
                 let op = PendingOp::Refund { cause };
-                (vec![Step::Keep(op.clone(), failures + 1)], Some((op, failures + 1)))
+                (
+                    vec![Step::Keep(op.clone(), failures + 1)],
+                    Some((op, failures + 1)),
+                )
             }
         },
     }

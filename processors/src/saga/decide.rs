@@ -26,12 +26,12 @@
 //!   runner's at-least-once mode writes state before outputs and a crash in between must not
 //!   lose them. Consumers deduplicate the repeats by event id.
 
-use orderpipe_schemas::{
-    OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced, OrderRejected, PaymentRequested,
-    RejectReason, ReleaseRequested, ReservationRequested, SaleRequested, StockEnvelope, StockEvent,
-    StockRejectReason, StockRejected, StockReserved,
-};
 use chrono::{DateTime, Utc};
+use orderpipe_schemas::{
+    OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced, OrderRejected,
+    PaymentRequested, RejectReason, ReleaseRequested, ReservationRequested, SaleRequested,
+    StockEnvelope, StockEvent, StockRejectReason, StockRejected, StockReserved,
+};
 use uuid::Uuid;
 
 use super::ids::derived_event_id;
@@ -628,7 +628,11 @@ pub fn decide_timeout(
     }
     let (kind, reason, code) = match state.phase {
         Phase::Reserving => (TransitionKind::StockTimeout, RejectReason::StockTimeout, 0),
-        Phase::Paying => (TransitionKind::PaymentTimeout, RejectReason::PaymentTimeout, 1),
+        Phase::Paying => (
+            TransitionKind::PaymentTimeout,
+            RejectReason::PaymentTimeout,
+            1,
+        ),
         Phase::Confirmed { .. } | Phase::Rejected { .. } | Phase::Cancelled => return None,
     };
     let opened_by = state.transitions.last().map_or(order_id, |t| t.cause);

@@ -45,7 +45,10 @@ mod tests {
         assert_eq!(a.get_timestamp(), cause.get_timestamp());
         // and one hop later, still a function of the first cause only
         let b = derived_event_id("payments", a, 0);
-        assert_eq!(b, derived_event_id("payments", derived_event_id("saga", cause, 0), 0));
+        assert_eq!(
+            b,
+            derived_event_id("payments", derived_event_id("saga", cause, 0), 0)
+        );
         assert_eq!(b.get_timestamp(), cause.get_timestamp());
     }
 }

@@ -24,8 +24,8 @@ pub mod state;
 
 pub use config::SagaArgs;
 pub use decide::{
-    deadline, deadline_outputs, decide, decide_timeout, outputs_of, Decision, Ignored, Output, OutputEnvelope,
-    TimedOut, Timeouts, Verdict,
+    deadline, deadline_outputs, decide, decide_timeout, outputs_of, Decision, Ignored, Output,
+    OutputEnvelope, TimedOut, Timeouts, Verdict,
 };
 pub use ids::derived_event_id;
 pub use stage::SagaStage;

@@ -171,7 +171,9 @@ impl SagaStage {
                 return false;
             }
             let safe = match state.terminal_offset {
-                Some(offset) => committed.get(&c.partition).is_some_and(|&floor| floor > offset),
+                Some(offset) => committed
+                    .get(&c.partition)
+                    .is_some_and(|&floor| floor > offset),
                 None => c.generation < generation,
             };
             if safe {
@@ -383,7 +385,10 @@ impl Stage for SagaStage {
         // one of a partition in it (the runner reads on from the committed offsets).
         self.promote(true);
         for input in batch {
-            let floor = self.committed.entry(input.partition).or_insert(input.offset);
+            let floor = self
+                .committed
+                .entry(input.partition)
+                .or_insert(input.offset);
             *floor = (*floor).max(input.offset);
         }
         self.compact(out);

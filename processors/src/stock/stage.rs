@@ -202,7 +202,10 @@ impl StockStage {
                 answer.event_id = decision.answer_event_id;
                 answer.occurred_at = cause.occurred_at;
                 out.emit_order(&self.topics.orders, &answer);
-                touched.insert((partition, sku), (envelope.event_id, envelope.correlation_id));
+                touched.insert(
+                    (partition, sku),
+                    (envelope.event_id, envelope.correlation_id),
+                );
             }
             StockEvent::ReleaseRequested(request) => {
                 let id = LineId {
