@@ -7,8 +7,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -18,85 +16,10 @@ use orderpipe_schemas::Topics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 
-/// A one-node Kafka cluster of this test, stopped (and its directory removed) when dropped.
-struct Broker {
-    dir: tempfile::TempDir,
-    port: u16,
-    controller_port: u16,
-}
-
-impl Broker {
-    fn start() -> Self {
-        let broker = Self {
-            dir: tempfile::tempdir().unwrap(),
-            port: orderpipe_testkit::free_port(),
-            controller_port: orderpipe_testkit::free_port(),
-        };
-        broker.script("up", &[]);
-        broker
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn repo() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-    }
-
-    /// Runs an `ops/testbed` script on this broker's directory and ports (no CQL server).
-    fn script(&self, name: &str, args: &[&str]) {
-        let shared_jars = Self::repo().join(".testbed/kafka/libs");
-        let mut command = Command::new(Self::repo().join("ops/testbed").join(name));
-        command
-            .args(args)
-            .env("ORDERPIPE_TESTBED_DIR", self.dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("KAFKA_CONTROLLER_PORT", self.controller_port.to_string())
-            .env("SCYLLA_NODES", "not-used-by-this-test")
-            .env_remove("KAFKA_BOOTSTRAP")
-            .env_remove("KAFKA_BROKERS");
-        if shared_jars.join(".pom-sha256").exists() {
-            command.env("KAFKA_LIBS", &shared_jars);
-        }
-        let output = command.output().unwrap();
-        assert!(
-            output.status.success(),
-            "ops/testbed/{name} {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&output.stderr),
-            self.log()
-        );
-    }
-
-    fn stop(&self) {
-        self.script("broker", &["stop", "1"]);
-    }
-
-    fn restart(&self) {
-        self.script("broker", &["start", "1"]);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log/kafka-1.log"))
-            .map(|log| log.lines().rev().take(30).collect::<Vec<_>>().join("\n"))
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = Command::new(Self::repo().join("ops/testbed/down"))
-            .env("ORDERPIPE_TESTBED_DIR", self.dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("SCYLLA_NODES", "not-used-by-this-test")
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn ingest_recovers_by_itself_when_the_broker_comes_back() {
     // Given a broker of our own and ingest on it
-    let broker = Broker::start();
+    let broker = orderpipe_testkit::broker::PrivateBroker::start();
     let bootstrap = broker.bootstrap();
     let deadline = Duration::from_secs(1);
     let config = Config {

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use orderpipe_schemas::TopicSpec;
+use backon::{ExponentialBuilder, Retryable};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -143,6 +144,67 @@ pub fn assigned_reader(bootstrap: &str, client_id: &str, group: &str) -> ClientC
 /// Creates the topics of `plan` that do not exist yet; existing ones are left as they are.
 /// Returns the names actually created (tests adopt them for deletion).
 pub async fn create_topics(
+    bootstrap: &str,
+    options: &[(String, String)],
+    plan: &[TopicSpec],
+) -> Result<Vec<String>, Error> {
+    // A broker that is restarting, or a cluster still electing its controller, times out or
+    // answers with a retriable code: ask again for a while instead of failing the process start.
+    (|| create_topics_once(bootstrap, options, plan))
+        .retry(startup_backoff())
+        .when(Error::is_retriable)
+        .notify(|err, after| tracing::warn!(error = %err, retry_in = ?after, "creating topics: retrying"))
+        .await
+}
+
+/// Backoff of start-up calls that meet a broker not (yet) able to answer: up to about a minute.
+pub fn startup_backoff() -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(5))
+        .without_max_times()
+        .with_total_delay(Some(Duration::from_secs(60)))
+}
+
+impl Error {
+    /// Whether asking again later may succeed (the broker is down, busy or moving leadership).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Timeout(_) => true,
+            // rdkafka reports an admin call's own failure as AdminOp, without an error code.
+            Error::Client {
+                source: KafkaError::AdminOp(code),
+                ..
+            } => is_retriable_code(code),
+            Error::Client { source, .. } => source
+                .rdkafka_error_code()
+                .is_some_and(|code| is_retriable_code(&code)),
+            Error::CreateTopic { code, .. } => is_retriable_code(code),
+        }
+    }
+}
+
+/// Broker answers that mean "not now" rather than "no".
+pub fn is_retriable_code(code: &RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        OperationTimedOut
+            | RequestTimedOut
+            | BrokerTransportFailure
+            | AllBrokersDown
+            | NotController
+            | CoordinatorLoadInProgress
+            | CoordinatorNotAvailable
+            | NotCoordinator
+            | LeaderNotAvailable
+            | NotLeaderForPartition
+            | NotEnoughReplicas
+            | ConcurrentTransactions
+    )
+}
+
+async fn create_topics_once(
     bootstrap: &str,
     options: &[(String, String)],
     plan: &[TopicSpec],

@@ -4,11 +4,13 @@
 //! - [`kafka`]: a unique topic prefix and consumer group per test, producers and consumers
 //!   configured for the broker in `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), topics deleted after.
 //! - [`http`]: a small keep-alive HTTP/1.1 client for the services' APIs.
+//! - [`broker`]: a private Apache Kafka node a test may stop and restart.
 //! - [`cql`]: a unique keyspace per test on the CQL server in `SCYLLA_NODES`
 //!   (default `127.0.0.1:9042`), dropped after.
 //!
 //! The testbed (`ops/testbed/up`) or any real cluster named by those variables must be running.
 
+pub mod broker;
 pub mod cql;
 pub mod http;
 pub mod kafka;

@@ -36,6 +36,11 @@ pub struct Orderpipe {
 impl Orderpipe {
     /// Start `orderpipe run` with `args` plus the test's broker, prefix and a fresh admin port.
     pub fn run(name: &str, topics: &TestTopics, args: &[&str]) -> Self {
+        Self::run_on(&kafka::bootstrap(), name, topics, args)
+    }
+
+    /// [`Orderpipe::run`] against the broker at `bootstrap`.
+    pub fn run_on(bootstrap: &str, name: &str, topics: &TestTopics, args: &[&str]) -> Self {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = std::env::temp_dir().join(format!(
             "orderpipe-{}{name}-{}.log",
@@ -45,7 +50,7 @@ impl Orderpipe {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_orderpipe"))
             .arg("run")
-            .args(["--kafka-bootstrap", &kafka::bootstrap()])
+            .args(["--kafka-bootstrap", bootstrap])
             .args(["--topic-prefix", &topics.prefix])
             .args(["--admin-listen", &admin.to_string()])
             .args(["--partitions", &PARTITIONS.to_string()])

@@ -828,8 +828,22 @@ pub(crate) fn create_producer(
             source,
         })?;
     if transactional {
-        producer
-            .init_transactions(kafka::SETUP_TIMEOUT)
+        // A transaction coordinator that is still loading (a broker started a moment ago) or
+        // moving answers with a retriable error: ask again for a while before giving up.
+        use backon::BlockingRetryable as _;
+        (|| producer.init_transactions(kafka::SETUP_TIMEOUT))
+            .retry(orderpipe_runtime::kafka::startup_backoff())
+            .sleep(std::thread::sleep)
+            .when(|err| match err {
+                KafkaError::Transaction(err) => err.is_retriable(),
+                other => other
+                    .rdkafka_error_code()
+                    .is_some_and(|code| orderpipe_runtime::kafka::is_retriable_code(&code)),
+            })
+            .notify(|err, after| {
+                tracing::warn!(error = %err, retry_in = ?after, "initialising transactions: retrying")
+            })
+            .call()
             .map_err(|source| Error::Kafka {
                 context: "initialising transactions",
                 source,
