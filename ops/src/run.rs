@@ -37,7 +37,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
     if args.topics.create {
         let topics = orderpipe_schemas::Topics::with_prefix(args.connections.topic_prefix.clone());
         let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
-        orderpipe_runtime::kafka::create_topics(
+        orderpipe_runtime::kafka::create_topics_at_start_up(
             &args.connections.kafka_bootstrap,
             &args.ingest.kafka_options,
             &plan,

@@ -141,16 +141,15 @@ pub fn assigned_reader(bootstrap: &str, client_id: &str, group: &str) -> ClientC
     client
 }
 
-/// Creates the topics of `plan` that do not exist yet; existing ones are left as they are.
-/// Returns the names actually created (tests adopt them for deletion).
-pub async fn create_topics(
+/// [`create_topics`] for a process starting up: a broker that is restarting, or a cluster still
+/// electing its controller, times out or answers with a retriable code, so ask again for about a
+/// minute before failing the start (`orderpipe run` uses this; libraries fail fast).
+pub async fn create_topics_at_start_up(
     bootstrap: &str,
     options: &[(String, String)],
     plan: &[TopicSpec],
 ) -> Result<Vec<String>, Error> {
-    // A broker that is restarting, or a cluster still electing its controller, times out or
-    // answers with a retriable code: ask again for a while instead of failing the process start.
-    (|| create_topics_once(bootstrap, options, plan))
+    (|| create_topics(bootstrap, options, plan))
         .retry(startup_backoff())
         .when(Error::is_retriable)
         .notify(|err, after| tracing::warn!(error = %err, retry_in = ?after, "creating topics: retrying"))
@@ -204,7 +203,9 @@ pub fn is_retriable_code(code: &RDKafkaErrorCode) -> bool {
     )
 }
 
-async fn create_topics_once(
+/// Creates the topics of `plan` that do not exist yet; existing ones are left as they are.
+/// Returns the names actually created (tests adopt them for deletion).
+pub async fn create_topics(
     bootstrap: &str,
     options: &[(String, String)],
     plan: &[TopicSpec],
