@@ -26,8 +26,8 @@ use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, NotificationKind, OrderEnvelope, OrderEvent,
     StockAdjustment, StockEnvelope, StockEvent, StockLevels, Topics,
 };
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 use serde::Serialize;
@@ -297,12 +297,9 @@ fn distinct<'a, E: orderpipe_schemas::Envelope + 'a>(events: impl Iterator<Item 
 /// their end offsets at the time of the call. Fails when that end is not reached within
 /// `within` (e.g. a transaction left open holds the last stable offset back).
 pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyhow::Result<History> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        // Manual assignment, never committed: no live group is joined or moved.
-        .set("group.id", format!("orderpipe-verify-{}", Uuid::new_v4().simple()))
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+    // Manual assignment, never committed: no live group is joined or moved.
+    let group = format!("orderpipe-verify-{}", Uuid::new_v4().simple());
+    let consumer: BaseConsumer = orderpipe_runtime::kafka::assigned_reader(bootstrap, "orderpipe-verify", &group)
         .set("fetch.wait.max.ms", "50")
         .create()
         .context("creating the verify consumer")?;
@@ -333,8 +330,12 @@ pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyho
         if Instant::now() > deadline {
             bail!("reading the topics did not reach their end within {within:?} (an open transaction?)");
         }
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message.context("reading the topics")?;
+        let polled = match consumer.poll(Duration::from_millis(100)) {
+            // The reader reports partition ends; the positions below say when to stop.
+            Some(Err(KafkaError::PartitionEOF(_))) | None => None,
+            Some(other) => Some(other.context("reading the topics")?),
+        };
+        if let Some(message) = polled {
             let payload = message.payload().unwrap_or_default();
             let place = || format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
             if message.topic() == topics.orders {
