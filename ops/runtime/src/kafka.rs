@@ -203,8 +203,35 @@ pub fn is_retriable_code(code: &RDKafkaErrorCode) -> bool {
     )
 }
 
-/// Creates the topics of `plan` that do not exist yet; existing ones are left as they are.
-/// Returns the names actually created (tests adopt them for deletion).
+/// Apache Kafka answers CreateTopics once the controller has the topics; brokers serve them a
+/// moment later. Wait (bounded) until every created topic lists a leader for each partition, so
+/// callers may describe, produce to or consume from them at once.
+async fn wait_until_served<C: rdkafka::client::ClientContext>(client: &rdkafka::client::Client<C>, topics: &[String]) {
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    for topic in topics {
+        loop {
+            let served = client
+                .fetch_metadata(Some(topic), Duration::from_secs(2))
+                .ok()
+                .and_then(|m| {
+                    m.topics().iter().find(|t| t.name() == topic).map(|t| {
+                        t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                    })
+                })
+                .unwrap_or(false);
+            if served || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Creates the topics of `plan` that do not exist yet; existing ones are left as they are, and
+/// returns once the created ones are served. Returns the names actually created (tests adopt them
+/// for deletion).
 pub async fn create_topics(
     bootstrap: &str,
     options: &[(String, String)],
@@ -249,6 +276,7 @@ pub async fn create_topics(
             Err((topic, code)) => return Err(Error::CreateTopic { topic, code }),
         }
     }
+    wait_until_served(admin.inner(), &created).await;
     if !created.is_empty() {
         tracing::info!(topics = ?created, "created topics");
     }
