@@ -17,8 +17,8 @@ use orderpipe_testkit::kafka::{self, TestTopics};
 use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
-/// `orderpipe verify` on this test's topics: (exit code, stdout).
-fn verify(topics: &TestTopics, extra: &[&str]) -> (i32, String) {
+/// `orderpipe verify` on this test's topics: (exit code, stdout, stdout and stderr together).
+fn verify(topics: &TestTopics, extra: &[&str]) -> (i32, String, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_orderpipe"))
         .arg("verify")
         .args(["--kafka-bootstrap", &kafka::bootstrap()])
@@ -29,7 +29,8 @@ fn verify(topics: &TestTopics, extra: &[&str]) -> (i32, String) {
         .expect("running orderpipe verify");
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), format!("{stdout}{stderr}"))
+    let both = format!("{stdout}{stderr}");
+    (output.status.code().unwrap_or(-1), stdout, both)
 }
 
 async fn publish(topics: &Topics, events: Vec<OrderEnvelope>) {
@@ -71,11 +72,12 @@ async fn verify_passes_after_a_clean_sale_and_names_what_breaks_an_invariant() {
     pipeline.stop();
 
     // Then verify passes, and its JSON report counts every order
-    let (code, out) = verify(&topics, &[]);
+    let (code, _, out) = verify(&topics, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK: every invariant holds"), "{out}");
-    let (code, json) = verify(&topics, &["--json"]);
-    assert_eq!(code, 0, "{json}");
+    // The report is stdout alone: logs go to stderr.
+    let (code, json, both) = verify(&topics, &["--json"]);
+    assert_eq!(code, 0, "{both}");
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(report["orders"], 120, "{json}");
     assert_eq!(report["confirmed"], acked.keys().filter(|id| outcome.confirmed(id)).count(), "{json}");
@@ -114,7 +116,7 @@ async fn verify_passes_after_a_clean_sale_and_names_what_breaks_an_invariant() {
     .await;
 
     // Then verify exits 1 and names each of them
-    let (code, out) = verify(&topics, &[]);
+    let (code, _, out) = verify(&topics, &[]);
     assert_eq!(code, 1, "{out}");
     assert!(out.contains(&format!("terminal: order {confirmed}")), "second terminal event not named:\n{out}");
     assert!(out.contains(&format!("refund: order {rejected}")), "unrefunded charge not named:\n{out}");
