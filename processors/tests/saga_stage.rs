@@ -267,6 +267,34 @@ fn a_restored_terminal_order_repeats_in_the_first_batch_and_is_compacted_after()
     assert!(stage.order(id).unwrap().details.is_none());
 }
 
+/// The crash of `processors_killed_mid_sale::at_least_once`: an instance makes an order terminal
+/// in the middle of a batch, writes its state and dies before its outputs are delivered. The
+/// redelivered batch goes past the terminal input; the order must not be compacted before that
+/// input is handled again (the batch is not committed yet), or its terminal event is never written.
+#[test]
+fn a_restored_terminal_order_repeats_when_its_input_is_not_the_last_of_the_batch() {
+    let topics = Topics::default();
+    let (id, corr) = (Uuid::now_v7(), Uuid::now_v7());
+    let batch = [
+        placed(id, corr).encode(),
+        reserved(id, corr, 0, "A").encode(),
+        settled(id, corr).encode(),
+        placed(Uuid::now_v7(), Uuid::now_v7()).encode(),
+        placed(Uuid::now_v7(), Uuid::now_v7()).encode(),
+    ];
+    let mut crashed = SagaStage::new(topics.clone());
+    let lost = process_at(&mut crashed, 0, 10, &batch);
+    let mut stage = SagaStage::new(topics);
+    for r in lost.changelog() {
+        stage
+            .restore(r.partition, &r.key, r.value.as_deref())
+            .unwrap();
+    }
+    let again = process_at(&mut stage, 0, 10, &batch);
+    assert_eq!(same(&again), same(&lost));
+    assert!(order_types(&again).contains(&"order_confirmed".to_owned()));
+}
+
 /// Processes `payloads` as one batch of `partition` starting at `first_offset`.
 fn process_at(
     stage: &mut SagaStage,

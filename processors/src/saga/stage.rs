@@ -384,12 +384,16 @@ impl Stage for SagaStage {
         // Whatever came before this batch is committed, and so is every offset below the first
         // one of a partition in it (the runner reads on from the committed offsets).
         self.promote(true);
+        // Only the first offset of each partition: the rest of the batch is not committed yet,
+        // and a restored terminal order whose input comes later in it must keep its details
+        // until that input is handled again (a crash after its state but before its outputs).
+        let mut first_offsets: HashMap<i32, i64> = HashMap::new();
         for input in batch {
-            let floor = self
-                .committed
-                .entry(input.partition)
-                .or_insert(input.offset);
-            *floor = (*floor).max(input.offset);
+            first_offsets.entry(input.partition).or_insert(input.offset);
+        }
+        for (partition, first) in first_offsets {
+            let floor = self.committed.entry(partition).or_insert(first);
+            *floor = (*floor).max(first);
         }
         self.compact(out);
         for input in batch {
