@@ -306,11 +306,29 @@ pub async fn collect_outcome(
             _ => {}
         }
         if Instant::now() > deadline {
-            let missing = orders
+            let missing: Vec<&Uuid> = orders
                 .keys()
                 .filter(|id| outcome.terminals(id).is_empty())
-                .count();
-            panic!("sale not settled within {within:?}: {missing} orders without a terminal event, levels {:?}", outcome.levels);
+                .collect();
+            // What the topic says of a few of them tells which stage stopped short.
+            let seen: Vec<String> = missing
+                .iter()
+                .take(5)
+                .map(|id| {
+                    let kinds: Vec<&str> = outcome
+                        .events
+                        .get(*id)
+                        .map(|events| events.iter().map(OrderEvent::event_type).collect())
+                        .unwrap_or_default();
+                    format!("{id}: {kinds:?}")
+                })
+                .collect();
+            panic!(
+                "sale not settled within {within:?}: {} orders without a terminal event, levels {:?}; \
+                 events of some: {seen:#?}",
+                missing.len(),
+                outcome.levels
+            );
         }
         let message = match tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await
         {
@@ -359,8 +377,9 @@ pub fn assert_invariants(
     stock: &BTreeMap<String, u64>,
 ) {
     let names = Topics::with_prefix(topics.prefix.clone());
-    let history = orderpipe_ops::verify::read_history(&kafka::bootstrap(), &names, Duration::from_secs(60))
-        .expect("reading the topics for the audit");
+    let history =
+        orderpipe_ops::verify::read_history(&kafka::bootstrap(), &names, Duration::from_secs(60))
+            .expect("reading the topics for the audit");
     let window = orderpipe_ops::verify::Window {
         settle: Duration::ZERO,
         ..Default::default()
@@ -368,7 +387,10 @@ pub fn assert_invariants(
     let report = orderpipe_ops::verify::audit(&history, &window);
     assert!(report.ok(), "{}", orderpipe_ops::verify::render(&report));
     for id in orders.keys() {
-        assert!(history.orders.contains_key(id), "acknowledged order {id} is not on the orders topic");
+        assert!(
+            history.orders.contains_key(id),
+            "acknowledged order {id} is not on the orders topic"
+        );
     }
     let mut confirmed_units: BTreeMap<String, u64> = BTreeMap::new();
     for (id, lines) in orders {
@@ -384,9 +406,19 @@ pub fn assert_invariants(
             .get(sku)
             .unwrap_or_else(|| panic!("no stock_levels for {sku}"));
         let sold = confirmed_units.get(sku).copied().unwrap_or(0);
-        assert_eq!(levels.sold, sold, "{sku}: stock stage's sold vs confirmed units");
+        assert_eq!(
+            levels.sold, sold,
+            "{sku}: stock stage's sold vs confirmed units"
+        );
         assert!(sold <= *stocked, "{sku}: oversold {sold} > {stocked}");
-        assert_eq!(levels.reserved, 0, "{sku}: units still reserved after every order ended");
-        assert_eq!(levels.available + levels.sold, *stocked, "{sku}: units lost or invented: {levels:?}");
+        assert_eq!(
+            levels.reserved, 0,
+            "{sku}: units still reserved after every order ended"
+        );
+        assert_eq!(
+            levels.available + levels.sold,
+            *stocked,
+            "{sku}: units lost or invented: {levels:?}"
+        );
     }
 }
