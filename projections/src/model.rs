@@ -544,7 +544,9 @@ pub(crate) fn plan_order(
             state.placed = Some(placed);
             None
         }
-        OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_) | OrderEvent::OrderCancelled(_) => {
+        OrderEvent::OrderConfirmed(_)
+        | OrderEvent::OrderRejected(_)
+        | OrderEvent::OrderCancelled(_) => {
             let confirmed = matches!(envelope.event, OrderEvent::OrderConfirmed(_));
             let status = match &envelope.event {
                 OrderEvent::OrderConfirmed(_) => "confirmed",
@@ -700,8 +702,14 @@ mod tests {
         offsets.dedup();
         for pair in offsets.windows(2) {
             let (a, b) = (pair[0], pair[1]);
-            assert!(first_wins(a) > first_wins(b), "first_wins order at {a} < {b}");
-            assert!(latest_wins(a) < latest_wins(b), "latest_wins order at {a} < {b}");
+            assert!(
+                first_wins(a) > first_wins(b),
+                "first_wins order at {a} < {b}"
+            );
+            assert!(
+                latest_wins(a) < latest_wins(b),
+                "latest_wins order at {a} < {b}"
+            );
         }
         for &o in &offsets {
             for stamp in [first_wins(o), latest_wins(o)] {
@@ -732,7 +740,14 @@ mod tests {
             Status::derive(Some("cancelled"), true, true),
             Status::Cancelled
         );
-        for s in ["placed", "stock_reserved", "paid", "confirmed", "rejected", "cancelled"] {
+        for s in [
+            "placed",
+            "stock_reserved",
+            "paid",
+            "confirmed",
+            "rejected",
+            "cancelled",
+        ] {
             assert_eq!(Status::parse(s).unwrap().as_str(), s);
         }
         assert_eq!(Status::parse("bogus"), None);
@@ -821,24 +836,47 @@ mod tests {
             client_id: "checkout".into(),
         });
         // Then the request alone only adds a timeline row (the saga may still refuse it)
-        assert_eq!(plan_order(&mut state, &envelope(id, 5, request), 2, &mut w), None);
+        assert_eq!(
+            plan_order(&mut state, &envelope(id, 5, request), 2, &mut w),
+            None
+        );
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(matches!(w[0], Write::Timeline { .. }));
         w.clear();
         // When the saga's order_cancelled arrives
         let cancelled = OrderEvent::OrderCancelled(orderpipe_schemas::OrderCancelled {});
         assert!(needs_state(&cancelled));
-        assert_eq!(plan_order(&mut state, &envelope(id, 6, cancelled), 3, &mut w), None);
+        assert_eq!(
+            plan_order(&mut state, &envelope(id, 6, cancelled), 3, &mut w),
+            None
+        );
         // Then the order's terminal status is cancelled, with its cancelled_at, and no sales
         assert!(w.iter().any(|w| matches!(
             w,
-            Write::Terminal { status: "cancelled", reason: None, offset: 3, .. }
+            Write::Terminal {
+                status: "cancelled",
+                reason: None,
+                offset: 3,
+                ..
+            }
         )));
         assert_eq!(
-            count(&w, |w| matches!(w, Write::Stage { column: StageColumn::Cancelled, .. })),
+            count(&w, |w| matches!(
+                w,
+                Write::Stage {
+                    column: StageColumn::Cancelled,
+                    ..
+                }
+            )),
             1
         );
-        assert_eq!(count(&w, |w| matches!(w, Write::Sale { .. } | Write::SkuSale { .. })), 0);
+        assert_eq!(
+            count(&w, |w| matches!(
+                w,
+                Write::Sale { .. } | Write::SkuSale { .. }
+            )),
+            0
+        );
         // And a late confirmation changes nothing
         w.clear();
         let note = plan_order(
