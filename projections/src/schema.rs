@@ -34,7 +34,8 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
     version: 1,
     description: "orders (status + timeline), order_lines, orders_by_customer, stock_by_sku, sales_by_minute, sales_by_sku_minute",
     statements: &[
@@ -113,7 +114,32 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             PRIMARY KEY ((sku, hour), minute, order_id, line_index)
         )",
     ],
-}];
+    },
+    Migration {
+        version: 2,
+        description: "replay_positions (how far a replay got), active_views (the keyspace the query API serves)",
+        statements: &[
+            // Written by `orderpipe replay`/`rebuild` after each applied batch: every event of
+            // topic/partition before next_offset is in this keyspace's views, so an interrupted
+            // replay continues from here. The live projectors keep their place in Kafka instead.
+            "CREATE TABLE IF NOT EXISTS {ks}.replay_positions (
+                topic text,
+                partition int,
+                next_offset bigint,
+                base text,
+                updated_at timestamp,
+                PRIMARY KEY (topic, partition)
+            )",
+            // One row (name 'query') in the keyspace the query APIs are configured with: which
+            // keyspace they serve. `orderpipe switch` writes it; every query API re-reads it.
+            "CREATE TABLE IF NOT EXISTS {ks}.active_views (
+                name text PRIMARY KEY,
+                keyspace_name text,
+                switched_at timestamp
+            )",
+        ],
+    },
+];
 
 /// The view tables, for tools that dump or compare them (the migrations table excluded).
 pub const VIEW_TABLES: &[&str] = &[
