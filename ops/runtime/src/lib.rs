@@ -6,10 +6,14 @@
 //! - [`telemetry`]: structured logging setup.
 //! - [`metrics`]: the process-wide Prometheus recorder and its `/metrics` rendering.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` routes, with readiness checks components register.
+//! - [`problem`]: the RFC 7807 problem document every HTTP API answers errors with.
+//! - [`openapi`]: `/openapi.json`, and schemas of `schemas` types (from schemars) for OpenAPI documents.
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGINT or SIGTERM.
 
 pub mod health;
 pub mod kafka;
 pub mod metrics;
+pub mod openapi;
+pub mod problem;
 pub mod shutdown;
 pub mod telemetry;
