@@ -4,19 +4,17 @@
 //! (`sha256_hex` computes a digest; `echo -n "$KEY" | sha256sum` does too). A key is sent as
 //! `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
 //!
-//! Lookup compares SHA-256 digests, never the keys: the timing of a digest lookup tells an
-//! attacker at most about the digest, and a digest does not lead back to a key (preimage
-//! resistance), so no constant-time comparison of keys is needed.
+//! Lookup compares SHA-256 digests, never the keys (see `orderpipe_runtime::auth`, which also
+//! reads the bearer token and checks the admin key the same way).
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
+use orderpipe_runtime::auth::{self as keys, Bearer};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
 
@@ -74,7 +72,8 @@ impl ApiKeys {
             if entry.client_id.trim().is_empty() {
                 bail!("entry {i}: empty client_id");
             }
-            let digest = parse_digest(&entry.key_sha256)
+            let digest = keys::parse_digest_hex(&entry.key_sha256)
+                .map_err(anyhow::Error::msg)
                 .with_context(|| format!("entry {i} ({}): key_sha256", entry.client_id))?;
             let client = Client {
                 id: entry.client_id.into(),
@@ -91,8 +90,7 @@ impl ApiKeys {
     /// the key is disabled.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<str>, ApiError> {
         let key = presented_key(headers).ok_or(ApiError::Unauthenticated)?;
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        match self.by_digest.get(&digest) {
+        match self.by_digest.get(&keys::digest(key)) {
             None => Err(ApiError::Unauthenticated),
             Some(client) if client.disabled => Err(ApiError::Forbidden),
             Some(client) => Ok(client.id.clone()),
@@ -100,38 +98,22 @@ impl ApiKeys {
     }
 }
 
-/// The key sent as `Authorization: Bearer <key>` (preferred) or `X-Api-Key: <key>`.
+/// The key sent as `Authorization: Bearer <key>` (preferred) or `X-Api-Key: <key>`. A
+/// malformed `Authorization` header counts as no key (no fallback to `X-Api-Key`).
 fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?;
-        let (scheme, key) = value.split_once(' ')?;
-        return (scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty())
-            .then(|| key.trim());
+    match keys::bearer(headers) {
+        Bearer::Token(key) => Some(key),
+        Bearer::Malformed => None,
+        Bearer::Absent => {
+            let key = headers.get("x-api-key")?.to_str().ok()?.trim();
+            (!key.is_empty()).then_some(key)
+        }
     }
-    let key = headers.get("x-api-key")?.to_str().ok()?.trim();
-    (!key.is_empty()).then_some(key)
-}
-
-fn parse_digest(hex: &str) -> anyhow::Result<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.is_ascii() {
-        bail!("must be 64 hex digits");
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).context("must be hex digits")?;
-    }
-    Ok(out)
 }
 
 /// Lowercase hex SHA-256 of an API key, as the keys file stores it.
 pub fn sha256_hex(key: &str) -> String {
-    Sha256::digest(key.as_bytes())
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        })
+    keys::sha256_hex(key)
 }
 
 #[cfg(test)]
@@ -214,12 +196,4 @@ mod tests {
         assert!(!text.contains(&sha256_hex("k-eu")), "{text}");
     }
 
-    #[test]
-    fn digest_matches_sha256sum() {
-        // echo -n abc | sha256sum
-        assert_eq!(
-            sha256_hex("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-    }
 }

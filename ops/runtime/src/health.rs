@@ -1,5 +1,11 @@
 //! `/healthz` (the process is alive), `/readyz` (every registered readiness check passes) and
 //! `/metrics` (Prometheus text), as routes any service merges into its own router.
+//!
+//! With an admin key installed ([`crate::auth::set_admin_key`]), `/readyz` and `/metrics` answer
+//! 401 without it: the exposition names SKUs, stages and error rates, and readiness failures
+//! name brokers and components, which an outsider has no business reading. `/healthz` stays open
+//! and says nothing but `ok`: liveness probes (Docker `HEALTHCHECK`, a kubelet) usually cannot
+//! send a secret, and a probe that got 401 would restart a healthy process.
 
 use std::sync::{Arc, Mutex};
 
@@ -45,12 +51,23 @@ impl Readiness {
     }
 }
 
-/// Routes for `/healthz`, `/readyz` and `/metrics`.
+/// Routes for `/healthz`, `/readyz` and `/metrics`, the last two behind the process's admin key
+/// when one is installed.
 pub fn routes<S: Clone + Send + Sync + 'static>(readiness: Readiness) -> Router<S> {
+    routes_with_key(readiness, crate::auth::admin_key())
+}
+
+/// [`routes`] with `/readyz` and `/metrics` behind `admin_key` (open without one).
+pub fn routes_with_key<S: Clone + Send + Sync + 'static>(
+    readiness: Readiness,
+    admin_key: Option<crate::auth::AdminKey>,
+) -> Router<S> {
+    let guarded = Router::new()
+        .route("/readyz", get(move || ready(readiness.clone())))
+        .route("/metrics", get(metrics));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(move || ready(readiness.clone())))
-        .route("/metrics", get(metrics))
+        .merge(crate::auth::guard(guarded, admin_key))
 }
 
 async fn ready(readiness: Readiness) -> Response {
@@ -113,6 +130,50 @@ mod tests {
 
         broker_up.store(true, Ordering::Relaxed);
         assert_eq!(get_status(&router, "/readyz").await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn admin_key_guards_readyz_and_metrics_but_not_healthz() {
+        let key = crate::auth::AdminKey::new("admin-test-key").unwrap();
+        let open: Router = routes_with_key(Readiness::new(), None);
+        let guarded: Router = routes_with_key(Readiness::new(), Some(key));
+        let call = |router: &Router, path: &str, authorization: Option<&str>| {
+            let mut request = Request::get(path);
+            if let Some(value) = authorization {
+                request = request.header(header::AUTHORIZATION, value);
+            }
+            router.clone().oneshot(request.body(Body::empty()).unwrap())
+        };
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(
+                call(&open, path, None).await.unwrap().status(),
+                StatusCode::OK,
+                "{path}"
+            );
+            let with_key = call(&guarded, path, Some("Bearer admin-test-key"))
+                .await
+                .unwrap();
+            assert_eq!(with_key.status(), StatusCode::OK, "{path}");
+        }
+        assert_eq!(
+            call(&guarded, "/healthz", None).await.unwrap().status(),
+            StatusCode::OK
+        );
+        for path in ["/readyz", "/metrics"] {
+            for sent in [None, Some("Bearer wrong"), Some("admin-test-key")] {
+                let refused = call(&guarded, path, sent).await.unwrap();
+                assert_eq!(
+                    refused.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{path} {sent:?}"
+                );
+                assert_eq!(
+                    refused.headers()[header::CONTENT_TYPE],
+                    "application/problem+json"
+                );
+                assert!(refused.headers().contains_key(header::WWW_AUTHENTICATE));
+            }
+        }
     }
 
     #[tokio::test]

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use orderpipe_schemas::TopicSpec;
 use backon::{ExponentialBuilder, Retryable};
+use orderpipe_schemas::TopicSpec;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -206,7 +206,10 @@ pub fn is_retriable_code(code: &RDKafkaErrorCode) -> bool {
 /// Apache Kafka answers CreateTopics once the controller has the topics; brokers serve them a
 /// moment later. Wait (bounded) until every created topic lists a leader for each partition, so
 /// callers may describe, produce to or consume from them at once.
-async fn wait_until_served<C: rdkafka::client::ClientContext>(client: &rdkafka::client::Client<C>, topics: &[String]) {
+async fn wait_until_served<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    topics: &[String],
+) {
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
     for topic in topics {
         loop {
@@ -217,7 +220,9 @@ async fn wait_until_served<C: rdkafka::client::ClientContext>(client: &rdkafka::
                     m.topics().iter().find(|t| t.name() == topic).map(|t| {
                         t.error().is_none()
                             && !t.partitions().is_empty()
-                            && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
+                            && t.partitions()
+                                .iter()
+                                .all(|p| p.leader() >= 0 && p.error().is_none())
                     })
                 })
                 .unwrap_or(false);

@@ -6,10 +6,12 @@
 //! - [`telemetry`]: structured logging setup.
 //! - [`metrics`]: the process-wide Prometheus recorder and its `/metrics` rendering.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` routes, with readiness checks components register.
+//! - [`auth`]: bearer keys compared by digest, and the admin key guarding the admin endpoints.
 //! - [`problem`]: the RFC 7807 problem document every HTTP API answers errors with.
 //! - [`openapi`]: `/openapi.json`, and schemas of `schemas` types (from schemars) for OpenAPI documents.
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGINT or SIGTERM.
 
+pub mod auth;
 pub mod health;
 pub mod kafka;
 pub mod metrics;
