@@ -40,22 +40,24 @@ use crate::error::Error;
 use crate::metrics;
 use crate::model::Status;
 use crate::schema::connect;
-use crate::store::{OrderRecord, Reader, StatusRecord};
+use crate::store::{OrderRecord, StatusRecord};
+use crate::switch::ActiveViews;
 
 /// The query API's state: prepared reads and settings. Build it once, serve it with [`serve`].
 #[derive(Clone)]
 pub struct QueryApi {
-    reader: Arc<Reader>,
+    views: Arc<ActiveViews>,
     config: QueryConfig,
     long_polls: Arc<AtomicUsize>,
 }
 
 impl QueryApi {
-    /// Prepares the reads of the views in `config.cql.keyspace` (which must be migrated).
+    /// Prepares the reads of the views in the keyspace `config.cql.keyspace`'s `active_views`
+    /// names, or in `config.cql.keyspace` itself (which must be migrated); see [`crate::switch`].
     pub async fn new(session: Arc<Session>, config: &Config) -> Result<Self, Error> {
         config.check().map_err(Error::Config)?;
         Ok(Self {
-            reader: Arc::new(Reader::new(session, &config.cql.keyspace).await?),
+            views: Arc::new(ActiveViews::new(session, &config.cql.keyspace).await?),
             config: config.query.clone(),
             long_polls: Arc::new(AtomicUsize::new(0)),
         })
@@ -91,6 +93,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     orderpipe_runtime::metrics::handle();
+    // Follows `orderpipe switch` while serving (see `crate::switch`).
+    tokio::spawn(
+        api.views
+            .clone()
+            .follow(api.config.keyspace_check_interval, shutdown.clone()),
+    );
     let router = api.router(readiness, shutdown.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -408,7 +416,7 @@ async fn order(
             ))
         })?),
     };
-    let reader = &state.api.reader;
+    let reader = state.api.views.reader();
     // Each waiting client re-reads the order every poll interval: past the cap, clients get
     // the current state at once (and poll again) instead of loading the cluster further.
     let guard = if wait.is_zero() {
@@ -521,7 +529,7 @@ async fn customer_orders(
                 .ok_or_else(|| Problem::bad_request("`cursor` is not a cursor this API gave"))?,
         ),
     };
-    let reader = &state.api.reader;
+    let reader = state.api.views.reader();
     let page_size = usize::try_from(limit).unwrap_or(usize::MAX);
     let mut rows = reader
         .customer_orders(
@@ -575,7 +583,7 @@ struct StockBody {
 
 async fn get_stock(State(state): State<AppState>, Path(sku): Path<String>) -> Response {
     let result = async {
-        match state.api.reader.stock(&sku).await? {
+        match state.api.views.reader().stock(&sku).await? {
             Some(s) => Ok(StockBody {
                 sku,
                 available: s.available,
@@ -675,7 +683,12 @@ async fn sales(state: &AppState, params: &HashMap<String, String>) -> Result<Sal
         )));
     }
     let sku = params.get("sku").filter(|s| !s.is_empty()).cloned();
-    let rows = state.api.reader.sales(from, to, sku.as_deref()).await?;
+    let rows = state
+        .api
+        .views
+        .reader()
+        .sales(from, to, sku.as_deref())
+        .await?;
     let (minutes, totals) = aggregate(&rows);
     Ok(SalesBody {
         from: rfc3339(from),

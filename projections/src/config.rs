@@ -163,6 +163,11 @@ pub struct QueryConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub default_page: u32,
 
+    /// How often the query API re-reads which keyspace to serve (`active_views` in `--keyspace`,
+    /// written by `orderpipe switch`).
+    #[arg(long = "query-keyspace-check-interval", env = "ORDERPIPE_QUERY_KEYSPACE_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub keyspace_check_interval: Duration,
+
     /// Largest `limit` accepted by `GET /v1/customers/{id}/orders`.
     #[arg(long = "query-max-page", env = "ORDERPIPE_QUERY_MAX_PAGE", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -206,6 +211,7 @@ impl Default for QueryConfig {
             max_sales_range: Duration::from_secs(24 * 3600),
             default_page: 20,
             max_page: 100,
+            keyspace_check_interval: Duration::from_secs(2),
         }
     }
 }
@@ -225,6 +231,9 @@ impl Config {
         }
         if self.query.poll_interval.is_zero() {
             return Err("query poll interval must be positive".into());
+        }
+        if self.query.keyspace_check_interval.is_zero() {
+            return Err("query keyspace check interval must be positive".into());
         }
         if self.query.default_page > self.query.max_page {
             return Err("query default page must not exceed the max page".into());

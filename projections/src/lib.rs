@@ -11,7 +11,9 @@
 //!   public [`dump_views`] for comparisons.
 //! - [`projector`]: the live consumers ([`run_projectors`], [`start_projectors`]), dead letters,
 //!   lag, [`Progress`].
-//! - [`rebuild`](mod@rebuild): [`rebuild()`] every view from offset 0 into another keyspace.
+//! - [`rebuild`](mod@rebuild): [`rebuild()`] every view from offset 0 into another keyspace;
+//!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`).
+//! - [`switch`]: which keyspace the query APIs serve (`active_views`), switched without downtime.
 //! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]).
 //! - `metrics` (private): every metric name, documented in one table.
 //!
@@ -64,8 +66,8 @@
 //!   in `readiness` (serve them with the query API's `/readyz`, or the binary's own).
 //! - `orderpipe run --components query`: [`run_query`]`(config, nodes, listen, readiness,
 //!   shutdown)`; in tests, [`QueryApi::new`] + [`serve`] on a port-0 listener.
-//! - `orderpipe replay`/`rebuild`: [`rebuild()`]`(config, bootstrap, nodes, topics,
-//!   target_keyspace, progress)`, then point the query API at the new keyspace (`--keyspace`).
+//! - `orderpipe replay`/`rebuild`: [`Replay::prepare`] + [`Replay::run`] (or [`rebuild()`]),
+//!   then `orderpipe switch` points the running query APIs at the new keyspace (`active_views`).
 //! - schema only: [`connect`] + [`migrate`]; comparisons: [`dump_views`].
 //!
 //! # Not covered
@@ -84,6 +86,7 @@ pub mod projector;
 pub mod rebuild;
 pub mod schema;
 mod store;
+pub mod switch;
 
 pub use api::{run_query, serve, QueryApi};
 pub use config::{Config, ConsistencyLevel, CqlConfig, ProjectorConfig, QueryConfig, Replication};
@@ -93,8 +96,12 @@ pub use projector::{
     run_projectors, start_projectors, PartitionProgress, Progress, ProjectorKind, Projectors,
     DLQ_STAGE_NAME,
 };
-pub use rebuild::{rebuild, RebuildProgress, RebuildReport};
+pub use rebuild::{
+    rebuild, PartitionPlan, RebuildProgress, RebuildReport, Replay, ReplayFrom, ReplayPlan,
+    ReplaySpec, StartOrigin,
+};
 pub use schema::{
     connect, migrate, parse_nodes, Migration, MigrationReport, MIGRATIONS, VIEW_TABLES,
 };
 pub use store::dump_views;
+pub use switch::{active_keyspace, switch_active_keyspace};
