@@ -6,11 +6,20 @@
 //! - [`Config`], [`ProcessingMode`]: runner options (clap `Args`).
 //! - [`spawn_stage`], [`StageHandle`]: start a stage, wait for it, ask if it is ready.
 //! - `run`: the loop (poll a batch, process, write effects + offsets, recover on failure).
+//! - `write`: a batch's effects with its offsets (one transaction, or changelog, outputs, then
+//!   offsets); the stage producer.
+//! - `restore`: a stage's state from its changelog partitions.
+//! - `recover`: after a failed batch, put back the partitions it may have touched.
+//! - `contexts`: the Kafka client callbacks (rebalances, lag, failed deliveries).
 
 mod config;
+mod contexts;
 mod error;
+mod recover;
+mod restore;
 mod run;
 mod stage;
+mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +36,9 @@ pub use orderpipe_runtime::kafka::dlq::HEADERS as DLQ_HEADERS;
 pub use stage::{ChangelogRecord, DeadLetter, Effects, Input, OutputRecord, Stage};
 
 use crate::kafka;
-use run::{create_producer, Runner, RunnerContext, StageConsumer};
+use contexts::{RunnerContext, StageConsumer};
+use run::Runner;
+use write::create_producer;
 
 /// Starts `stage` on a dedicated thread and returns at once after the setup checks.
 ///
