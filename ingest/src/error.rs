@@ -6,13 +6,9 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orderpipe_schemas::FieldError;
-use serde::{Deserialize, Serialize};
 
-/// Media type of every error body.
-pub const PROBLEM_JSON: &str = "application/problem+json";
-
-/// Prefix of every problem `type` (an absolute URI, as RFC 7807 asks).
-pub const PROBLEM_TYPE_PREFIX: &str = "urn:orderpipe:problem:";
+// One problem document for every orderpipe HTTP API (ingest and query): see orderpipe-runtime.
+pub use orderpipe_runtime::problem::{Problem, PROBLEM_JSON, PROBLEM_TYPE_PREFIX};
 
 /// Why a request was not accepted.
 #[derive(Debug, thiserror::Error)]
@@ -76,23 +72,6 @@ pub enum ApiError {
     /// Any other status produced outside the handler (404, 405, 408, 413 from a layer...).
     #[error("HTTP {0}")]
     Status(StatusCode),
-}
-
-/// An RFC 7807 problem document, as sent (and as tests read it back).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Problem {
-    /// URI naming the kind of problem, `urn:orderpipe:problem:<slug>`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// Short summary of the kind of problem.
-    pub title: String,
-    /// The HTTP status code.
-    pub status: u16,
-    /// What went wrong with this request.
-    pub detail: String,
-    /// Field errors (JSON pointer into the body and the rule broken), for 422 answers.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
 }
 
 impl ApiError {
@@ -222,35 +201,17 @@ impl ApiError {
 
     /// The problem document of this error.
     pub fn problem(&self) -> Problem {
-        Problem {
-            type_: format!("{PROBLEM_TYPE_PREFIX}{}", self.slug()),
-            title: self.title().into(),
-            status: self.status().as_u16(),
-            detail: self.detail(),
-            errors: match self {
-                Self::InvalidOrder(errors) => errors.clone(),
-                _ => Vec::new(),
-            },
+        let mut problem = Problem::new(self.status(), self.slug(), self.title(), self.detail());
+        if let Self::InvalidOrder(errors) = self {
+            problem.errors = errors.clone();
         }
+        problem
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.problem()).expect("problems always serialize");
-        let mut response = (
-            self.status(),
-            [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON))],
-            body,
-        )
-            .into_response();
-        if let Some(after) = self.retry_after() {
-            // Retry-After takes whole seconds; round up so that a client never retries too early.
-            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
+        let mut response = self.problem().into_response_with(self.retry_after());
         if matches!(self, Self::Unauthenticated) {
             response
                 .headers_mut()

@@ -11,7 +11,6 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, S
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::{Json, Router};
 use orderpipe_runtime::health::{self, Readiness};
 use orderpipe_schemas::{
@@ -24,11 +23,15 @@ use tokio_util::sync::CancellationToken;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{ApiKeys, ANONYMOUS};
 use crate::config::{Config, IdempotencyStore};
-use crate::error::{ApiError, PROBLEM_JSON};
+use crate::error::{ApiError, Problem, PROBLEM_JSON};
 use crate::idempotency::{self, IdempotencyKey, RecentKeys};
 use crate::idempotency_store::{CqlStore, Outcome};
 use crate::kafka::Publisher;
@@ -52,13 +55,75 @@ const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Body of a 202 answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Accepted {
     /// Id of the order (derived from the Idempotency-Key when one was sent).
     pub order_id: Uuid,
     /// `accepted` (`order_placed` is durable in Kafka), or for a cancellation
     /// `cancellation_requested` (`cancellation_requested` is durable in Kafka).
+    #[schema(examples("accepted", "cancellation_requested"))]
     pub status: String,
+}
+
+orderpipe_runtime::schemars_schema! {
+    /// The order body in the OpenAPI document: `NewOrder`'s published JSON Schema.
+    struct NewOrderSchema => orderpipe_schemas::NewOrder, "NewOrder";
+}
+
+/// The ingest API's OpenAPI 3.1 document (paths come from the handlers' `#[utoipa::path]`
+/// through [`api_routes`]). Served at `/openapi.json`, committed as `ops/api/ingest.openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "orderpipe ingest API",
+        description = "Places and cancels orders. A 202 comes only once the event is durable in Kafka \
+(idempotent producer, acks=all). Every error is an RFC 7807 `application/problem+json` document. \
+Clients authenticate with `Authorization: Bearer <key>` or `X-Api-Key: <key>` when the service \
+runs with API keys (`--ingest-api-keys-file`); without them every caller is anonymous and \
+rate-limited per peer IP. `/healthz`, `/readyz` and `/metrics` are served on the same port.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    components(schemas(Problem)),
+    modifiers(&SecuritySchemes),
+    tags((name = "orders", description = "Placing and cancelling orders"))
+)]
+struct IngestDoc;
+
+/// The API-key schemes of the document (`--ingest-api-keys-file`).
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key as `Authorization: Bearer <key>`."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-Api-Key",
+                "An API key as `X-Api-Key: <key>`.",
+            ))),
+        );
+    }
+}
+
+/// The documented routes, each registered from its own `#[utoipa::path]`.
+fn api_routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::with_openapi(IngestDoc::openapi())
+        .routes(routes!(post_order))
+        .routes(routes!(post_cancel))
+}
+
+/// The ingest API's OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
 }
 
 /// What every request needs.
@@ -193,12 +258,12 @@ impl Server {
     }
 }
 
-/// All routes: `POST /v1/orders` behind its middleware, plus `/healthz`, `/readyz`, `/metrics`.
+/// All routes: the order routes behind their middleware, plus `/openapi.json`, `/healthz`,
+/// `/readyz`, `/metrics`.
 fn router(app: Arc<App>, readiness: Readiness, request_timeout: Duration) -> Router {
     let max_body = app.max_body_bytes;
-    let orders = Router::new()
-        .route(ORDERS_PATH, post(post_order))
-        .route(CANCEL_PATH, post(post_cancel))
+    let (orders, doc) = api_routes().split_for_parts();
+    let orders = orders
         // axum's own limit applies to the extractor; tower-http's refuses an oversized
         // Content-Length before reading anything. Both answer 413, made problem+json below.
         .layer(DefaultBodyLimit::max(max_body))
@@ -210,6 +275,7 @@ fn router(app: Arc<App>, readiness: Readiness, request_timeout: Duration) -> Rou
         .layer(middleware::from_fn(finish))
         .with_state(app);
     orders
+        .merge(orderpipe_runtime::openapi::route(&doc))
         .merge(health::routes(readiness))
         .fallback(|| async { ApiError::Status(StatusCode::NOT_FOUND) })
         // The default spans carry method, URI and version: never headers or bodies. A 5xx is
@@ -241,6 +307,51 @@ async fn finish(request: Request, next: Next) -> Response {
     problem
 }
 
+/// Place an order.
+///
+/// Answers 202 once the broker has acknowledged the `order_placed` event. Send an
+/// `Idempotency-Key` with every order: the order id is derived from (client, key), so a retry
+/// names the same order and never creates a second one.
+#[utoipa::path(
+    post,
+    path = ORDERS_PATH,
+    tag = "orders",
+    operation_id = "place_order",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
+         description = "1 to 255 visible ASCII characters, sent once. The same key with the same \
+body names the same order (202 again, same `order_id`); with another body: 422."),
+    ),
+    request_body(content = NewOrderSchema, content_type = "application/json",
+        description = "The order (at most 64 KiB by default, `--ingest-max-body-bytes`)."),
+    responses(
+        (status = 202, description = "`order_placed` is durable in Kafka.", body = Accepted),
+        (status = 400, description = "The body is not JSON, or the Idempotency-Key breaks its rules.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API keys are configured and none (or an unknown one) was sent.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The API key is disabled.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The request was not completed within the request timeout.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "The body exceeds the size limit.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not declared `application/json`.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "JSON that is not a valid order (`errors` points at each broken \
+field), or an Idempotency-Key already used with another body.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This client exceeded its rate limit (per API key, or per peer IP \
+without keys).", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, description = "The broker did not acknowledge in time, the producer queue is \
+full, or the shared idempotency store could not check the key. The order may or may not have been \
+recorded: retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security((), ("bearer" = []), ("api_key" = [])),
+)]
 async fn post_order(State(app): State<Arc<App>>, request: Request) -> Response {
     match accept(&app, request).await {
         Ok(order_id) => (
@@ -262,6 +373,39 @@ async fn post_order(State(app): State<Arc<App>>, request: Request) -> Response {
     }
 }
 
+/// Ask for an order to be cancelled.
+///
+/// Answers 202 once the `cancellation_requested` event is durable in Kafka. Ingest has no view of
+/// the order's state: the saga cancels an order that is neither confirmed nor rejected and
+/// ignores the request otherwise; read the outcome from the query API. Idempotent; no body.
+#[utoipa::path(
+    post,
+    path = CANCEL_PATH,
+    tag = "orders",
+    operation_id = "cancel_order",
+    params(("id" = String, Path, description = "The `order_id` of the 202 answer (a UUID).")),
+    responses(
+        (status = 202, description = "`cancellation_requested` is durable in Kafka.", body = Accepted),
+        (status = 400, description = "The order id is not a UUID.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "API keys are configured and none (or an unknown one) was sent.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 403, description = "The API key is disabled.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The request was not completed within the request timeout.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "A body (none is needed) exceeds the size limit.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This client exceeded its rate limit.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, description = "The broker did not acknowledge in time or the producer queue \
+is full; retrying is harmless.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+    security((), ("bearer" = []), ("api_key" = [])),
+)]
 async fn post_cancel(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,

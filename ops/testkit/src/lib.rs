@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`kafka`]: a unique topic prefix and consumer group per test, producers and consumers
 //!   configured for the broker in `KAFKA_BOOTSTRAP` (default `127.0.0.1:9092`), topics deleted after.
+//! - [`committed`]: generated files that are committed (a test fails when they are stale).
 //! - [`http`]: a small keep-alive HTTP/1.1 client for the services' APIs.
 //! - [`broker`]: a private Apache Kafka node a test may stop and restart.
 //! - [`cql`]: a unique keyspace per test on the CQL server in `SCYLLA_NODES`
@@ -11,6 +12,7 @@
 //! The testbed (`ops/testbed/up`) or any real cluster named by those variables must be running.
 
 pub mod broker;
+pub mod committed;
 pub mod cql;
 pub mod http;
 pub mod kafka;
