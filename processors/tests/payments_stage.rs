@@ -8,12 +8,12 @@ use futures::future::BoxFuture;
 
 use orderpipe_processors::payments::{
     Charge, GatewayError, HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage, PendingOp,
-    Refund, RetryPolicy, RetrySchedule, SimConfig, SimulatedGateway, GATEWAY_TIMEOUT_REASON,
+    Refund, RetryPolicy, RetrySchedule, SimConfig, SimulatedGateway,
 };
 use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, OrderRejected, PaymentDeclined, PaymentRef, PaymentRequested,
-    PaymentSettled, Refunded, RejectReason, Topics,
+    DeclineReason, OrderEnvelope, OrderEvent, OrderRejected, PaymentDeclined, PaymentRef,
+    PaymentRequested, PaymentSettled, Refunded, RejectReason, Topics,
 };
 use tokio::runtime::Runtime;
 use uuid::Uuid;
@@ -210,7 +210,7 @@ fn an_unreachable_gateway_declines_only_after_the_retry_window_and_never_dead_le
     assert_eq!(
         emitted[0].event,
         OrderEvent::PaymentDeclined(PaymentDeclined {
-            reason: GATEWAY_TIMEOUT_REASON.into()
+            reason: DeclineReason::GatewayTimeout
         })
     );
     assert_eq!(emitted.len(), 1);
@@ -394,7 +394,7 @@ fn a_charge_the_gateway_cannot_take_is_declined_at_its_deadline_not_before() {
     assert_eq!(
         emitted[0].event,
         OrderEvent::PaymentDeclined(PaymentDeclined {
-            reason: GATEWAY_TIMEOUT_REASON.into()
+            reason: DeclineReason::GatewayTimeout
         })
     );
     assert_eq!(out.changelog()[0].value, None);

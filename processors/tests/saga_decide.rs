@@ -1,6 +1,6 @@
 //! Given/when/then tests of the saga's pure decision function.
 
-use orderpipe_processors::payments::{is_for_payments, GATEWAY_TIMEOUT_REASON};
+use orderpipe_processors::payments::is_for_payments;
 use orderpipe_processors::saga::{decide, Ignored, LineAnswer, OrderState, Output, Phase, Verdict};
 use orderpipe_schemas::{
     CancellationRequested, OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine,
@@ -363,7 +363,7 @@ fn payment_settled_confirms_and_sells_every_line() {
 fn payment_declined_releases_every_line_and_rejects() {
     let cases = [
         ("insufficient_funds", RejectReason::PaymentDeclined),
-        (GATEWAY_TIMEOUT_REASON, RejectReason::PaymentTimeout),
+        ("gateway_timeout", RejectReason::PaymentTimeout),
     ];
     for (gateway_reason, reason) in cases {
         let id = Uuid::now_v7();
@@ -396,7 +396,7 @@ fn nothing_after_the_terminal_event_emits_again() {
     let rejected_by_payment = vec![
         placed(id, &[("A", 1)]),
         reserved(id, 0, "A", 1),
-        declined(id, GATEWAY_TIMEOUT_REASON),
+        declined(id, "gateway_timeout"),
     ];
     for history in [confirmed, rejected_by_payment] {
         let (state, _) = run(&history);

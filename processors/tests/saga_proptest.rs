@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use orderpipe_processors::payments::GATEWAY_TIMEOUT_REASON;
 use orderpipe_processors::saga::{decide, OrderState, Output, OutputEnvelope, Verdict};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentDeclined, PaymentRef, PaymentSettled,
@@ -47,7 +46,7 @@ fn payment_step() -> impl Strategy<Value = Step> {
     prop_oneof![
         Just(Step::Settled),
         Just(Step::Declined("insufficient_funds")),
-        Just(Step::Declined(GATEWAY_TIMEOUT_REASON)),
+        Just(Step::Declined("gateway_timeout")),
     ]
 }
 

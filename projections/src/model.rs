@@ -391,7 +391,7 @@ pub(crate) fn detail(event: &OrderEvent) -> String {
             p.currency,
             truncate(&p.charge_id, 64)
         ),
-        OrderEvent::PaymentDeclined(p) => truncate(&p.reason, 200),
+        OrderEvent::PaymentDeclined(p) => truncate(p.reason.as_str(), 200),
         OrderEvent::OrderConfirmed(_) => "confirmed".into(),
         OrderEvent::OrderRejected(r) => wire(&r.reason),
         OrderEvent::CancellationRequested(c) => format!("by {}", truncate(&c.client_id, 200)),

@@ -28,12 +28,18 @@ pub(crate) fn order_request(bytes: &[u8]) {
                 .iter()
                 .map(|l| i64::from(l.quantity) * l.unit_price_minor)
                 .sum();
-            assert_eq!(placed.total_minor, sum, "a valid order's total is its lines' sum");
+            assert_eq!(
+                placed.total_minor, sum,
+                "a valid order's total is its lines' sum"
+            );
             assert!(!placed.lines.is_empty());
         }
         Err(errors) => {
             assert!(!errors.is_empty(), "refused without a reason");
-            assert!(errors.iter().all(|e| e.pointer.starts_with('/')), "{errors:?}");
+            assert!(
+                errors.iter().all(|e| e.pointer.starts_with('/')),
+                "{errors:?}"
+            );
         }
     }
 }
@@ -43,15 +49,27 @@ pub(crate) fn order_request(bytes: &[u8]) {
 /// decodes to the same envelope (encode/decode is stable once current).
 pub(crate) fn envelope_decode(bytes: &[u8]) {
     if let Ok(e) = OrderEnvelope::decode(bytes) {
-        assert_eq!(Some(e.schema_version), current_version(TopicKind::Orders, e.event_type()));
+        assert_eq!(
+            Some(e.schema_version),
+            current_version(TopicKind::Orders, e.event_type())
+        );
         assert_eq!(OrderEnvelope::decode(&e.encode()).expect("re-decodes"), e);
     }
     if let Ok(e) = StockEnvelope::decode(bytes) {
-        assert_eq!(Some(e.schema_version), current_version(TopicKind::Stock, e.event_type()));
+        assert_eq!(
+            Some(e.schema_version),
+            current_version(TopicKind::Stock, e.event_type())
+        );
         assert_eq!(StockEnvelope::decode(&e.encode()).expect("re-decodes"), e);
     }
     if let Ok(e) = NotificationEnvelope::decode(bytes) {
-        assert_eq!(Some(e.schema_version), current_version(TopicKind::Notifications, e.event_type()));
-        assert_eq!(NotificationEnvelope::decode(&e.encode()).expect("re-decodes"), e);
+        assert_eq!(
+            Some(e.schema_version),
+            current_version(TopicKind::Notifications, e.event_type())
+        );
+        assert_eq!(
+            NotificationEnvelope::decode(&e.encode()).expect("re-decodes"),
+            e
+        );
     }
 }

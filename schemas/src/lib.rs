@@ -34,9 +34,9 @@ pub use notifications::{
     NotificationSent,
 };
 pub use orders::{
-    CancellationRequested, OrderCancelled, OrderConfirmed, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
-    PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled, Refunded, RejectReason,
-    StockLineRejected, StockLineReserved, StockRejected, StockReserved,
+    CancellationRequested, DeclineReason, OrderCancelled, OrderConfirmed, OrderEvent, OrderLine,
+    OrderPlaced, OrderRejected, PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled,
+    Refunded, RejectReason, StockLineRejected, StockLineReserved, StockRejected, StockReserved,
 };
 pub use stock::{
     ReleaseRequested, ReservationRequested, SaleRequested, StockAdjusted, StockAdjustment,

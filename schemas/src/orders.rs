@@ -174,7 +174,65 @@ pub struct PaymentSettled {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PaymentDeclined {
     /// Gateway's reason, for humans and the timeline (not a closed set).
-    pub reason: String,
+    #[schemars(with = "String")]
+    pub reason: DeclineReason,
+}
+
+/// Why a charge was declined. On the topic it is a plain string: one of the two reasons the
+/// payments stage gives itself, or the gateway's own (not a closed set). The saga tells a
+/// gateway that could not be reached (`payment_timeout`) from a refusal (`payment_declined`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum DeclineReason {
+    /// `gateway_timeout`: the gateway could not be reached until the charge's retry window
+    /// ended.
+    GatewayTimeout,
+    /// `gateway_error`: the gateway refused the request itself or answered nonsense.
+    GatewayError,
+    /// The gateway's own reason, e.g. `insufficient_funds`.
+    Gateway(String),
+}
+
+impl DeclineReason {
+    /// The reason as it travels on the topic.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::GatewayTimeout => "gateway_timeout",
+            Self::GatewayError => "gateway_error",
+            Self::Gateway(reason) => reason,
+        }
+    }
+}
+
+impl From<String> for DeclineReason {
+    fn from(reason: String) -> Self {
+        match reason.as_str() {
+            "gateway_timeout" => Self::GatewayTimeout,
+            "gateway_error" => Self::GatewayError,
+            _ => Self::Gateway(reason),
+        }
+    }
+}
+
+impl From<&str> for DeclineReason {
+    fn from(reason: &str) -> Self {
+        Self::from(reason.to_owned())
+    }
+}
+
+impl From<DeclineReason> for String {
+    fn from(reason: DeclineReason) -> Self {
+        match reason {
+            DeclineReason::Gateway(reason) => reason,
+            other => other.as_str().to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for DeclineReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Payload of `order_confirmed`.

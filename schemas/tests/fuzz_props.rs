@@ -14,7 +14,9 @@ use proptest::prelude::*;
 /// The seed corpus of a target, plus (for envelopes) the current encoding of every seed that
 /// decodes, so mutations start from both the old and the current versions.
 fn seeds(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
@@ -24,7 +26,11 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
     if target == "envelope_decode" {
         let current: Vec<Vec<u8>> = seeds
             .iter()
-            .filter_map(|s| orderpipe_schemas::OrderEnvelope::decode(s).ok().map(|e| e.encode()))
+            .filter_map(|s| {
+                orderpipe_schemas::OrderEnvelope::decode(s)
+                    .ok()
+                    .map(|e| e.encode())
+            })
             .collect();
         seeds.extend(current);
     }
@@ -42,10 +48,33 @@ enum Edit {
 }
 
 const TOKENS: &[&str] = &[
-    "{", "}", "[", "]", "\"", ",", ":", "null", "-1", "0", "1", "2", "3", "99", "1e308",
-    "18446744073709551616", "9223372036854775807", "-9223372036854775808", "\"schema_version\":",
-    "\"event_type\":\"order_placed\"", "\"amount_minor\"", "\"unit_price_minor\"", "\"\\u0000\"",
-    "\"total_minor\":", "\"lines\":[]", "\u{10FFFF}", "\u{FEFF}",
+    "{",
+    "}",
+    "[",
+    "]",
+    "\"",
+    ",",
+    ":",
+    "null",
+    "-1",
+    "0",
+    "1",
+    "2",
+    "3",
+    "99",
+    "1e308",
+    "18446744073709551616",
+    "9223372036854775807",
+    "-9223372036854775808",
+    "\"schema_version\":",
+    "\"event_type\":\"order_placed\"",
+    "\"amount_minor\"",
+    "\"unit_price_minor\"",
+    "\"\\u0000\"",
+    "\"total_minor\":",
+    "\"lines\":[]",
+    "\u{10FFFF}",
+    "\u{FEFF}",
 ];
 
 fn edit() -> impl Strategy<Value = Edit> {

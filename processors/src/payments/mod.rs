@@ -57,11 +57,3 @@ pub use simulated::{
     SimulatedGateway, Totals,
 };
 pub use stage::{is_for_payments, Cause, PaymentsStage, PendingOp, RetrySchedule};
-
-/// `payment_declined.reason` when the gateway could not be reached (the saga rejects the order
-/// with `payment_timeout`).
-pub const GATEWAY_TIMEOUT_REASON: &str = "gateway_timeout";
-
-/// `payment_declined.reason` when the gateway refused the request itself or answered nonsense
-/// (the saga rejects the order with `payment_declined`).
-pub const GATEWAY_ERROR_REASON: &str = "gateway_error";

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, PaymentDeclined, PaymentRequested, PaymentSettled, Refunded,
-    RejectReason, Topics,
+    DeclineReason, OrderEnvelope, OrderEvent, PaymentDeclined, PaymentRequested, PaymentSettled,
+    Refunded, RejectReason, Topics,
 };
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -31,7 +31,6 @@ use uuid::Uuid;
 
 use super::config::{ConfigError, PaymentsArgs};
 use super::gateway::{ChargeOutcome, GatewayError, PaymentGateway, Refund};
-use super::{GATEWAY_ERROR_REASON, GATEWAY_TIMEOUT_REASON};
 use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
 use crate::saga::derived_event_id;
@@ -397,7 +396,8 @@ async fn attempt(
                     }
                     ChargeOutcome::Declined { reason } => {
                         metrics::payment_charge("declined");
-                        metrics::payment_decline(&reason);
+                        let reason = DeclineReason::Gateway(reason);
+                        metrics::payment_decline(reason.as_str());
                         OrderEvent::PaymentDeclined(PaymentDeclined { reason })
                     }
                 },
@@ -418,12 +418,10 @@ async fn attempt(
                 Err(err) => {
                     let reason = declined_reason(&err);
                     metrics::payment_charge("declined");
-                    metrics::payment_decline(reason);
-                    tracing::warn!(%order_id, error = %err, reason,
+                    metrics::payment_decline(reason.as_str());
+                    tracing::warn!(%order_id, error = %err, reason = reason.as_str(),
                         "gateway call failed for good; declining the payment");
-                    OrderEvent::PaymentDeclined(PaymentDeclined {
-                        reason: reason.to_owned(),
-                    })
+                    OrderEvent::PaymentDeclined(PaymentDeclined { reason })
                 }
             };
             (
@@ -492,11 +490,11 @@ pub(crate) fn warn_if_current_thread(handle: &Handle, stage: &str) {
 
 /// The decline reason for a failed gateway call: unreachable (timeouts, 5xx, circuit open, retries
 /// exhausted) is `gateway_timeout`, which the saga turns into `payment_timeout`.
-fn declined_reason(err: &GatewayError) -> &'static str {
+fn declined_reason(err: &GatewayError) -> DeclineReason {
     if err.is_unreachable() {
-        GATEWAY_TIMEOUT_REASON
+        DeclineReason::GatewayTimeout
     } else {
-        GATEWAY_ERROR_REASON
+        DeclineReason::GatewayError
     }
 }
 

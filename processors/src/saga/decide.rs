@@ -10,7 +10,7 @@
 //!   that lands after a rejection be released too.
 //! - `payment_settled` while paying -> `order_confirmed` + `sale_requested` per line.
 //! - `payment_declined` while paying -> `release_requested` per line + `order_rejected`
-//!   (`payment_timeout` when the reason is [`GATEWAY_TIMEOUT_REASON`], else `payment_declined`).
+//!   (`payment_timeout` when the reason is [`DeclineReason::GatewayTimeout`], else `payment_declined`).
 //! - `cancellation_requested` while reserving or paying -> `release_requested` for the lines
 //!   reserved so far + `order_cancelled` (terminal `cancelled`); a line reserved later is
 //!   released when its answer comes, and the payments stage refunds (or voids) any charge of a
@@ -28,9 +28,9 @@
 
 use chrono::{DateTime, Utc};
 use orderpipe_schemas::{
-    OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced, OrderRejected,
-    PaymentRequested, RejectReason, ReleaseRequested, ReservationRequested, SaleRequested,
-    StockEnvelope, StockEvent, StockRejectReason, StockRejected, StockReserved,
+    DeclineReason, OrderCancelled, OrderConfirmed, OrderEnvelope, OrderEvent, OrderPlaced,
+    OrderRejected, PaymentRequested, RejectReason, ReleaseRequested, ReservationRequested,
+    SaleRequested, StockEnvelope, StockEvent, StockRejectReason, StockRejected, StockReserved,
 };
 use uuid::Uuid;
 
@@ -38,7 +38,6 @@ use super::ids::derived_event_id;
 use super::state::{
     LineAnswer, LineState, OrderDetails, OrderState, Phase, Transition, TransitionKind,
 };
-use crate::payments::GATEWAY_TIMEOUT_REASON;
 
 /// What the saga does with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +252,7 @@ pub fn decide(state: Option<&OrderState>, event: &OrderEnvelope) -> Decision {
         },
         (OrderEvent::PaymentDeclined(declined), Some(state)) => match state.phase {
             Phase::Paying => {
-                let reason = if declined.reason == GATEWAY_TIMEOUT_REASON {
+                let reason = if declined.reason == DeclineReason::GatewayTimeout {
                     RejectReason::PaymentTimeout
                 } else {
                     RejectReason::PaymentDeclined
