@@ -9,10 +9,15 @@
 //! - `GET /v1/stock/{sku}`: `available`, `reserved`, `sold`.
 //! - `GET /v1/sales?from=RFC3339&to=RFC3339[&sku=]`: per minute whose start is in
 //!   `[from, to)` (minutes without sales left out), orders confirmed, units, revenue; plus totals.
+//! - `GET /v1/schemas`, `GET /v1/schemas/{event_type}`: the JSON Schema of every event type
+//!   (see [`crate::event_schemas`]), for consumers of the topics.
+//! - `GET /openapi.json`: this API's OpenAPI 3.1 document ([`openapi`]), generated from the
+//!   handlers' `#[utoipa::path]` and committed as `ops/api/query.openapi.json`.
 //! - `/healthz`, `/readyz`, `/metrics` from `orderpipe-runtime`.
 //!
-//! Errors are RFC 7807 `application/problem+json`: 400 for bad parameters, 404 for unknown ids,
-//! 503 when the views cannot be read (details are logged, never sent).
+//! Errors are RFC 7807 `application/problem+json` (`orderpipe_runtime::problem::Problem`, the
+//! same document as ingest's): 400 for bad parameters, 404 for unknown ids, 503 when the views
+//! cannot be read (details are logged, never sent).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -21,18 +26,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::{StreamExt, TryStreamExt};
 use orderpipe_runtime::health::{self, Readiness};
+use orderpipe_runtime::problem::{Problem, PROBLEM_JSON};
 use scylla::client::session::Session;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::config::{Config, QueryConfig};
@@ -70,18 +79,79 @@ impl QueryApi {
             api: self,
             shutdown,
         };
-        Router::new()
-            .route("/v1/orders/{id}", get(get_order))
-            .route("/v1/customers/{id}/orders", get(get_customer_orders))
-            .route("/v1/stock/{sku}", get(get_stock))
-            .route("/v1/sales", get(get_sales))
+        let (routes, doc) = api_routes().split_for_parts();
+        routes
             .with_state(state)
+            .merge(orderpipe_runtime::openapi::route(&doc))
             .merge(health::routes(readiness))
             .fallback(|| async {
                 metrics::request("unknown", 404);
-                Problem::not_found("no such resource")
+                not_found("no such resource")
             })
+            .layer(middleware::from_fn(bare_errors_as_problems))
     }
+}
+
+/// The query API's OpenAPI 3.1 document (paths from the handlers' `#[utoipa::path]` through
+/// [`api_routes`]). Served at `/openapi.json`, committed as `ops/api/query.openapi.json`.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "orderpipe query API",
+        description = "Reads of the views the projectors build from the topics (eventually \
+consistent: a view follows its topic within the projector's lag), and the JSON Schemas of the \
+events on the topics. Read-only; no authentication. Every error is an RFC 7807 \
+`application/problem+json` document. `/healthz`, `/readyz` and `/metrics` are served on the same port.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0")
+    ),
+    components(schemas(Problem)),
+    tags(
+        (name = "views", description = "Orders, customers, stock and sales"),
+        (name = "schemas", description = "JSON Schemas of the events on the topics")
+    )
+)]
+struct QueryDoc;
+
+/// The documented routes, each registered from its own `#[utoipa::path]`.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(QueryDoc::openapi())
+        .routes(routes!(get_order))
+        .routes(routes!(get_customer_orders))
+        .routes(routes!(get_stock))
+        .routes(routes!(get_sales))
+        .routes(routes!(get_event_schemas))
+        .routes(routes!(get_event_schema))
+}
+
+/// The query API's OpenAPI document, as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
+
+/// Error answers made outside the handlers (axum's 405 for another method, a path segment
+/// that is not UTF-8) come with an empty or plain-text body: made problem+json like the rest.
+async fn bare_errors_as_problems(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let slug = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+        s if s.is_server_error() => "server-error",
+        _ => "bad-request",
+    };
+    let mut problem = Problem::new(status, slug, reason, reason).into_response();
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
 }
 
 /// Serves `api` on `listener` until `shutdown` is cancelled (in-flight requests finish;
@@ -154,70 +224,35 @@ struct AppState {
     shutdown: CancellationToken,
 }
 
-/// An RFC 7807 problem answer.
-#[derive(Debug)]
-struct Problem {
-    status: StatusCode,
-    kind: &'static str,
-    title: &'static str,
-    detail: String,
+fn bad_request(detail: impl Into<String>) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-request",
+        "Bad request parameter",
+        detail,
+    )
 }
 
-impl Problem {
-    fn bad_request(detail: impl Into<String>) -> Self {
-        Problem {
-            status: StatusCode::BAD_REQUEST,
-            kind: "bad-request",
-            title: "Bad request parameter",
-            detail: detail.into(),
-        }
-    }
-
-    fn not_found(detail: impl Into<String>) -> Self {
-        Problem {
-            status: StatusCode::NOT_FOUND,
-            kind: "not-found",
-            title: "Not found",
-            detail: detail.into(),
-        }
-    }
+fn not_found(detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-found", "Not found", detail)
 }
 
+/// The views cannot be read: 503 (with Retry-After, see [`answer`]); the cause is for the
+/// operators' logs, not for clients.
 impl From<Error> for Problem {
     fn from(err: Error) -> Self {
-        // The cause is for the operators' logs, not for clients.
         tracing::warn!(error = %err, "query failed");
-        Problem {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            kind: "unavailable",
-            title: "Views unavailable",
-            detail: "the views cannot be read right now; retry later".into(),
-        }
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "Views unavailable",
+            "the views cannot be read right now; retry later",
+        )
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "type": format!("urn:orderpipe:problem:{}", self.kind),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-        });
-        let mut response = (
-            self.status,
-            [(header::CONTENT_TYPE, "application/problem+json")],
-            body.to_string(),
-        )
-            .into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        }
-        response
-    }
-}
+/// How long a client should wait after a 503.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 fn answer<T: Serialize>(route: &'static str, result: Result<T, Problem>) -> Response {
     match result {
@@ -226,8 +261,9 @@ fn answer<T: Serialize>(route: &'static str, result: Result<T, Problem>) -> Resp
             Json(body).into_response()
         }
         Err(problem) => {
-            metrics::request(route, problem.status.as_u16());
-            problem.into_response()
+            metrics::request(route, problem.status);
+            let retry = problem.status_code() == StatusCode::SERVICE_UNAVAILABLE;
+            problem.into_response_with(retry.then_some(RETRY_AFTER))
         }
     }
 }
@@ -243,58 +279,82 @@ fn params(
 ) -> Result<HashMap<String, String>, Problem> {
     query
         .map(|Query(params)| params)
-        .map_err(|rejection| Problem::bad_request(rejection.body_text()))
+        .map_err(|rejection| bad_request(rejection.body_text()))
 }
 
 fn parse_uuid(what: &str, value: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(value)
-        .map_err(|_| Problem::bad_request(format!("{what} {value:?} is not a UUID")))
+    Uuid::parse_str(value).map_err(|_| bad_request(format!("{what} {value:?} is not a UUID")))
 }
 
 fn parse_time(name: &str, params: &HashMap<String, String>) -> Result<i64, Problem> {
     let value = params
         .get(name)
-        .ok_or_else(|| Problem::bad_request(format!("`{name}` is required (RFC 3339)")))?;
+        .ok_or_else(|| bad_request(format!("`{name}` is required (RFC 3339)")))?;
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.timestamp_millis())
-        .map_err(|_| Problem::bad_request(format!("`{name}` {value:?} is not an RFC 3339 time")))
+        .map_err(|_| bad_request(format!("`{name}` {value:?} is not an RFC 3339 time")))
 }
 
-/// One order line in answers.
-#[derive(Debug, Serialize)]
+/// One order line.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = OrderLineView)]
 struct LineBody {
+    /// Stock keeping unit.
     sku: String,
+    /// Units ordered.
     quantity: i32,
+    /// Price of one unit in minor units of the order's currency.
     unit_price_minor: i64,
 }
 
-/// One timeline entry in answers.
-#[derive(Debug, Serialize)]
+/// One event of an order's timeline.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TimelineEntry)]
 struct TimelineBody {
+    /// The event's `event_type`.
     event_type: String,
+    /// When it happened (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     occurred_at: Option<String>,
+    /// The event's `event_id` (unique per event; what consumers deduplicate by).
     event_id: Uuid,
+    /// Short human-readable detail.
     detail: String,
 }
 
-/// `GET /v1/orders/{id}`.
-#[derive(Debug, Serialize)]
+/// An order as the views know it. Times are RFC 3339 (UTC), `null` until the step happened.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Order)]
 struct OrderBody {
     order_id: Uuid,
     status: Status,
+    /// Why the order was rejected (`out_of_stock`, `limit_exceeded`, `payment_declined`,
+    /// `payment_timeout`...), `null` otherwise.
     reason: Option<String>,
     customer_id: Option<String>,
+    /// ISO 4217 code.
     currency: Option<String>,
+    /// Total in minor units of `currency`.
     total_minor: Option<i64>,
     lines: Vec<LineBody>,
+    #[schema(format = DateTime)]
     placed_at: Option<String>,
+    #[schema(format = DateTime)]
     stock_reserved_at: Option<String>,
+    #[schema(format = DateTime)]
     paid_at: Option<String>,
+    #[schema(format = DateTime)]
     payment_declined_at: Option<String>,
+    /// When the order became confirmed or rejected.
+    #[schema(format = DateTime)]
     decided_at: Option<String>,
+    #[schema(format = DateTime)]
     cancelled_at: Option<String>,
+    #[schema(format = DateTime)]
     refunded_at: Option<String>,
+    /// Amount refunded, in minor units.
     refunded_minor: Option<i64>,
+    /// The order's events, oldest first.
     timeline: Vec<TimelineBody>,
 }
 
@@ -374,6 +434,32 @@ impl Drop for LongPollGuard {
     }
 }
 
+/// An order: status, lines and timeline; with `wait`, long-polls for a status change.
+///
+/// With `wait`, answers as soon as the status differs from `status` (default: the status at the
+/// time of the request; an order not yet in the views counts as "no status"), or when `wait`
+/// ends (then with the unchanged order, or 404 if it never appeared). Past the server's cap on
+/// waiting long-polls, answers at once.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "views",
+    operation_id = "get_order",
+    params(
+        ("id" = String, Path, description = "The order id (a UUID)."),
+        ("wait" = Option<String>, Query, example = "5s",
+         description = "Long-poll up to this long (`5s`, `500ms`; at most `--query-max-wait`, 30 s by default)."),
+        ("status" = Option<Status>, Query,
+         description = "The status the client knows: answer once the order's status differs from it."),
+    ),
+    responses(
+        (status = 200, description = "The order.", body = OrderBody),
+        (status = 400, description = "The id is not a UUID, or `wait` or `status` is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order in the views (yet).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The views cannot be read right now.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -396,11 +482,10 @@ async fn order(
     let wait = match params.get("wait") {
         None => Duration::ZERO,
         Some(value) => {
-            let wait = humantime::parse_duration(value).map_err(|_| {
-                Problem::bad_request(format!("`wait` {value:?} is not a duration like 5s"))
-            })?;
+            let wait = humantime::parse_duration(value)
+                .map_err(|_| bad_request(format!("`wait` {value:?} is not a duration like 5s")))?;
             if wait > config.max_wait {
-                return Err(Problem::bad_request(format!(
+                return Err(bad_request(format!(
                     "`wait` must be at most {}",
                     humantime::format_duration(config.max_wait)
                 )));
@@ -411,8 +496,8 @@ async fn order(
     let expected = match params.get("status") {
         None => None,
         Some(value) => Some(Status::parse(value).ok_or_else(|| {
-            Problem::bad_request(format!(
-                "`status` {value:?} is not one of placed, stock_reserved, paid, confirmed, rejected"
+            bad_request(format!(
+                "`status` {value:?} is not one of placed, stock_reserved, paid, confirmed, rejected, cancelled"
             ))
         })?),
     };
@@ -447,27 +532,32 @@ async fn order(
     }
     match reader.order(order_id).await? {
         Some(record) => Ok(order_body(order_id, record)),
-        None => Err(Problem::not_found(format!("order {order_id} is unknown"))),
+        None => Err(not_found(format!("order {order_id} is unknown"))),
     }
 }
 
-/// One entry of `GET /v1/customers/{id}/orders`.
-#[derive(Debug, Serialize)]
+/// One order of a customer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CustomerOrder)]
 struct CustomerOrderBody {
     order_id: Uuid,
+    #[schema(format = DateTime)]
     placed_at: Option<String>,
     status: Status,
+    /// Why the order was rejected, `null` otherwise.
     reason: Option<String>,
     currency: Option<String>,
     total_minor: Option<i64>,
     line_count: Option<i32>,
 }
 
-/// `GET /v1/customers/{id}/orders`.
-#[derive(Debug, Serialize)]
+/// A page of a customer's orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = CustomerOrders)]
 struct CustomerOrdersBody {
     customer_id: String,
     orders: Vec<CustomerOrderBody>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
     next_cursor: Option<String>,
 }
 
@@ -493,15 +583,37 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<(i64, Uuid)> {
     Some((placed_at, order_id))
 }
 
+/// A customer's orders, newest first, a page at a time.
+#[utoipa::path(
+    get,
+    path = "/v1/customers/{id}/orders",
+    tag = "views",
+    operation_id = "get_customer_orders",
+    params(
+        ("id" = String, Path, description = "The customer id (`customer_id` of the orders)."),
+        ("limit" = Option<u32>, Query, minimum = 1,
+         description = "Page size, 1 to `--query-max-page` (100 by default); `--query-default-page` (20) when absent."),
+        ("cursor" = Option<String>, Query,
+         description = "`next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "A page of orders (empty for an unknown customer).", body = CustomerOrdersBody),
+        (status = 400, description = "`limit` or `cursor` is invalid.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "An empty customer id (no such resource).", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The views cannot be read right now.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 async fn get_customer_orders(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Response {
-    answer(
-        "customer_orders",
-        customer_orders(&state, id, &params).await,
-    )
+    let result = match params(query) {
+        Ok(params) => customer_orders(&state, id, &params).await,
+        Err(problem) => Err(problem),
+    };
+    answer("customer_orders", result)
 }
 
 async fn customer_orders(
@@ -515,7 +627,7 @@ async fn customer_orders(
         Some(value) => match value.parse::<u32>() {
             Ok(n) if (1..=config.max_page).contains(&n) => n,
             _ => {
-                return Err(Problem::bad_request(format!(
+                return Err(bad_request(format!(
                     "`limit` must be an integer from 1 to {}",
                     config.max_page
                 )))
@@ -526,7 +638,7 @@ async fn customer_orders(
         None => None,
         Some(cursor) => Some(
             decode_cursor(cursor)
-                .ok_or_else(|| Problem::bad_request("`cursor` is not a cursor this API gave"))?,
+                .ok_or_else(|| bad_request("`cursor` is not a cursor this API gave"))?,
         ),
     };
     let reader = state.api.views.reader();
@@ -570,17 +682,38 @@ async fn customer_orders(
     })
 }
 
-/// `GET /v1/stock/{sku}`.
-#[derive(Debug, Serialize)]
+/// Stock of one SKU.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Stock)]
 struct StockBody {
     sku: String,
+    /// Units that can still be reserved.
     available: i64,
+    /// Units held by orders not yet confirmed.
     reserved: i64,
+    /// Units of confirmed orders.
     sold: i64,
+    /// Most units one customer may buy, `null` for no limit.
     per_customer_limit: Option<i32>,
+    /// When the stock stage last reported the levels (RFC 3339, UTC).
+    #[schema(format = DateTime)]
     updated_at: Option<String>,
 }
 
+/// Stock of one SKU.
+#[utoipa::path(
+    get,
+    path = "/v1/stock/{sku}",
+    tag = "views",
+    operation_id = "get_stock",
+    params(("sku" = String, Path, description = "The SKU.")),
+    responses(
+        (status = 200, description = "The SKU's stock.", body = StockBody),
+        (status = 404, description = "No stock was ever set for this SKU.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The views cannot be read right now.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 async fn get_stock(State(state): State<AppState>, Path(sku): Path<String>) -> Response {
     let result = async {
         match state.api.views.reader().stock(&sku).await? {
@@ -592,22 +725,27 @@ async fn get_stock(State(state): State<AppState>, Path(sku): Path<String>) -> Re
                 per_customer_limit: s.per_customer_limit,
                 updated_at: s.updated_at.and_then(rfc3339),
             }),
-            None => Err(Problem::not_found(format!("SKU {sku:?} is unknown"))),
+            None => Err(not_found(format!("SKU {sku:?} is unknown"))),
         }
     }
     .await;
     answer("stock", result)
 }
 
-/// Sales of one minute, or the totals.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
+/// Sales of one minute, or the totals (confirmed orders).
+#[derive(Debug, Default, Serialize, PartialEq, Eq, ToSchema)]
 pub(crate) struct SalesFigures {
+    /// Start of the minute (RFC 3339, UTC); absent in the totals.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     pub(crate) minute: Option<String>,
+    /// Orders confirmed (an order counts once even with several lines).
     pub(crate) orders: u64,
+    /// Units sold.
     pub(crate) units: i64,
     /// Sum over currencies (meaningful when the sale runs in one currency).
     pub(crate) revenue_minor: i64,
+    /// Revenue in minor units per ISO 4217 currency.
     pub(crate) revenue_by_currency: BTreeMap<String, i64>,
 }
 
@@ -622,11 +760,15 @@ impl SalesFigures {
     }
 }
 
-/// `GET /v1/sales`.
-#[derive(Debug, Serialize)]
+/// Sales per minute of `[from, to)` (minutes without sales left out) and in total.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Sales)]
 struct SalesBody {
+    #[schema(format = DateTime)]
     from: Option<String>,
+    #[schema(format = DateTime)]
     to: Option<String>,
+    /// The SKU asked for, `null` for every SKU.
     sku: Option<String>,
     minutes: Vec<SalesFigures>,
     totals: SalesFigures,
@@ -658,6 +800,25 @@ pub(crate) fn aggregate(rows: &[crate::store::SaleRecord]) -> (Vec<SalesFigures>
     (minutes, totals)
 }
 
+/// Sales per minute and in total (confirmed orders) over a time range.
+#[utoipa::path(
+    get,
+    path = "/v1/sales",
+    tag = "views",
+    operation_id = "get_sales",
+    params(
+        ("from" = String, Query, format = DateTime, description = "Start (RFC 3339), inclusive."),
+        ("to" = String, Query, format = DateTime,
+         description = "End (RFC 3339), exclusive; at most `--query-max-sales-range` (24 h by default) after `from`."),
+        ("sku" = Option<String>, Query, description = "Only this SKU."),
+    ),
+    responses(
+        (status = 200, description = "The sales.", body = SalesBody),
+        (status = 400, description = "`from` or `to` is missing or invalid, or the range is too wide.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The views cannot be read right now.", body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
 async fn get_sales(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
@@ -673,11 +834,11 @@ async fn sales(state: &AppState, params: &HashMap<String, String>) -> Result<Sal
     let from = parse_time("from", params)?;
     let to = parse_time("to", params)?;
     if from > to {
-        return Err(Problem::bad_request("`from` must not be after `to`"));
+        return Err(bad_request("`from` must not be after `to`"));
     }
     let max = state.api.config.max_sales_range;
     if u128::try_from(to - from).unwrap_or(u128::MAX) > max.as_millis() {
-        return Err(Problem::bad_request(format!(
+        return Err(bad_request(format!(
             "`from`..`to` must span at most {}",
             humantime::format_duration(max)
         )));
@@ -697,6 +858,60 @@ async fn sales(state: &AppState, params: &HashMap<String, String>) -> Result<Sal
         minutes,
         totals,
     })
+}
+
+/// `GET /v1/schemas`.
+#[derive(Debug, Serialize, ToSchema)]
+struct EventSchemasBody {
+    /// Every event type on the topics, with where its JSON Schema is.
+    schemas: Vec<crate::event_schemas::EventSchemaRef>,
+}
+
+/// The event types on the topics and where their JSON Schemas are.
+#[utoipa::path(
+    get,
+    path = "/v1/schemas",
+    tag = "schemas",
+    operation_id = "list_event_schemas",
+    responses((status = 200, description = "Every event type.", body = EventSchemasBody)),
+)]
+async fn get_event_schemas() -> Response {
+    answer(
+        "schemas",
+        Ok(EventSchemasBody {
+            schemas: crate::event_schemas::list(),
+        }),
+    )
+}
+
+/// The JSON Schema (draft 2020-12) of one event type: envelope and payload fields of a record
+/// value on its topic, as committed in `schemas/json/<topic>/<event_type>.json`.
+#[utoipa::path(
+    get,
+    path = "/v1/schemas/{event_type}",
+    tag = "schemas",
+    operation_id = "get_event_schema",
+    params(("event_type" = String, Path, example = "order_placed", description = "An `event_type`.")),
+    responses(
+        (status = 200, description = "The JSON Schema.", content_type = "application/schema+json",
+         body = Object),
+        (status = 404, description = "No such event type.", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+async fn get_event_schema(Path(event_type): Path<String>) -> Response {
+    match crate::event_schemas::get(&event_type) {
+        Some(schema) => {
+            metrics::request("schema", 200);
+            ([(header::CONTENT_TYPE, "application/schema+json")], schema).into_response()
+        }
+        None => {
+            let problem = not_found(format!(
+                "no event type {event_type:?}; GET /v1/schemas lists them"
+            ));
+            metrics::request("schema", problem.status);
+            problem.into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -773,7 +988,7 @@ mod tests {
 
     #[tokio::test]
     async fn problems_are_rfc7807() {
-        let response = Problem::not_found("order x is unknown").into_response();
+        let response = not_found("order x is unknown").into_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(
             response.headers()[header::CONTENT_TYPE],

@@ -80,6 +80,7 @@
 pub mod api;
 pub mod config;
 mod error;
+mod event_schemas;
 mod metrics;
 mod model;
 pub mod projector;

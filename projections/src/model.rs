@@ -53,7 +53,7 @@ pub(crate) fn hour_of(ms: i64) -> i64 {
 }
 
 /// Status of an order in the views.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// `order_placed` seen.
