@@ -11,6 +11,8 @@
 //! - [`payments`]: the payment gateway trait, simulated and HTTP gateways, the gateway simulator
 //!   server, and the payments stage.
 //! - [`notifications`]: sinks (log, signed webhook) and the notifications stage.
+//! - [`shared`]: what several stages use: outbound HTTP and [`RetryPolicy`], derived event ids,
+//!   [`ConfigError`].
 #![warn(missing_docs)]
 
 pub mod kafka;
@@ -19,6 +21,7 @@ pub mod notifications;
 pub mod payments;
 pub mod runner;
 pub mod saga;
+pub mod shared;
 pub mod stock;
 
 pub use kafka::ensure_topics;
@@ -26,3 +29,4 @@ pub use runner::{
     spawn_stage, ChangelogRecord, Config, DeadLetter, Effects, Error, Input, OutputRecord,
     ProcessingMode, Stage, StageHandle, DLQ_HEADERS,
 };
+pub use shared::{ConfigError, RetryPolicy};

@@ -14,7 +14,7 @@ use orderpipe_processors::notifications::{
     plan, DeliveryError, Handled, LogSink, Notification, NotificationSink, NotificationsStage,
     NotifyState, Outcome, Plan,
 };
-use orderpipe_processors::payments::RetryPolicy;
+use orderpipe_processors::RetryPolicy;
 use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
 use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, NotificationKind, OrderConfirmed, OrderEnvelope,

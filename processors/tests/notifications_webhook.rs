@@ -12,7 +12,7 @@ use orderpipe_processors::notifications::{
     deliver_with_retry, verify, Notification, NotificationSink, Secret, WebhookConfig, WebhookSink,
     EVENT_ID_HEADER, SIGNATURE_HEADER,
 };
-use orderpipe_processors::payments::RetryPolicy;
+use orderpipe_processors::RetryPolicy;
 use orderpipe_schemas::NotificationKind;
 use uuid::Uuid;
 

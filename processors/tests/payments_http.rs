@@ -9,11 +9,12 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use orderpipe_processors::payments::contract::{ChargeRequest, FaultsRequest, StatsResponse};
-use orderpipe_processors::payments::http::http_client;
 use orderpipe_processors::payments::{
     gateway_sim, BreakerConfig, BreakerState, ChargeOutcome, GatewayError, HttpGateway,
-    HttpGatewayConfig, PaymentGateway, Refund, RetryPolicy, SimConfig, SimulatedGateway,
+    HttpGatewayConfig, PaymentGateway, Refund, SimConfig, SimulatedGateway,
 };
+use orderpipe_processors::shared::http::http_client;
+use orderpipe_processors::RetryPolicy;
 use orderpipe_schemas::PaymentRef;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;

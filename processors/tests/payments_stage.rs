@@ -8,9 +8,9 @@ use futures::future::BoxFuture;
 
 use orderpipe_processors::payments::{
     Charge, GatewayError, HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage, PendingOp,
-    Refund, RetryPolicy, RetrySchedule, SimConfig, SimulatedGateway,
+    Refund, RetrySchedule, SimConfig, SimulatedGateway,
 };
-use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
+use orderpipe_processors::{ChangelogRecord, Effects, Input, RetryPolicy, Stage};
 use orderpipe_schemas::{
     DeclineReason, OrderEnvelope, OrderEvent, OrderRejected, PaymentDeclined, PaymentRef,
     PaymentRequested, PaymentSettled, Refunded, RejectReason, Topics,

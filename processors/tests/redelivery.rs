@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use common::order;
 use orderpipe_processors::notifications::{LogSink, NotificationsStage};
-use orderpipe_processors::payments::{PaymentsStage, RetryPolicy, SimConfig, SimulatedGateway};
+use orderpipe_processors::payments::{PaymentsStage, SimConfig, SimulatedGateway};
 use orderpipe_processors::saga::SagaStage;
 use orderpipe_processors::stock::{set_stock, StockStage};
+use orderpipe_processors::RetryPolicy;
 use orderpipe_processors::{
     ensure_topics, spawn_stage, Config, ProcessingMode, Stage, StageHandle,
 };

@@ -125,11 +125,9 @@ impl Env {
         let mut config = config(mode, instance);
         // A static member does not leave its group when it stops: its partitions move on only
         // once its session times out, so keep that short for tests where an instance stops.
-        for (key, value) in [("session.timeout.ms", "10000")] {
-            config
-                .kafka_options
-                .push((key.to_owned(), value.to_owned()));
-        }
+        config
+            .kafka_options
+            .push(("session.timeout.ms".to_owned(), "10000".to_owned()));
         Running::start(self, stage, &config)
     }
 

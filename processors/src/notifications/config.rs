@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::sink::{LogSink, NotificationSink};
 use super::webhook::{WebhookConfig, WebhookSink};
-use crate::payments::{ConfigError, RetryPolicy};
+use crate::shared::{ConfigError, RetryPolicy};
 
 /// A secret string: `Debug` and `Display` never show it; [`Secret::expose`] does, on purpose.
 #[derive(Clone, PartialEq, Eq)]

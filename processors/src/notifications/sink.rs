@@ -11,7 +11,7 @@ use orderpipe_schemas::NotificationKind;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::payments::RetryPolicy;
+use crate::shared::RetryPolicy;
 
 /// One notification, as delivered (the webhook's JSON body). Receivers deduplicate by `event_id`:
 /// delivery is at-least-once, and a redelivery carries the same `event_id`.

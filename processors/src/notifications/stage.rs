@@ -37,9 +37,9 @@ use uuid::Uuid;
 use super::config::NotificationsArgs;
 use super::sink::{deliver_with_retry, Notification, NotificationSink};
 use crate::metrics;
-use crate::payments::{ConfigError, RetryPolicy};
 use crate::runner::{Effects, Input, Stage};
-use crate::saga::derived_event_id;
+use crate::shared::derived_event_id;
+use crate::shared::{warn_if_current_thread, ConfigError, RetryPolicy};
 
 /// What the stage keeps per order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,7 +276,7 @@ impl NotificationsStage {
         handle: Handle,
         retry: RetryPolicy,
     ) -> Self {
-        crate::payments::stage::warn_if_current_thread(&handle, Self::NAME);
+        warn_if_current_thread(&handle, Self::NAME);
         metrics::register_notifications();
         Self {
             topics,

@@ -15,7 +15,7 @@ use sha2::Sha256;
 
 use super::config::Secret;
 use super::sink::{DeliveryError, Notification, NotificationSink};
-use crate::payments::http::{http_client, parse_http_url, post_json, HttpClient, HttpFailure};
+use crate::shared::http::{http_client, parse_http_url, post_json, HttpClient, HttpFailure};
 
 /// Signature header name.
 pub const SIGNATURE_HEADER: &str = "x-orderpipe-signature";

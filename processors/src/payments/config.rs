@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use super::breaker::BreakerConfig;
 use super::gateway::PaymentGateway;
-use super::http::RetryPolicy;
 use super::http_gateway::{HttpGateway, HttpGatewayConfig};
 use super::simulated::{SimConfig, SimulatedGateway};
 use super::stage::RetrySchedule;
+use crate::shared::{ConfigError, RetryPolicy};
 
 /// Which gateway the payments stage talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -18,22 +18,6 @@ pub enum GatewayKind {
     Sim,
     /// An HTTP gateway at `--payments-gateway-url` ([`HttpGateway`]).
     Http,
-}
-
-/// A configuration value that cannot work; the message says which option and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ConfigError {
-    /// A required option is missing: fix the command line or environment.
-    #[error("{0} is required")]
-    Missing(&'static str),
-    /// An option has an unusable value: fix the command line or environment.
-    #[error("{option}: {message}")]
-    Invalid {
-        /// The option.
-        option: &'static str,
-        /// What is wrong with it.
-        message: String,
-    },
 }
 
 /// Options of the payments stage.

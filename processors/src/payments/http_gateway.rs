@@ -20,7 +20,7 @@ use super::contract::{
     REFUNDS_PATH,
 };
 use super::gateway::{Charge, GatewayError, PaymentGateway, Refund};
-use super::http::{
+use crate::shared::http::{
     http_client, join, parse_http_url, post_json, HttpClient, HttpFailure, RetryPolicy,
 };
 use backon::Retryable as _;

@@ -7,7 +7,6 @@
 //! - [`contract`]: the HTTP contract (`POST /v1/charges`, `POST /v1/refunds`, stats, faults).
 //! - [`http_gateway`]: [`HttpGateway`], the client (timeout, retries with backoff, breaker).
 //! - [`breaker`]: [`CircuitBreaker`], a small state machine.
-//! - [`http`]: the HTTP client pieces and [`RetryPolicy`] (shared with notifications).
 //! - [`gateway_sim`]: the simulator as an axum server ([`gateway_sim::serve`]).
 //! - [`config`]: [`PaymentsArgs`] (clap/env).
 //! - [`stage`]: the stage, [`PaymentsStage`].
@@ -41,16 +40,14 @@ pub mod config;
 pub mod contract;
 pub mod gateway;
 pub mod gateway_sim;
-pub mod http;
 pub mod http_gateway;
 pub mod simulated;
 pub mod stage;
 
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
-pub use config::{ConfigError, GatewayKind, PaymentsArgs};
+pub use config::{GatewayKind, PaymentsArgs};
 pub use gateway::{Charge, ChargeOutcome, GatewayError, PaymentGateway, Refund};
 pub use gateway_sim::GatewaySimArgs;
-pub use http::RetryPolicy;
 pub use http_gateway::{HttpGateway, HttpGatewayConfig};
 pub use simulated::{
     LedgerCharge, LedgerRequest, OrderLedger, OrderStats, RequestOutcome, SimConfig,

@@ -29,11 +29,12 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
-use super::config::{ConfigError, PaymentsArgs};
+use super::config::PaymentsArgs;
 use super::gateway::{ChargeOutcome, GatewayError, PaymentGateway, Refund};
 use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
-use crate::saga::derived_event_id;
+use crate::shared::derived_event_id;
+use crate::shared::{warn_if_current_thread, ConfigError};
 
 /// Gateway work of one order that is not finished yet (the `payments.changelog` value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,18 +475,6 @@ async fn attempt(
 /// Failures that mean "ask again later": timeouts, unreachable, overloaded, open breaker.
 fn is_transient(err: &GatewayError) -> bool {
     err.is_unreachable()
-}
-
-/// Warns about a handle that [`Handle::block_on`] from the stage thread would hang on.
-pub(crate) fn warn_if_current_thread(handle: &Handle, stage: &str) {
-    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
-        tracing::warn!(
-            stage,
-            "stage given a current-thread runtime handle: its gateway/webhook \
-            timers and IO only progress while that runtime's own block_on runs; use a \
-            multi-thread runtime"
-        );
-    }
 }
 
 /// The decline reason for a failed gateway call: unreachable (timeouts, 5xx, circuit open, retries

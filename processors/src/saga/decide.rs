@@ -34,10 +34,10 @@ use orderpipe_schemas::{
 };
 use uuid::Uuid;
 
-use super::ids::derived_event_id;
 use super::state::{
     LineAnswer, LineState, OrderDetails, OrderState, Phase, Transition, TransitionKind,
 };
+use crate::shared::derived_event_id;
 
 /// What the saga does with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,6 @@
 //!
 //! Layout:
 //! - [`state`]: [`OrderState`], the per-order record kept in memory and in `saga.changelog`.
-//! - [`ids`]: deterministic event ids of outputs (also used by payments and notifications).
 //! - [`decide`](mod@decide): the pure decision function [`decide()`] and its rules.
 //! - [`stage`]: [`SagaStage`], the runner stage around it (deadlines from its tick, compaction,
 //!   retention).
@@ -18,7 +17,6 @@
 
 pub mod config;
 pub mod decide;
-pub mod ids;
 pub mod stage;
 pub mod state;
 
@@ -27,7 +25,6 @@ pub use decide::{
     deadline, deadline_outputs, decide, decide_timeout, outputs_of, Decision, Ignored, Output,
     OutputEnvelope, TimedOut, Timeouts, Verdict,
 };
-pub use ids::derived_event_id;
 pub use stage::SagaStage;
 pub use state::{
     LineAnswer, LineState, OrderDetails, OrderState, Phase, Transition, TransitionKind,

@@ -26,7 +26,7 @@ use super::changelog::{self, Key, Record};
 use super::core::{Answer, AnswerCause, LineChange, LineId, ReserveRequest, SkuState};
 use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
-use crate::saga::derived_event_id;
+use crate::shared::derived_event_id;
 
 /// The stage name: group `orderpipe-stock`, topics `stock.changelog` and `stock.dlq`.
 pub const STAGE_NAME: &str = "stock";
