@@ -89,7 +89,15 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
         settle: args.settle,
         now: chrono::Utc::now(),
     };
-    let report = crate::verify::audit(&history, &window);
+    let mut report = crate::verify::audit(&history, &window);
+    if let Some(keyspace) = &args.views {
+        let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
+        let config = orderpipe_projections::Config::default();
+        let views = crate::verify::read_views(&nodes, &config, keyspace, &history, &window)
+            .await
+            .with_context(|| format!("reading the views of {keyspace}"))?;
+        crate::verify::audit_views(&history, &window, &views, &mut report);
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

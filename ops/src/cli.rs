@@ -30,13 +30,22 @@ pub enum Command {
     #[command(subcommand)]
     Stock(StockCommand),
     /// Rebuild every view from offset 0 into a fresh keyspace (the live views and consumer groups
-    /// are not touched); shows progress, prints a summary.
+    /// are not touched); shows progress, prints a summary. Same as `replay --from beginning`.
     Rebuild(RebuildArgs),
+    /// Replay the topics into another keyspace's views, from the beginning or from a time onto a
+    /// restored backup of the views; resumable (run it again after an interrupt). Then
+    /// `orderpipe switch` points the query APIs at it.
+    #[command(long_about = REPLAY_ABOUT)]
+    Replay(ReplayArgs),
+    /// Point every query API configured with `--keyspace` at another keyspace (or back), without
+    /// downtime: they re-read the choice every `--query-keyspace-check-interval`. Asks first.
+    Switch(SwitchArgs),
     /// Run the payment gateway simulator over HTTP (for `--payments-gateway http` in tests and demos).
     GatewaySim(orderpipe_processors::payments::GatewaySimArgs),
     /// Audit the pipeline's invariants from the topics (read_committed): one terminal state per
     /// order, nothing held or charged for orders that did not go through, no double charge, one
-    /// notification per outcome, no SKU oversold. Exit 1 on any violation.
+    /// notification per outcome, no SKU oversold; with `--views KEYSPACE`, views equal to what the
+    /// topics say (order status, stock). Exit 1 on any violation.
     Verify(VerifyArgs),
     /// Dead letters of a stage: list them, show one (headers and the original event decoded),
     /// redrive chosen ones to the stage's input exactly once (a second redrive is refused).
@@ -187,8 +196,119 @@ pub struct VerifyArgs {
     /// Print the report as JSON (for machines) instead of the summary table.
     #[arg(long)]
     pub json: bool,
+    /// Also compare the views in this keyspace (on `--scylla-nodes`, read as the query API
+    /// answers) with the topics: each settled order's status, each SKU's stock. Run it once
+    /// `orderpipe lag` shows the projectors caught up (a lagging view counts as a violation).
+    #[arg(long, value_name = "KEYSPACE")]
+    pub views: Option<String>,
     #[command(flatten)]
     pub connections: Connections,
+}
+
+/// `orderpipe replay --help`.
+const REPLAY_ABOUT: &str = "\
+Replay the orders and/or stock topics into the views of another keyspace (--into), without moving
+any live consumer group (partitions are assigned, nothing is committed). The live keyspace
+(--keyspace) is never written.
+
+Where it starts:
+- KEYSPACE records how far replays into it got (replay_positions, written after every batch).
+  With a record, the replay continues from it, whatever --from says: run the same command again
+  after Ctrl-C, SIGTERM or a crash and it finishes the job (the last batch may be re-applied,
+  which changes nothing: every write is stamped with its event's offset).
+- Without a record, --from beginning replays every event: a full rebuild, valid into any keyspace.
+- Without a record, --from TIME starts at the first event at or after TIME (offsets_for_times),
+  and is only correct onto a keyspace that already holds the views as of TIME: a restored
+  backup of the views. The views are not sums of the events (each cell is one event's value;
+  stock is the stock stage's absolute snapshot), so an event left out is missing for good:
+  replaying only the tail into an empty keyspace would lose every order placed and every stock
+  level set before TIME, and is refused. Pick TIME at or before the moment the backup's views
+  were complete (minus the projector lag then); earlier is always safe. Writing onto existing
+  views asks first (or needs --yes).
+
+It shows a progress bar (events/s, ETA) on a terminal, a progress line each second otherwise,
+and stops at the partition ends seen when it started. Then:
+  1. start a projector on KEYSPACE (orderpipe run --components projections --keyspace KEYSPACE
+     --projections-group NEW_GROUP; a new group starts at offset 0 and re-applies, idempotently,
+     what the replay already wrote) and wait until `orderpipe lag --projections-group NEW_GROUP`
+     shows it caught up;
+  2. orderpipe switch KEYSPACE --keyspace LIVE (every query API configured with LIVE follows);
+  3. stop the old projector.";
+
+/// Which projections a replay writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProjectionChoice {
+    /// Orders, timelines, orders by customer, sales (reads the orders topic).
+    Orders,
+    /// Stock by SKU (reads the stock topic).
+    Stock,
+    /// Both.
+    All,
+}
+
+impl ProjectionChoice {
+    /// The projectors whose views are replayed.
+    pub fn kinds(self) -> Vec<orderpipe_projections::ProjectorKind> {
+        use orderpipe_projections::ProjectorKind;
+        match self {
+            ProjectionChoice::Orders => vec![ProjectorKind::Orders],
+            ProjectionChoice::Stock => vec![ProjectorKind::Stock],
+            ProjectionChoice::All => ProjectorKind::ALL.to_vec(),
+        }
+    }
+}
+
+/// `--from beginning` or an RFC 3339 time (`2026-12-05T10:00:00Z`, `2026-12-05T11:00:00+01:00`).
+pub fn parse_replay_from(value: &str) -> Result<orderpipe_projections::ReplayFrom, String> {
+    if value.eq_ignore_ascii_case("beginning") {
+        return Ok(orderpipe_projections::ReplayFrom::Beginning);
+    }
+    chrono::DateTime::parse_from_rfc3339(value)
+        .map(|t| orderpipe_projections::ReplayFrom::Time(t.with_timezone(&chrono::Utc)))
+        .map_err(|err| {
+            format!("{value:?} is neither `beginning` nor an RFC 3339 time like 2026-12-05T10:00:00Z ({err})")
+        })
+}
+
+/// `orderpipe replay --from TIME|beginning [--projection NAME|all] --into KEYSPACE`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// `beginning`, or an RFC 3339 time (e.g. 2026-12-05T10:00:00Z): where a first replay into
+    /// KEYSPACE starts (see above; a keyspace with a record continues from it).
+    #[arg(long, value_parser = parse_replay_from)]
+    pub from: orderpipe_projections::ReplayFrom,
+    /// The projection(s) to replay.
+    #[arg(long, value_enum, default_value = "all")]
+    pub projection: ProjectionChoice,
+    /// Keyspace to write the views into (created and migrated when missing; never `--keyspace`).
+    #[arg(long = "into")]
+    pub target_keyspace: String,
+    /// Most events applied per second (leaves the cluster room for live traffic during a
+    /// sale); default: as fast as it goes. Batches are `--projections-batch-max` events.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_events_per_second: Option<u32>,
+    /// Do not ask before writing onto views the keyspace already holds (a restored backup).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub connections: Connections,
+    #[command(flatten)]
+    pub projections: orderpipe_projections::Config,
+}
+
+/// `orderpipe switch KEYSPACE`.
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// The keyspace the query APIs should serve (the `--keyspace` one itself switches back).
+    pub target_keyspace: String,
+    /// Do not ask first.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub connections: Connections,
+    /// `--keyspace` is the one the query APIs are configured with (it holds the choice).
+    #[command(flatten)]
+    pub projections: orderpipe_projections::Config,
 }
 
 /// `orderpipe rebuild --into KEYSPACE`.

@@ -544,7 +544,9 @@ where
     }
 }
 
-fn confirm(question: &str) -> anyhow::Result<bool> {
+/// Asks on the terminal; without one, the question is an error naming `--yes` (also used by
+/// `orderpipe replay` and `switch`).
+pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     let stdin = std::io::stdin();
     if !stdin.is_terminal() {
         bail!("{question} needs confirmation: pass --yes (stdin is not a terminal)");

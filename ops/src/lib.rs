@@ -9,6 +9,7 @@
 //! - [`lag`]: `orderpipe lag` (committed vs end offsets, age of the oldest unprocessed record).
 //! - [`topics`]: `orderpipe topics create|describe` (the topic plan and its drift).
 //! - [`stock`]: `orderpipe stock adjust|show`.
+//! - [`replay`]: `orderpipe replay` (resumable, from a time or the beginning) and `switch`.
 //! - [`verify`]: the invariant audit behind `orderpipe verify` and the end-to-end tests.
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod components;
 pub mod dlq;
 pub mod lag;
+pub mod replay;
 pub mod run;
 pub mod stock;
 pub mod topics;

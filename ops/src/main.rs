@@ -15,6 +15,10 @@ async fn main() -> ExitCode {
         }
         Command::Stock(StockCommand::Set(args)) => orderpipe_ops::admin::stock_set(args).await,
         Command::Rebuild(args) => orderpipe_ops::admin::rebuild(args).await,
+        Command::Replay(args) => {
+            orderpipe_ops::replay::replay(args, orderpipe_runtime::shutdown::on_signal()).await
+        }
+        Command::Switch(args) => orderpipe_ops::replay::switch(args).await,
         Command::GatewaySim(args) => {
             orderpipe_ops::admin::gateway_sim(args, orderpipe_runtime::shutdown::on_signal()).await
         }

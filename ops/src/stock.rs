@@ -55,7 +55,8 @@ pub async fn view(
     Ok((status, json))
 }
 
-fn percent_encode(segment: &str) -> String {
+/// `segment` as one URL path segment (also used by `verify`'s reads of the views).
+pub(crate) fn percent_encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {

@@ -12,10 +12,16 @@
 //! - exactly one customer notification per terminal order, each delivered or failed (only when
 //!   the notifications topic is in use);
 //!
+//! - with `--views KEYSPACE`: the order's status in the views (read by the query API's own
+//!   handler) is the one its events give (first terminal outcome, else the furthest stage);
+//!   orders still in flight are skipped, as they may move between the two reads;
+//!
 //! and per SKU, over all time: confirmed units never exceed the units ever offered (every `set`
 //! quantity plus positive deltas: an upper bound, so a violation is a certain oversell), the
 //! stock stage's last `stock_levels.sold` equals the confirmed units, and nothing stays reserved
-//! once no order is in flight.
+//! once no order is in flight; with `--views`, the stock view equals the stock stage's last
+//! `stock_levels` (available, reserved, sold). The views follow the topics within the projectors'
+//! lag: check them once `orderpipe lag` shows the projectors caught up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -74,7 +80,7 @@ impl Default for Window {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Violation {
     /// Which check (`terminal`, `release`, `charge`, `refund`, `notification`, `oversell`,
-    /// `stock_levels`, `undecodable`).
+    /// `stock_levels`, `undecodable`, `view_order`, `view_stock`).
     pub check: &'static str,
     /// The order, when the violation is about one.
     pub order_id: Option<Uuid>,
@@ -101,6 +107,8 @@ pub struct Report {
     pub skus: usize,
     /// Whether the notifications topic held anything (its checks run only then).
     pub notifications_checked: bool,
+    /// The keyspace whose views were compared with the topics (`--views`), if any.
+    pub views_checked: Option<String>,
     /// Every broken invariant.
     pub violations: Vec<Violation>,
 }
@@ -122,7 +130,7 @@ impl Report {
 }
 
 /// Every check's name, in the order the summary lists them.
-pub const CHECKS: [&str; 8] = [
+pub const CHECKS: [&str; 10] = [
     "terminal",
     "release",
     "charge",
@@ -131,17 +139,31 @@ pub const CHECKS: [&str; 8] = [
     "oversell",
     "stock_levels",
     "undecodable",
+    "view_order",
+    "view_stock",
 ];
 
-fn violation(check: &'static str, order_id: Option<Uuid>, sku: Option<&str>, detail: String) -> Violation {
-    Violation { check, order_id, sku: sku.map(str::to_owned), detail }
+fn violation(
+    check: &'static str,
+    order_id: Option<Uuid>,
+    sku: Option<&str>,
+    detail: String,
+) -> Violation {
+    Violation {
+        check,
+        order_id,
+        sku: sku.map(str::to_owned),
+        detail,
+    }
 }
 
 /// Audits `history`: pure, so tests can feed it histories they built.
 pub fn audit(history: &History, window: &Window) -> Report {
     let mut report = Report::default();
     for reason in &history.undecodable {
-        report.violations.push(violation("undecodable", None, None, reason.clone()));
+        report
+            .violations
+            .push(violation("undecodable", None, None, reason.clone()));
     }
     report.notifications_checked = !history.notifications.is_empty();
     let mut confirmed_units: BTreeMap<String, u64> = BTreeMap::new();
@@ -155,17 +177,30 @@ pub fn audit(history: &History, window: &Window) -> Report {
             continue;
         };
         let (placed_at, placed) = placed;
-        let in_window = window.from.is_none_or(|from| placed_at >= from) && window.to.is_none_or(|to| placed_at < to);
+        let in_window = window.from.is_none_or(|from| placed_at >= from)
+            && window.to.is_none_or(|to| placed_at < to);
         let terminals = distinct(events.iter().filter(|e| {
-            matches!(e.event, OrderEvent::OrderConfirmed(_) | OrderEvent::OrderRejected(_) | OrderEvent::OrderCancelled(_))
+            matches!(
+                e.event,
+                OrderEvent::OrderConfirmed(_)
+                    | OrderEvent::OrderRejected(_)
+                    | OrderEvent::OrderCancelled(_)
+            )
         }));
-        let confirmed = terminals.iter().any(|e| matches!(e.event, OrderEvent::OrderConfirmed(_)));
+        let confirmed = terminals
+            .iter()
+            .any(|e| matches!(e.event, OrderEvent::OrderConfirmed(_)));
         if confirmed {
             for line in &placed.lines {
                 *confirmed_units.entry(line.sku.clone()).or_default() += u64::from(line.quantity);
             }
         }
-        let young = window.now.signed_duration_since(placed_at).to_std().unwrap_or_default() < window.settle;
+        let young = window
+            .now
+            .signed_duration_since(placed_at)
+            .to_std()
+            .unwrap_or_default()
+            < window.settle;
         if terminals.is_empty() && young {
             any_in_flight = true;
         }
@@ -176,7 +211,15 @@ pub fn audit(history: &History, window: &Window) -> Report {
         let id = Some(*order_id);
         match terminals.as_slice() {
             [] if young => report.in_flight += 1,
-            [] => report.violations.push(violation("terminal", id, None, format!("no terminal event {}s after it was placed", window.settle.as_secs()))),
+            [] => report.violations.push(violation(
+                "terminal",
+                id,
+                None,
+                format!(
+                    "no terminal event {}s after it was placed",
+                    window.settle.as_secs()
+                ),
+            )),
             [only] => match only.event {
                 OrderEvent::OrderConfirmed(_) => report.confirmed += 1,
                 OrderEvent::OrderRejected(_) => report.rejected += 1,
@@ -186,7 +229,14 @@ pub fn audit(history: &History, window: &Window) -> Report {
                 "terminal",
                 id,
                 None,
-                format!("{} terminal events: {}", many.len(), many.iter().map(|e| e.event_type()).collect::<Vec<_>>().join(", ")),
+                format!(
+                    "{} terminal events: {}",
+                    many.len(),
+                    many.iter()
+                        .map(|e| e.event_type())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             )),
         }
 
@@ -198,27 +248,46 @@ pub fn audit(history: &History, window: &Window) -> Report {
             })
             .collect();
         if charges.len() > 1 {
-            report.violations.push(violation("charge", id, None, format!("{} distinct charges: {charges:?}", charges.len())));
+            report.violations.push(violation(
+                "charge",
+                id,
+                None,
+                format!("{} distinct charges: {charges:?}", charges.len()),
+            ));
         }
         let ended_unconfirmed = !terminals.is_empty() && !confirmed;
         if ended_unconfirmed {
-            let refunded = events.iter().any(|e| matches!(e.event, OrderEvent::Refunded(_)));
+            let refunded = events
+                .iter()
+                .any(|e| matches!(e.event, OrderEvent::Refunded(_)));
             if !charges.is_empty() && !refunded {
-                report.violations.push(violation("refund", id, None, "charged, not confirmed, never refunded".into()));
+                report.violations.push(violation(
+                    "refund",
+                    id,
+                    None,
+                    "charged, not confirmed, never refunded".into(),
+                ));
             }
             let released: BTreeSet<u32> = history
                 .stock
                 .values()
                 .flatten()
                 .filter_map(|e| match e {
-                    StockEvent::ReleaseRequested(r) if r.order_id == *order_id => Some(r.line_index),
+                    StockEvent::ReleaseRequested(r) if r.order_id == *order_id => {
+                        Some(r.line_index)
+                    }
                     _ => None,
                 })
                 .collect();
             for e in events {
                 if let OrderEvent::StockLineReserved(r) = &e.event {
                     if !released.contains(&r.line_index) {
-                        report.violations.push(violation("release", id, Some(&r.sku), format!("line {} reserved and never released", r.line_index)));
+                        report.violations.push(violation(
+                            "release",
+                            id,
+                            Some(&r.sku),
+                            format!("line {} reserved and never released", r.line_index),
+                        ));
                     }
                 }
             }
@@ -242,7 +311,12 @@ pub fn audit(history: &History, window: &Window) -> Report {
             .sum();
         let confirmed = confirmed_units.get(sku).copied().unwrap_or(0);
         if confirmed > offered {
-            report.violations.push(violation("oversell", None, Some(sku), format!("{confirmed} units confirmed, at most {offered} ever offered")));
+            report.violations.push(violation(
+                "oversell",
+                None,
+                Some(sku),
+                format!("{confirmed} units confirmed, at most {offered} ever offered"),
+            ));
         }
         let last: Option<&StockLevels> = events.iter().rev().find_map(|e| match e {
             StockEvent::StockLevels(l) => Some(l),
@@ -250,30 +324,65 @@ pub fn audit(history: &History, window: &Window) -> Report {
         });
         if let (Some(levels), false) = (last, any_in_flight) {
             if levels.sold != confirmed {
-                report.violations.push(violation("stock_levels", None, Some(sku), format!("stock stage says {} sold, orders confirm {confirmed}", levels.sold)));
+                report.violations.push(violation(
+                    "stock_levels",
+                    None,
+                    Some(sku),
+                    format!(
+                        "stock stage says {} sold, orders confirm {confirmed}",
+                        levels.sold
+                    ),
+                ));
             }
             if levels.reserved != 0 {
-                report.violations.push(violation("stock_levels", None, Some(sku), format!("{} units still reserved with no order in flight", levels.reserved)));
+                report.violations.push(violation(
+                    "stock_levels",
+                    None,
+                    Some(sku),
+                    format!(
+                        "{} units still reserved with no order in flight",
+                        levels.reserved
+                    ),
+                ));
             }
         }
     }
-    for sku in confirmed_units.keys().filter(|sku| !history.stock.contains_key(*sku)) {
-        report.violations.push(violation("oversell", None, Some(sku), "units confirmed for a SKU never stocked".into()));
+    for sku in confirmed_units
+        .keys()
+        .filter(|sku| !history.stock.contains_key(*sku))
+    {
+        report.violations.push(violation(
+            "oversell",
+            None,
+            Some(sku),
+            "units confirmed for a SKU never stocked".into(),
+        ));
     }
-    report.violations.sort_by(|a, b| (a.check, &a.sku, a.order_id).cmp(&(b.check, &b.sku, b.order_id)));
+    report
+        .violations
+        .sort_by(|a, b| (a.check, &a.sku, a.order_id).cmp(&(b.check, &b.sku, b.order_id)));
     report
 }
 
 /// One notification of the order's outcome was requested, and it was delivered or given up on.
 fn check_notification(history: &History, order_id: Uuid, report: &mut Report) {
-    let events = history.notifications.get(&order_id).map(Vec::as_slice).unwrap_or_default();
+    let events = history
+        .notifications
+        .get(&order_id)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let requests = distinct(events.iter().filter(|e| {
         matches!(&e.event, NotificationEvent::NotificationRequested(r)
             if matches!(r.kind, NotificationKind::OrderConfirmed | NotificationKind::OrderRejected | NotificationKind::OrderCancelled))
     }));
     let id = Some(order_id);
     if requests.len() != 1 {
-        report.violations.push(violation("notification", id, None, format!("{} outcome notifications requested", requests.len())));
+        report.violations.push(violation(
+            "notification",
+            id,
+            None,
+            format!("{} outcome notifications requested", requests.len()),
+        ));
         return;
     }
     let request_id = requests[0].event_id;
@@ -283,12 +392,19 @@ fn check_notification(history: &History, order_id: Uuid, report: &mut Report) {
         _ => false,
     });
     if !outcome {
-        report.violations.push(violation("notification", id, None, "requested, neither sent nor failed".into()));
+        report.violations.push(violation(
+            "notification",
+            id,
+            None,
+            "requested, neither sent nor failed".into(),
+        ));
     }
 }
 
 /// Events with distinct `event_id`s (at-least-once repeats count once).
-fn distinct<'a, E: orderpipe_schemas::Envelope + 'a>(events: impl Iterator<Item = &'a E>) -> Vec<&'a E> {
+fn distinct<'a, E: orderpipe_schemas::Envelope + 'a>(
+    events: impl Iterator<Item = &'a E>,
+) -> Vec<&'a E> {
     let mut seen = BTreeSet::new();
     events.filter(|e| seen.insert(e.event_id())).collect()
 }
@@ -299,10 +415,11 @@ fn distinct<'a, E: orderpipe_schemas::Envelope + 'a>(events: impl Iterator<Item 
 pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyhow::Result<History> {
     // Manual assignment, never committed: no live group is joined or moved.
     let group = format!("orderpipe-verify-{}", Uuid::new_v4().simple());
-    let consumer: BaseConsumer = orderpipe_runtime::kafka::assigned_reader(bootstrap, "orderpipe-verify", &group)
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .context("creating the verify consumer")?;
+    let consumer: BaseConsumer =
+        orderpipe_runtime::kafka::assigned_reader(bootstrap, "orderpipe-verify", &group)
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .context("creating the verify consumer")?;
     let mut assignment = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     for topic in [&topics.orders, &topics.stock, &topics.notifications] {
@@ -337,7 +454,14 @@ pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyho
         };
         if let Some(message) = polled {
             let payload = message.payload().unwrap_or_default();
-            let place = || format!("{}/{}@{}", message.topic(), message.partition(), message.offset());
+            let place = || {
+                format!(
+                    "{}/{}@{}",
+                    message.topic(),
+                    message.partition(),
+                    message.offset()
+                )
+            };
             if message.topic() == topics.orders {
                 match OrderEnvelope::decode(payload) {
                     Ok(e) => history.orders.entry(e.order_id).or_default().push(e),
@@ -345,7 +469,11 @@ pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyho
                 }
             } else if message.topic() == topics.stock {
                 match StockEnvelope::decode(payload) {
-                    Ok(e) => history.stock.entry(e.sku.clone()).or_default().push(e.event),
+                    Ok(e) => history
+                        .stock
+                        .entry(e.sku.clone())
+                        .or_default()
+                        .push(e.event),
                     Err(err) => history.undecodable.push(format!("{}: {err}", place())),
                 }
             } else {
@@ -369,10 +497,185 @@ pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyho
     Ok(history)
 }
 
+/// What the views say about the orders and SKUs of a [`History`], as the query API answers.
+#[derive(Debug, Default)]
+pub struct Views {
+    /// The keyspace read.
+    pub keyspace: String,
+    /// Status per order (`None`: the views do not have the order).
+    pub orders: HashMap<Uuid, Option<String>>,
+    /// (available, reserved, sold) per SKU (`None`: no stock row).
+    pub stock: BTreeMap<String, Option<(u64, u64, u64)>>,
+}
+
+/// The status the views must show for an order with these events: the first terminal outcome,
+/// else the furthest stage (the projections' rule, `Status::derive`).
+fn expected_status(events: &[OrderEnvelope]) -> &'static str {
+    let terminal = events.iter().find_map(|e| match e.event {
+        OrderEvent::OrderConfirmed(_) => Some("confirmed"),
+        OrderEvent::OrderRejected(_) => Some("rejected"),
+        OrderEvent::OrderCancelled(_) => Some("cancelled"),
+        _ => None,
+    });
+    let any = |f: fn(&OrderEvent) -> bool| events.iter().any(|e| f(&e.event));
+    terminal.unwrap_or(if any(|e| matches!(e, OrderEvent::PaymentSettled(_))) {
+        "paid"
+    } else if any(|e| matches!(e, OrderEvent::StockReserved(_))) {
+        "stock_reserved"
+    } else {
+        "placed"
+    })
+}
+
+/// Orders of `history` whose view is compared: placed in the window and not in flight.
+fn settled_orders<'a>(history: &'a History, window: &'a Window) -> impl Iterator<Item = Uuid> + 'a {
+    history.orders.iter().filter_map(|(id, events)| {
+        let placed_at = events.iter().find_map(|e| match e.event {
+            OrderEvent::OrderPlaced(_) => Some(e.occurred_at),
+            _ => None,
+        })?;
+        let in_window = window.from.is_none_or(|from| placed_at >= from)
+            && window.to.is_none_or(|to| placed_at < to);
+        let terminal = events.iter().any(|e| {
+            matches!(
+                e.event,
+                OrderEvent::OrderConfirmed(_)
+                    | OrderEvent::OrderRejected(_)
+                    | OrderEvent::OrderCancelled(_)
+            )
+        });
+        let young = window
+            .now
+            .signed_duration_since(placed_at)
+            .to_std()
+            .unwrap_or_default()
+            < window.settle;
+        (in_window && (terminal || !young)).then_some(*id)
+    })
+}
+
+/// Adds to `report` every order and SKU whose view differs from what the topics say. Pure.
+pub fn audit_views(history: &History, window: &Window, views: &Views, report: &mut Report) {
+    report.views_checked = Some(views.keyspace.clone());
+    for id in settled_orders(history, window) {
+        let expected = expected_status(&history.orders[&id]);
+        match views.orders.get(&id) {
+            Some(Some(status)) if status == expected => {}
+            Some(Some(status)) => report.violations.push(violation(
+                "view_order",
+                Some(id),
+                None,
+                format!("view says {status}, the topics say {expected}"),
+            )),
+            _ => report.violations.push(violation(
+                "view_order",
+                Some(id),
+                None,
+                format!("missing from the views (the topics say {expected})"),
+            )),
+        }
+    }
+    for (sku, events) in &history.stock {
+        let Some(levels) = events.iter().rev().find_map(|e| match e {
+            StockEvent::StockLevels(l) => Some(l),
+            _ => None,
+        }) else {
+            continue;
+        };
+        let expected = (levels.available, levels.reserved, levels.sold);
+        match views.stock.get(sku) {
+            Some(Some(seen)) if *seen == expected => {}
+            Some(Some((a, r, s))) => report.violations.push(violation(
+                "view_stock",
+                None,
+                Some(sku),
+                format!(
+                    "view says available {a}, reserved {r}, sold {s}; the topics say {}, {}, {}",
+                    expected.0, expected.1, expected.2
+                ),
+            )),
+            _ => report.violations.push(violation(
+                "view_stock",
+                None,
+                Some(sku),
+                "no stock row in the views".into(),
+            )),
+        }
+    }
+    report
+        .violations
+        .sort_by(|a, b| (a.check, &a.sku, a.order_id).cmp(&(b.check, &b.sku, b.order_id)));
+}
+
+/// Reads, through the query API's own handlers over a CQL session on `nodes` (no running
+/// service needed), the status of every order [`audit_views`] compares and the stock of every
+/// SKU of `history`, from `keyspace`.
+pub async fn read_views(
+    nodes: &[String],
+    config: &orderpipe_projections::Config,
+    keyspace: &str,
+    history: &History,
+    window: &Window,
+) -> anyhow::Result<Views> {
+    use tower::ServiceExt;
+    let mut config = config.clone();
+    config.cql.keyspace = keyspace.to_owned();
+    let session = orderpipe_projections::connect(nodes, &config.cql)
+        .await
+        .context("connecting to the CQL cluster")?;
+    let router = orderpipe_projections::QueryApi::new(session, &config)
+        .await
+        .with_context(|| format!("preparing the reads of keyspace {keyspace}"))?
+        .router(
+            orderpipe_runtime::health::Readiness::new(),
+            tokio_util::sync::CancellationToken::new(),
+        );
+    let get = |path: String| {
+        let router = router.clone();
+        async move {
+            let request = axum::http::Request::get(&path)
+                .body(axum::body::Body::empty())
+                .context("building a request")?;
+            let response = router.oneshot(request).await.context("reading the views")?;
+            let status = response.status().as_u16();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .context("reading an answer")?;
+            match status {
+                200 => Ok(Some(serde_json::from_slice::<serde_json::Value>(&body)?)),
+                404 => Ok(None),
+                other => bail!("{path}: HTTP {other}: {}", String::from_utf8_lossy(&body)),
+            }
+        }
+    };
+    let mut views = Views {
+        keyspace: keyspace.to_owned(),
+        ..Views::default()
+    };
+    for id in settled_orders(history, window) {
+        let body = get(format!("/v1/orders/{id}")).await?;
+        let status = body.and_then(|b| b["status"].as_str().map(str::to_owned));
+        views.orders.insert(id, status);
+    }
+    for sku in history.stock.keys() {
+        let encoded = crate::stock::percent_encode(sku);
+        let body = get(format!("/v1/stock/{encoded}")).await?;
+        let levels = body.and_then(|b| {
+            Some((
+                b["available"].as_u64()?,
+                b["reserved"].as_u64()?,
+                b["sold"].as_u64()?,
+            ))
+        });
+        views.stock.insert(sku.clone(), levels);
+    }
+    Ok(views)
+}
+
 /// The human summary: one line per check, then each violation.
 pub fn render(report: &Report) -> String {
     let mut out = format!(
-        "orders {} (confirmed {}, rejected {}, cancelled {}, in flight {}), SKUs {}{}\n\n{:<14} violations\n",
+        "orders {} (confirmed {}, rejected {}, cancelled {}, in flight {}), SKUs {}{}{}\n\n{:<14} violations\n",
         report.orders,
         report.confirmed,
         report.rejected,
@@ -380,6 +683,7 @@ pub fn render(report: &Report) -> String {
         report.in_flight,
         report.skus,
         if report.notifications_checked { "" } else { ", notifications not in use (not checked)" },
+        report.views_checked.as_ref().map_or(", views not checked (no --views)".to_string(), |k| format!(", views of {k} checked")),
         "check"
     );
     for (check, count) in report.counts() {
@@ -394,6 +698,10 @@ pub fn render(report: &Report) -> String {
         };
         out.push_str(&format!("\n{}: {subject}: {}", v.check, v.detail));
     }
-    out.push_str(if report.ok() { "\n\nOK: every invariant holds\n" } else { "\n\nFAILED: invariants broken\n" });
+    out.push_str(if report.ok() {
+        "\n\nOK: every invariant holds\n"
+    } else {
+        "\n\nFAILED: invariants broken\n"
+    });
     out
 }

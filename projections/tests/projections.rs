@@ -386,7 +386,14 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
 
     // and the migrations, run again, are a no-op
     let again = migrate(&session, keyspace.name(), &config.cql.replication).await?;
-    assert_eq!((again.applied.len(), again.already_applied), (0, vec![1]));
+    let every_version: Vec<i32> = orderpipe_projections::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(
+        (again.applied.len(), again.already_applied),
+        (0, every_version)
+    );
 
     let before = dump_views(&session, keyspace.name()).await?;
     let rows: usize = before.iter().map(|(_, rows)| rows.len()).sum();

@@ -135,6 +135,46 @@ pub fn adopt_pipeline_topics(topics: &mut TestTopics) {
     }
 }
 
+/// Lag of both projectors of group prefix `group` (`orderpipe lag --json`, summed).
+pub fn projector_lag(topics: &TestTopics, group: &str) -> i64 {
+    let output = Command::new(env!("CARGO_BIN_EXE_orderpipe"))
+        .args(["lag", "--json", "--projections-group", group])
+        .args(["--kafka-bootstrap", &kafka::bootstrap()])
+        .args(["--topic-prefix", &topics.prefix])
+        .output()
+        .expect("running orderpipe lag");
+    assert!(
+        output.status.success(),
+        "lag failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    rows.iter()
+        .filter(|r| {
+            r["consumer"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("projections."))
+        })
+        .map(|r| r["lag"].as_i64().unwrap())
+        .sum()
+}
+
+/// Polls [`projector_lag`] until it is 0 (views written up to the topics' ends).
+pub async fn wait_projectors_caught_up(topics: &TestTopics, group: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let lag = projector_lag(topics, group);
+        if lag == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "projector group {group} still {lag} behind after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
 /// `orderpipe stock set`.
 pub fn set_stock(topics: &TestTopics, sku: &str, quantity: u32) {
     let output = Command::new(env!("CARGO_BIN_EXE_orderpipe"))
