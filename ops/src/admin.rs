@@ -34,6 +34,7 @@ pub async fn stock_set(args: StockSetArgs) -> anyhow::Result<()> {
 
 /// `orderpipe gateway-sim`: serve the simulated payment gateway until a signal.
 pub async fn gateway_sim(args: GatewaySimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    args.admin.install().context("admin key")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -412,6 +412,11 @@ pub struct RunArgs {
     #[arg(long, env = "ORDERPIPE_ADMIN_LISTEN", default_value = "127.0.0.1:9464")]
     pub admin_listen: SocketAddr,
 
+    /// The admin key guarding `/metrics` and `/readyz` on the admin listener and on the ingest
+    /// and query ports (see `orderpipe_runtime::auth`).
+    #[command(flatten)]
+    pub admin: orderpipe_runtime::auth::AdminKeyArgs,
+
     #[command(flatten)]
     pub ingest: orderpipe_ingest::Config,
 

@@ -26,6 +26,8 @@ type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// commit what it has done); what is still running then is aborted.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let chosen = components::select(&args.components);
+    // Before any router is built: the admin routes read the key when they are built.
+    args.admin.install().context("admin key")?;
     // Install the process-wide recorder before any component records a metric (earlier
     // recordings would be lost).
     orderpipe_runtime::metrics::handle();

@@ -256,11 +256,21 @@ fn alert_rules_config_and_dashboard_queries_pass_promtool() {
         &tool("promtool", &["check", "rules", rules.to_str().unwrap()]),
         "promtool check rules",
     );
-    let config = deploy("prometheus/prometheus.yml");
-    assert_success(
-        &tool("promtool", &["check", "config", config.to_str().unwrap()]),
-        "promtool check config",
-    );
+    // promtool checks that the scrape credentials file exists; compose mounts the admin key
+    // secret beside the configuration (see compose.yaml), so check a copy with a stand-in key.
+    let dir = std::env::temp_dir().join(format!(
+        "orderpipe-prometheus-{}",
+        orderpipe_testkit::unique_suffix()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["prometheus.yml", "alerts.yml"] {
+        std::fs::copy(deploy(&format!("prometheus/{file}")), dir.join(file)).unwrap();
+    }
+    std::fs::write(dir.join("admin_key"), "stand-in\n").unwrap();
+    let config = dir.join("prometheus.yml");
+    let output = tool("promtool", &["check", "config", config.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_success(&output, "promtool check config");
 
     let dashboard: serde_json::Value =
         serde_json::from_str(&read(&deploy("grafana/dashboards/orderpipe.json"))).unwrap();
@@ -440,6 +450,35 @@ fn parse_service(service: &str, spec: &serde_json::Value) -> orderpipe_ops::cli:
         .unwrap_or_else(|e| panic!("{service}: {args:?}:\n{e}"))
 }
 
+/// The compose secret holding the admin key, and where a service finds it by default.
+const ADMIN_KEY_SECRET: &str = "orderpipe_admin_key";
+const ADMIN_KEY_SECRET_PATH: &str = "/run/secrets/orderpipe_admin_key";
+
+/// Where `service` mounts the compose secret `secret`, if it does (short syntax: under
+/// /run/secrets/ by name; long syntax: `target`, absolute or under /run/secrets/).
+fn mounts_secret(service: &serde_json::Value, secret: &str) -> Option<String> {
+    service["secrets"]
+        .as_array()?
+        .iter()
+        .find_map(|entry| match entry {
+            serde_json::Value::String(name) if name == secret => {
+                Some(format!("/run/secrets/{name}"))
+            }
+            serde_json::Value::Object(long) if long["source"] == secret => {
+                let target = long
+                    .get("target")
+                    .and_then(|t| t.as_str())
+                    .unwrap_or(secret);
+                Some(if target.starts_with('/') {
+                    target.to_owned()
+                } else {
+                    format!("/run/secrets/{target}")
+                })
+            }
+            _ => None,
+        })
+}
+
 /// The compose file runs what the issue asks for, with pinned images, and every orderpipe
 /// service's settings are flags the binary accepts; Prometheus scrapes every orderpipe process
 /// and the mounted files exist.
@@ -502,7 +541,7 @@ fn compose_file_runs_the_clusters_and_every_component() {
         if !image(name).starts_with("orderpipe:") {
             continue;
         }
-        match parse_service(name, spec).command {
+        let admin_key_file = match parse_service(name, spec).command {
             Cmd::Run(run) => {
                 assert_eq!(
                     run.admin_listen.port(),
@@ -510,10 +549,21 @@ fn compose_file_runs_the_clusters_and_every_component() {
                     "{name}: admin port scraped by Prometheus"
                 );
                 components.insert(name.clone(), run.components);
+                run.admin.admin_key_file
             }
-            Cmd::GatewaySim(_) => {}
+            Cmd::GatewaySim(sim) => sim.admin.admin_key_file,
             other => panic!("{name}: unexpected command {other:?}"),
-        }
+        };
+        // Every process guards its admin endpoints with the admin key secret, mounted as a file.
+        assert_eq!(
+            admin_key_file.as_deref(),
+            Some(Path::new(ADMIN_KEY_SECRET_PATH)),
+            "{name}: ORDERPIPE_ADMIN_KEY_FILE"
+        );
+        assert!(
+            mounts_secret(spec, ADMIN_KEY_SECRET).is_some(),
+            "{name}: does not mount the {ADMIN_KEY_SECRET} secret"
+        );
     }
     use Component::*;
     let expected = BTreeMap::from([
@@ -543,6 +593,20 @@ fn compose_file_runs_the_clusters_and_every_component() {
         .map(|t| t.as_str().unwrap().trim_end_matches(":9464").to_owned())
         .collect();
     assert_eq!(targets, expected.keys().cloned().collect::<BTreeSet<_>>());
+    // ...with the admin key, read from the secret compose mounts where the config points.
+    assert_eq!(job["authorization"]["type"], "Bearer");
+    let credentials = job["authorization"]["credentials_file"].as_str().unwrap();
+    let mounted = mounts_secret(&services["prometheus"], ADMIN_KEY_SECRET)
+        .expect("prometheus mounts the admin key secret");
+    assert_eq!(
+        Path::new("/etc/prometheus").join(credentials),
+        Path::new(&mounted),
+        "prometheus.yml's credentials_file (relative to the config in /etc/prometheus)"
+    );
+    assert!(
+        compose["secrets"][ADMIN_KEY_SECRET].is_object(),
+        "the {ADMIN_KEY_SECRET} secret is declared"
+    );
 
     // Bind mounts name files of the repository.
     for (name, spec) in services {

@@ -65,6 +65,11 @@ impl Orderpipe {
 
     /// Wait until `/readyz` answers 200 (every stage assigned and restored).
     pub async fn wait_ready(&mut self, within: Duration) {
+        self.wait_ready_with(within, &[]).await
+    }
+
+    /// [`Orderpipe::wait_ready`] sending `headers` (e.g. the admin key) with every probe.
+    pub async fn wait_ready_with(&mut self, within: Duration, headers: &[(&str, &str)]) {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -75,7 +80,7 @@ impl Orderpipe {
                 .send(
                     hyper::Method::GET,
                     "/readyz",
-                    &[],
+                    headers,
                     orderpipe_testkit::http::full(""),
                 )
                 .await

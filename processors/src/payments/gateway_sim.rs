@@ -1,7 +1,9 @@
 //! The gateway simulator as an HTTP server: a [`SimulatedGateway`] behind the contract of
 //! [`super::contract`], so a test (or `orderpipe`'s ops command) can run the gateway in a process
 //! of its own and count charges across processor crashes. Test hooks: `GET /v1/charges/stats`
-//! and `POST /v1/faults` (fail the next N requests with a status).
+//! and `POST /v1/faults` (fail the next N requests with a status). With an admin key
+//! (`--admin-key`, `--admin-key-file`), `POST /v1/faults` refuses requests without it: it
+//! changes what the gateway answers everybody.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,6 +52,9 @@ pub struct GatewaySimArgs {
         default_value_t = 0
     )]
     pub seed: u64,
+    /// Admin key guarding `POST /v1/faults`.
+    #[command(flatten)]
+    pub admin: orderpipe_runtime::auth::AdminKeyArgs,
 }
 
 impl GatewaySimArgs {
@@ -77,7 +82,8 @@ struct AppState {
     faults_served: Arc<AtomicU64>,
 }
 
-/// The simulator's routes (see [`super::contract`]).
+/// The simulator's routes (see [`super::contract`]); `POST /v1/faults` behind the process's
+/// admin key, if one is installed ([`orderpipe_runtime::auth::set_admin_key`]).
 pub fn router(gateway: Arc<SimulatedGateway>) -> Router {
     let state = AppState {
         gateway,
@@ -88,7 +94,9 @@ pub fn router(gateway: Arc<SimulatedGateway>) -> Router {
         .route(CHARGES_PATH, post(charge))
         .route(REFUNDS_PATH, post(refund))
         .route(STATS_PATH, get(stats))
-        .route(FAULTS_PATH, post(faults))
+        .merge(orderpipe_runtime::auth::require_admin(
+            Router::new().route(FAULTS_PATH, post(faults)),
+        ))
         .route("/healthz", get(|| async { StatusCode::OK }))
         .with_state(state)
 }
