@@ -150,8 +150,8 @@ impl std::fmt::Debug for PaymentsStage {
     }
 }
 
-/// What one gateway call leads to.
-enum Step {
+/// What one gateway call leads to: an event to emit, pending work to keep, or nothing left to do.
+enum CallResult {
     Emit(Box<OrderEnvelope>),
     /// Keep (or start) this pending operation; it failed `failures` times in a row.
     Keep(PendingOp, u32),
@@ -229,7 +229,7 @@ impl PaymentsStage {
         gateway: Arc<dyn PaymentGateway>,
         retry: RetrySchedule,
         work: OrderWork,
-    ) -> (OrderWork, Vec<Step>) {
+    ) -> (OrderWork, Vec<CallResult>) {
         let mut steps = Vec::new();
         let mut pending = work.before.as_ref().map(|p| (p.op.clone(), p.failures));
         for event in &work.events {
@@ -267,7 +267,7 @@ impl PaymentsStage {
     }
 
     /// Retries every pending operation that is due at `now`; returns the steps per order.
-    fn retry_due(&mut self, now: SystemTime) -> Vec<(i32, Uuid, Vec<Step>)> {
+    fn retry_due(&mut self, now: SystemTime) -> Vec<(i32, Uuid, Vec<CallResult>)> {
         let mut due = Vec::new();
         for (&partition, orders) in &self.pending {
             for (&order_id, p) in orders {
@@ -301,7 +301,7 @@ impl PaymentsStage {
         &mut self,
         partition: i32,
         order_id: Uuid,
-        steps: Vec<Step>,
+        steps: Vec<CallResult>,
         now: SystemTime,
         out: &mut Effects,
     ) {
@@ -314,12 +314,12 @@ impl PaymentsStage {
         let mut touched = false;
         for step in steps {
             match step {
-                Step::Emit(event) => out.emit_order(&self.topics.orders, &event),
-                Step::Keep(op, failures) => {
+                CallResult::Emit(event) => out.emit_order(&self.topics.orders, &event),
+                CallResult::Keep(op, failures) => {
                     after = Some((op, failures));
                     touched = true;
                 }
-                Step::Done => {
+                CallResult::Done => {
                     after = None;
                     touched = true;
                 }
@@ -370,7 +370,7 @@ async fn attempt(
     op: PendingOp,
     failures: u32,
     now: DateTime<Utc>,
-) -> (Vec<Step>, Option<(PendingOp, u32)>) {
+) -> (Vec<CallResult>, Option<(PendingOp, u32)>) {
     match op {
         PendingOp::Charge {
             cause,
@@ -412,7 +412,7 @@ async fn attempt(
                         give_up_at,
                     };
                     return (
-                        vec![Step::Keep(op.clone(), failures + 1)],
+                        vec![CallResult::Keep(op.clone(), failures + 1)],
                         Some((op, failures + 1)),
                     );
                 }
@@ -427,8 +427,8 @@ async fn attempt(
             };
             (
                 vec![
-                    Step::Emit(Box::new(reply(order_id, &cause, answer))),
-                    Step::Done,
+                    CallResult::Emit(Box::new(reply(order_id, &cause, answer))),
+                    CallResult::Done,
                 ],
                 None,
             )
@@ -447,15 +447,15 @@ async fn attempt(
                 });
                 (
                     vec![
-                        Step::Emit(Box::new(reply(order_id, &cause, refunded))),
-                        Step::Done,
+                        CallResult::Emit(Box::new(reply(order_id, &cause, refunded))),
+                        CallResult::Done,
                     ],
                     None,
                 )
             }
             Ok(Refund::NoCharge) => {
                 metrics::payment_refund("no_charge");
-                (vec![Step::Done], None)
+                (vec![CallResult::Done], None)
             }
             Err(err) => {
                 metrics::payment_refund("failed");
@@ -464,7 +464,7 @@ async fn attempt(
                     "refund failed; it stays pending and is retried");
                 let op = PendingOp::Refund { cause };
                 (
-                    vec![Step::Keep(op.clone(), failures + 1)],
+                    vec![CallResult::Keep(op.clone(), failures + 1)],
                     Some((op, failures + 1)),
                 )
             }
@@ -592,7 +592,7 @@ impl Stage for PaymentsStage {
         }
         let gateway = &self.gateway;
         let retry = self.retry;
-        let results: Vec<(OrderWork, Vec<Step>)> = self.handle.block_on(
+        let results: Vec<(OrderWork, Vec<CallResult>)> = self.handle.block_on(
             stream::iter(groups)
                 .map(|work| Self::order_steps(Arc::clone(gateway), retry, work))
                 .buffered(self.concurrency)

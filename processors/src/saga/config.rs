@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::decide::Timeouts;
+use super::deadlines::Timeouts;
 
 /// Options of the saga stage.
 #[derive(Debug, Clone, clap::Args)]

@@ -4,6 +4,8 @@
 //! Layout:
 //! - [`state`]: [`OrderState`], the per-order record kept in memory and in `saga.changelog`.
 //! - [`decide`](mod@decide): the pure decision function [`decide()`] and its rules.
+//! - [`deadlines`]: phase deadlines ([`Timeouts`]) and the decision when one passes
+//!   ([`decide_timeout`]).
 //! - [`stage`]: [`SagaStage`], the runner stage around it (deadlines from its tick, compaction,
 //!   retention).
 //! - [`config`]: [`SagaArgs`] (`--saga-stock-timeout`, `--saga-payment-timeout`, `--saga-retention`).
@@ -16,15 +18,14 @@
 //! changelog restores it).
 
 pub mod config;
+pub mod deadlines;
 pub mod decide;
 pub mod stage;
 pub mod state;
 
 pub use config::SagaArgs;
-pub use decide::{
-    deadline, deadline_outputs, decide, decide_timeout, outputs_of, Decision, Ignored, Output,
-    OutputEnvelope, TimedOut, Timeouts, Verdict,
-};
+pub use deadlines::{after, deadline, deadline_outputs, decide_timeout, TimedOut, Timeouts};
+pub use decide::{decide, outputs_of, Decision, Ignored, Output, OutputEnvelope, Verdict};
 pub use stage::SagaStage;
 pub use state::{
     LineAnswer, LineState, OrderDetails, OrderState, Phase, Transition, TransitionKind,

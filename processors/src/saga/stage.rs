@@ -30,10 +30,8 @@ use orderpipe_schemas::{OrderEnvelope, Topics};
 use uuid::Uuid;
 
 use super::config::SagaArgs;
-use super::decide::{
-    after, deadline, deadline_outputs, decide, decide_timeout, Output, OutputEnvelope, TimedOut,
-    Timeouts, Verdict,
-};
+use super::deadlines::{after, deadline, deadline_outputs, decide_timeout, TimedOut, Timeouts};
+use super::decide::{decide, Output, OutputEnvelope, Verdict};
 use super::state::OrderState;
 use crate::runner::{Effects, Input, Stage};
 
