@@ -323,7 +323,16 @@ async fn finish(request: Request, next: Next) -> Response {
 body names the same order (202 again, same `order_id`); with another body: 422."),
     ),
     request_body(content = NewOrderSchema, content_type = "application/json",
-        description = "The order (at most 64 KiB by default, `--ingest-max-body-bytes`)."),
+        description = "The order (at most 64 KiB by default, `--ingest-max-body-bytes`). Rules the \
+schema cannot say: `currency` is an active ISO 4217 code, each SKU appears once, quantities are 1 \
+to 1000, and `total_minor` is exactly the sum of the lines.",
+        example = json!({
+            "customer_id": "c-1",
+            "currency": "EUR",
+            "lines": [{"sku": "SKU-1", "quantity": 2, "unit_price_minor": 1999}],
+            "total_minor": 3998,
+            "payment": {"method": "card", "token": "tok_test"}
+        })),
     responses(
         (status = 202, description = "`order_placed` is durable in Kafka.", body = Accepted),
         (status = 400, description = "The body is not JSON, or the Idempotency-Key breaks its rules.",
@@ -383,7 +392,8 @@ async fn post_order(State(app): State<Arc<App>>, request: Request) -> Response {
     path = CANCEL_PATH,
     tag = "orders",
     operation_id = "cancel_order",
-    params(("id" = String, Path, description = "The `order_id` of the 202 answer (a UUID).")),
+    params(("id" = String, Path, example = "0190f5a4-8a3c-7d1e-9b2a-3c4d5e6f7a8b",
+            description = "The `order_id` of the 202 answer (a UUID).")),
     responses(
         (status = 202, description = "`cancellation_requested` is durable in Kafka.", body = Accepted),
         (status = 400, description = "The order id is not a UUID.",

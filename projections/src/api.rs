@@ -446,7 +446,8 @@ impl Drop for LongPollGuard {
     tag = "views",
     operation_id = "get_order",
     params(
-        ("id" = String, Path, description = "The order id (a UUID)."),
+        ("id" = String, Path, example = "0190f5a4-8a3c-7d1e-9b2a-3c4d5e6f7a8b",
+         description = "The order id (a UUID)."),
         ("wait" = Option<String>, Query, example = "5s",
          description = "Long-poll up to this long (`5s`, `500ms`; at most `--query-max-wait`, 30 s by default)."),
         ("status" = Option<Status>, Query,
@@ -590,7 +591,8 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<(i64, Uuid)> {
     tag = "views",
     operation_id = "get_customer_orders",
     params(
-        ("id" = String, Path, description = "The customer id (`customer_id` of the orders)."),
+        ("id" = String, Path, example = "c-1",
+         description = "The customer id (`customer_id` of the orders)."),
         ("limit" = Option<u32>, Query, minimum = 1,
          description = "Page size, 1 to `--query-max-page` (100 by default); `--query-default-page` (20) when absent."),
         ("cursor" = Option<String>, Query,
@@ -706,7 +708,7 @@ struct StockBody {
     path = "/v1/stock/{sku}",
     tag = "views",
     operation_id = "get_stock",
-    params(("sku" = String, Path, description = "The SKU.")),
+    params(("sku" = String, Path, example = "SKU-1", description = "The SKU.")),
     responses(
         (status = 200, description = "The SKU's stock.", body = StockBody),
         (status = 404, description = "No stock was ever set for this SKU.", body = Problem, content_type = "application/problem+json"),
@@ -807,8 +809,9 @@ pub(crate) fn aggregate(rows: &[crate::store::SaleRecord]) -> (Vec<SalesFigures>
     tag = "views",
     operation_id = "get_sales",
     params(
-        ("from" = String, Query, format = DateTime, description = "Start (RFC 3339), inclusive."),
-        ("to" = String, Query, format = DateTime,
+        ("from" = String, Query, format = DateTime, example = "2026-01-01T12:00:00Z",
+         description = "Start (RFC 3339), inclusive."),
+        ("to" = String, Query, format = DateTime, example = "2026-01-01T13:00:00Z",
          description = "End (RFC 3339), exclusive; at most `--query-max-sales-range` (24 h by default) after `from`."),
         ("sku" = Option<String>, Query, description = "Only this SKU."),
     ),
