@@ -131,11 +131,7 @@ fn restored_state_recognises_duplicates_and_revoke_forgets() {
     let out = process(&mut first, "orders", 0, &[p.encode()]);
     // Given a new instance restored from the first one's changelog
     let mut second = SagaStage::new(topics);
-    for record in out.changelog() {
-        second
-            .restore(record.partition, &record.key, record.value.as_deref())
-            .unwrap();
-    }
+    restore(&mut second, out.changelog());
     assert_eq!(second.order(id), first.order(id));
     // When the client retries the order (same order id, new event id), nothing is emitted
     let retry = placed(id, corr);
@@ -249,11 +245,7 @@ fn a_restored_terminal_order_repeats_in_the_first_batch_and_is_compacted_after()
     let lost = process(&mut crashed, "orders", 0, &batch);
     // A new instance restores the state that was written, then gets the batch again
     let mut stage = SagaStage::new(topics);
-    for r in lost.changelog() {
-        stage
-            .restore(r.partition, &r.key, r.value.as_deref())
-            .unwrap();
-    }
+    restore(&mut stage, lost.changelog());
     let again = process(&mut stage, "orders", 0, &batch);
     assert_eq!(same(&again), same(&lost));
     // The next batch compacts it
@@ -285,14 +277,19 @@ fn a_restored_terminal_order_repeats_when_its_input_is_not_the_last_of_the_batch
     let mut crashed = SagaStage::new(topics.clone());
     let lost = process_at(&mut crashed, 0, 10, &batch);
     let mut stage = SagaStage::new(topics);
-    for r in lost.changelog() {
-        stage
-            .restore(r.partition, &r.key, r.value.as_deref())
-            .unwrap();
-    }
+    restore(&mut stage, lost.changelog());
     let again = process_at(&mut stage, 0, 10, &batch);
     assert_eq!(same(&again), same(&lost));
     assert!(order_types(&again).contains(&"order_confirmed".to_owned()));
+}
+
+/// Feeds `changelog` to `stage` as the runner's restore does.
+fn restore(stage: &mut SagaStage, changelog: &[orderpipe_processors::ChangelogRecord]) {
+    for record in changelog {
+        stage
+            .restore(record.partition, &record.key, record.value.as_deref())
+            .unwrap();
+    }
 }
 
 /// Processes `payloads` as one batch of `partition` starting at `first_offset`.
@@ -506,11 +503,7 @@ fn a_redelivery_split_over_batches_after_a_restore_repeats_every_output() {
     // The next instance restores the state and is redelivered the inputs one per batch
     // (--processor-batch-max-messages 1)
     let mut stage = SagaStage::new(Topics::default());
-    for r in lost.changelog() {
-        stage
-            .restore(r.partition, &r.key, r.value.as_deref())
-            .unwrap();
-    }
+    restore(&mut stage, lost.changelog());
     let mut again: Vec<Effects> = Vec::new();
     for (offset, input) in inputs.iter().enumerate() {
         again.push(handle(
@@ -607,11 +600,7 @@ fn a_deadline_decision_whose_outputs_were_lost_is_repeated_after_a_restore() {
         // When the process crashes after its state record is written but before its outputs
         changelog.extend(decided.changelog().iter().cloned());
         let mut restored = SagaStage::new(Topics::default()).with_timeouts(timeouts());
-        for record in &changelog {
-            restored
-                .restore(record.partition, &record.key, record.value.as_deref())
-                .unwrap();
-        }
+        restore(&mut restored, &changelog);
         assert_eq!(restored.order(id).unwrap().phase_name(), "rejected");
         // Then the first handle after the restore emits the very same outputs again
         let again = handle(
