@@ -81,9 +81,11 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let bootstrap = args.connections.kafka_bootstrap.clone();
     let within = args.read_timeout;
-    let history = tokio::task::spawn_blocking(move || crate::verify::read_history(&bootstrap, &topics, within))
-        .await
-        .context("verify reader panicked")??;
+    let history = tokio::task::spawn_blocking(move || {
+        crate::verify::read_history(&bootstrap, &topics, within)
+    })
+    .await
+    .context("verify reader panicked")??;
     let window = crate::verify::Window {
         from: args.from,
         to: args.to,

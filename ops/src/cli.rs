@@ -63,7 +63,11 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct LagArgs {
     /// Consumer group prefix of the projectors (`<group>.orders`, `<group>.stock`).
-    #[arg(long, env = "ORDERPIPE_PROJECTIONS_GROUP", default_value = "orderpipe-projections")]
+    #[arg(
+        long,
+        env = "ORDERPIPE_PROJECTIONS_GROUP",
+        default_value = "orderpipe-projections"
+    )]
     pub projections_group: String,
     /// Print JSON (one object per group and partition) instead of the table.
     #[arg(long)]

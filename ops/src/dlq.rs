@@ -64,8 +64,14 @@ impl std::str::FromStr for LetterId {
             .split_once(['/', ':'])
             .ok_or_else(|| format!("letter id {s:?}: expected PARTITION/OFFSET, e.g. 0/12"))?;
         Ok(Self {
-            partition: p.trim().parse().map_err(|e| format!("letter id {s:?}: partition: {e}"))?,
-            offset: o.trim().parse().map_err(|e| format!("letter id {s:?}: offset: {e}"))?,
+            partition: p
+                .trim()
+                .parse()
+                .map_err(|e| format!("letter id {s:?}: partition: {e}"))?,
+            offset: o
+                .trim()
+                .parse()
+                .map_err(|e| format!("letter id {s:?}: offset: {e}"))?,
         })
     }
 }
@@ -104,7 +110,9 @@ impl Letter {
         let mut headers: HashMap<String, String> = HashMap::new();
         if let Some(h) = message.headers() {
             for header in h.iter() {
-                let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                let value = header
+                    .value
+                    .map(|v| String::from_utf8_lossy(v).into_owned());
                 headers.insert(header.key.to_owned(), value.unwrap_or_default());
             }
         }
@@ -157,7 +165,10 @@ fn marker_key(dlq_topic: &str, id: LetterId) -> String {
 pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("orderpipe-dlq-{}", Uuid::new_v4().simple()))
+        .set(
+            "group.id",
+            format!("orderpipe-dlq-{}", Uuid::new_v4().simple()),
+        )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .set("fetch.wait.max.ms", "50")
@@ -241,10 +252,16 @@ fn render_list(stage: &str, letters: &[Letter]) -> String {
         "id", "dead-lettered at", "reason", "source", "redriven"
     );
     for l in letters {
-        let source = format!("{}/{}@{}", l.source_topic, l.source_partition, l.source_offset);
+        let source = format!(
+            "{}/{}@{}",
+            l.source_topic, l.source_partition, l.source_offset
+        );
         let mut detail = l.detail.replace('\n', " ");
         if detail.len() > 60 {
-            let cut = (0..=60).rev().find(|i| detail.is_char_boundary(*i)).unwrap_or(0);
+            let cut = (0..=60)
+                .rev()
+                .find(|i| detail.is_char_boundary(*i))
+                .unwrap_or(0);
             detail.truncate(cut);
             detail.push('…');
         }
@@ -371,7 +388,16 @@ fn dlq_blocking(command: DlqCommand) -> anyhow::Result<()> {
             if common.ids.is_empty() && !common.all {
                 bail!("redrive needs --id PARTITION/OFFSET (repeatable) or --all");
             }
-            redrive(&bootstrap, &topics, stage, &common.ids, common.all, dry_run, yes, replication)
+            redrive(
+                &bootstrap,
+                &topics,
+                stage,
+                &common.ids,
+                common.all,
+                dry_run,
+                yes,
+                replication,
+            )
         }
     }
 }
@@ -437,15 +463,22 @@ fn redrive(
     };
     let letters = read_letters(bootstrap, topics, stage)?;
     let chosen = if ids.is_empty() {
-        letters.into_iter().filter(|l| l.redriven.is_none()).collect::<Vec<_>>()
+        letters
+            .into_iter()
+            .filter(|l| l.redriven.is_none())
+            .collect::<Vec<_>>()
     } else {
         let chosen = select(letters, ids, all)?;
         let done: Vec<String> = chosen
             .iter()
             .filter_map(|l| {
-                l.redriven
-                    .as_ref()
-                    .map(|m| format!("{} (redriven at {})", l.id, m["redriven_at"].as_str().unwrap_or("?")))
+                l.redriven.as_ref().map(|m| {
+                    format!(
+                        "{} (redriven at {})",
+                        l.id,
+                        m["redriven_at"].as_str().unwrap_or("?")
+                    )
+                })
             })
             .collect();
         if !done.is_empty() {
@@ -463,10 +496,17 @@ fn redrive(
     }
     for l in &chosen {
         if l.source_topic.is_empty() {
-            bail!("letter {} has no source topic header: cannot tell where to send it", l.id);
+            bail!(
+                "letter {} has no source topic header: cannot tell where to send it",
+                l.id
+            );
         }
     }
-    let verb = if dry_run { "would redrive" } else { "redriving" };
+    let verb = if dry_run {
+        "would redrive"
+    } else {
+        "redriving"
+    };
     for l in &chosen {
         println!(
             "{verb} {} ({}) -> {} (originally partition {} offset {}), {} bytes",
@@ -479,13 +519,24 @@ fn redrive(
         );
     }
     let Some(producer) = producer else {
-        println!("dry run: {} letters of stage {stage} would be redriven; nothing sent", chosen.len());
+        println!(
+            "dry run: {} letters of stage {stage} would be redriven; nothing sent",
+            chosen.len()
+        );
         return Ok(());
     };
-    if all && !yes && !confirm(&format!("redrive {} letters of stage {stage}?", chosen.len()))? {
+    if all
+        && !yes
+        && !confirm(&format!(
+            "redrive {} letters of stage {stage}?",
+            chosen.len()
+        ))?
+    {
         bail!("not confirmed: nothing redriven (pass --yes to skip the question)");
     }
-    producer.begin_transaction().context("beginning the redrive transaction")?;
+    producer
+        .begin_transaction()
+        .context("beginning the redrive transaction")?;
     let sent = (|| -> anyhow::Result<()> {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for l in &chosen {
@@ -511,7 +562,9 @@ fn redrive(
             .to_string();
             send(
                 &producer,
-                BaseRecord::<str, str>::to(&marker_topic).key(&id).payload(&marker),
+                BaseRecord::<str, str>::to(&marker_topic)
+                    .key(&id)
+                    .payload(&marker),
             )?;
         }
         producer
@@ -523,7 +576,10 @@ fn redrive(
         let _ = producer.abort_transaction(TXN_TIMEOUT);
         return Err(err.context("nothing redriven (transaction aborted)"));
     }
-    println!("redrove {} letters of stage {stage} (marked in {marker_topic})", chosen.len());
+    println!(
+        "redrove {} letters of stage {stage} (marked in {marker_topic})",
+        chosen.len()
+    );
     Ok(())
 }
 
@@ -535,7 +591,10 @@ where
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                back,
+            )) => {
                 record = back;
                 producer.poll(Duration::from_millis(50));
             }
@@ -555,7 +614,10 @@ pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
     std::io::stderr().flush()?;
     let mut answer = String::new();
     stdin.lock().read_line(&mut answer)?;
-    Ok(matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"))
+    Ok(matches!(
+        answer.trim().to_ascii_lowercase().as_str(),
+        "y" | "yes"
+    ))
 }
 
 fn ensure_marker_topic(bootstrap: &str, topic: &str, replication: i32) -> anyhow::Result<()> {
@@ -590,7 +652,10 @@ mod tests {
     fn letter_ids_parse_with_slash_or_colon() {
         assert_eq!(
             "3/17".parse::<LetterId>().unwrap(),
-            LetterId { partition: 3, offset: 17 }
+            LetterId {
+                partition: 3,
+                offset: 17
+            }
         );
         assert_eq!("0:5".parse::<LetterId>().unwrap().to_string(), "0/5");
         assert!("5".parse::<LetterId>().is_err());

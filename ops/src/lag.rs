@@ -54,7 +54,11 @@ pub fn groups(topics: &Topics, projections_group: &str) -> Vec<(String, String, 
     let mut out: Vec<(String, String, String)> = STAGES
         .iter()
         .map(|stage| {
-            let topic = if *stage == "stock" { &topics.stock } else { &topics.orders };
+            let topic = if *stage == "stock" {
+                &topics.stock
+            } else {
+                &topics.orders
+            };
             (
                 (*stage).to_owned(),
                 orderpipe_processors::kafka::group_id(topics, stage),
@@ -74,20 +78,25 @@ pub fn groups(topics: &Topics, projections_group: &str) -> Vec<(String, String, 
 
 /// Low and high watermarks of a partition, asking again for a few seconds while it has no
 /// leader (a topic just created, a leader election).
-pub(crate) fn watermarks(consumer: &BaseConsumer, topic: &str, partition: i32) -> anyhow::Result<(i64, i64)> {
+pub(crate) fn watermarks(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<(i64, i64)> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         match consumer.fetch_watermarks(topic, partition, TIMEOUT) {
             Ok(w) => return Ok(w),
-            Err(err) if Instant::now() < deadline
-                && matches!(
-                    err.rdkafka_error_code(),
-                    Some(
-                        rdkafka::types::RDKafkaErrorCode::NotLeaderForPartition
-                            | rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable
-                            | rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
-                    )
-                ) =>
+            Err(err)
+                if Instant::now() < deadline
+                    && matches!(
+                        err.rdkafka_error_code(),
+                        Some(
+                            rdkafka::types::RDKafkaErrorCode::NotLeaderForPartition
+                                | rdkafka::types::RDKafkaErrorCode::LeaderNotAvailable
+                                | rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition
+                        )
+                    ) =>
             {
                 std::thread::sleep(Duration::from_millis(200));
             }
@@ -109,8 +118,15 @@ fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
 }
 
 /// The lag of every group in [`groups`], one row per partition.
-pub fn measure(bootstrap: &str, topics: &Topics, projections_group: &str) -> anyhow::Result<Vec<PartitionLag>> {
-    let probe = consumer(bootstrap, &format!("orderpipe-lag-{}", Uuid::new_v4().simple()))?;
+pub fn measure(
+    bootstrap: &str,
+    topics: &Topics,
+    projections_group: &str,
+) -> anyhow::Result<Vec<PartitionLag>> {
+    let probe = consumer(
+        bootstrap,
+        &format!("orderpipe-lag-{}", Uuid::new_v4().simple()),
+    )?;
     let mut partitions: BTreeMap<String, Vec<(i32, i64, i64)>> = BTreeMap::new();
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut rows = Vec::new();
@@ -122,7 +138,9 @@ pub fn measure(bootstrap: &str, topics: &Topics, projections_group: &str) -> any
             let mut list = Vec::new();
             for t in metadata.topics() {
                 if let Some(err) = t.error() {
-                    anyhow::bail!("topic {topic}: {err:?} (create it with `orderpipe topics create`)");
+                    anyhow::bail!(
+                        "topic {topic}: {err:?} (create it with `orderpipe topics create`)"
+                    );
                 }
                 for p in t.partitions() {
                     let (low, high) = watermarks(&probe, &topic, p.id())?;
@@ -198,7 +216,10 @@ fn first_records(
     if from.is_empty() {
         return Ok(found);
     }
-    let reader = consumer(bootstrap, &format!("orderpipe-lag-{}", Uuid::new_v4().simple()))?;
+    let reader = consumer(
+        bootstrap,
+        &format!("orderpipe-lag-{}", Uuid::new_v4().simple()),
+    )?;
     let mut tpl = TopicPartitionList::new();
     for (p, offset, _) in from {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))?;
@@ -209,13 +230,18 @@ fn first_records(
     while found.len() < from.len() && Instant::now() < deadline {
         if let Some(message) = reader.poll(Duration::from_millis(100)) {
             let message = message.with_context(|| format!("reading {topic}"))?;
-            found
-                .entry(message.partition())
-                .or_insert_with(|| Some((message.offset(), message.timestamp().to_millis().unwrap_or(0))));
+            found.entry(message.partition()).or_insert_with(|| {
+                Some((
+                    message.offset(),
+                    message.timestamp().to_millis().unwrap_or(0),
+                ))
+            });
         }
         // Positions move past transaction markers too: at the end with no record, nothing waits.
         for element in reader.position()?.elements() {
-            if let (Offset::Offset(position), Some(end)) = (element.offset(), ends.get(&element.partition())) {
+            if let (Offset::Offset(position), Some(end)) =
+                (element.offset(), ends.get(&element.partition()))
+            {
                 if position >= *end {
                     found.entry(element.partition()).or_insert(None);
                 }
@@ -229,7 +255,10 @@ fn age(ms: Option<i64>) -> String {
     match ms {
         None => "-".into(),
         Some(ms) if ms < 1000 => format!("{ms}ms"),
-        Some(ms) => humantime::format_duration(Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0))).to_string(),
+        Some(ms) => {
+            humantime::format_duration(Duration::from_secs(u64::try_from(ms / 1000).unwrap_or(0)))
+                .to_string()
+        }
     }
 }
 

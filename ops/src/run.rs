@@ -130,7 +130,8 @@ fn start(
             };
             let listen: SocketAddr = args.ingest_listen;
             Box::pin(async move {
-                let server = orderpipe_ingest::Server::bind(config, &bootstrap, topics, listen).await?;
+                let server =
+                    orderpipe_ingest::Server::bind(config, &bootstrap, topics, listen).await?;
                 started.store(true, Ordering::Relaxed);
                 server.serve(token).await
             })

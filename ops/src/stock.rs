@@ -46,12 +46,16 @@ pub async fn view(
     let request = axum::http::Request::get(path)
         .body(axum::body::Body::empty())
         .context("building the request")?;
-    let response = router.oneshot(request).await.context("reading the stock view")?;
+    let response = router
+        .oneshot(request)
+        .await
+        .context("reading the stock view")?;
     let status = response.status().as_u16();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .context("reading the answer")?;
-    let json = serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
+    let json =
+        serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
     Ok((status, json))
 }
 
@@ -60,7 +64,9 @@ pub(crate) fn percent_encode(segment: &str) -> String {
     segment
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -71,7 +77,9 @@ pub async fn show(args: StockShowArgs) -> anyhow::Result<()> {
     let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
     let (status, body) = view(&nodes, &args.projections, &args.sku).await?;
     if status != 200 {
-        let detail = body["detail"].as_str().map_or_else(|| body.to_string(), str::to_owned);
+        let detail = body["detail"]
+            .as_str()
+            .map_or_else(|| body.to_string(), str::to_owned);
         anyhow::bail!("stock of {}: {detail} (HTTP {status})", args.sku);
     }
     if args.json {
@@ -79,7 +87,9 @@ pub async fn show(args: StockShowArgs) -> anyhow::Result<()> {
     } else {
         let limit = body["per_customer_limit"]
             .as_i64()
-            .map_or("no limit".to_string(), |l| format!("limit {l} per customer"));
+            .map_or("no limit".to_string(), |l| {
+                format!("limit {l} per customer")
+            });
         println!(
             "{}: available {}, reserved {}, sold {}, {limit} (view updated {})",
             args.sku,

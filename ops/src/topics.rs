@@ -38,7 +38,10 @@ pub struct TopicState {
     pub drift: Vec<String>,
 }
 
-fn admin(bootstrap: &str, options: &[(String, String)]) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+fn admin(
+    bootstrap: &str,
+    options: &[(String, String)],
+) -> anyhow::Result<AdminClient<DefaultClientContext>> {
     kafka::with_options(kafka::client(bootstrap, "orderpipe-admin"), options)
         .create()
         .context("creating Kafka admin client")
@@ -57,14 +60,22 @@ pub async fn describe(
         .context("reading cluster metadata")?;
     let resources: Vec<ResourceSpecifier<'_>> = plan
         .iter()
-        .filter(|spec| metadata.topics().iter().any(|t| t.name() == spec.name && t.error().is_none()))
+        .filter(|spec| {
+            metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == spec.name && t.error().is_none())
+        })
         .map(|spec| ResourceSpecifier::Topic(&spec.name))
         .collect();
     let configs = if resources.is_empty() {
         Vec::new()
     } else {
         admin
-            .describe_configs(&resources, &AdminOptions::new().request_timeout(Some(TIMEOUT)))
+            .describe_configs(
+                &resources,
+                &AdminOptions::new().request_timeout(Some(TIMEOUT)),
+            )
             .await
             .context("describing topic configs")?
     };
@@ -106,9 +117,10 @@ pub async fn describe(
                     .unwrap_or(0);
                 let policy = policies.get(&spec.name).cloned();
                 if partitions < spec.partitions {
-                    state
-                        .drift
-                        .push(format!("{partitions} partitions, fewer than the planned {}", spec.partitions));
+                    state.drift.push(format!(
+                        "{partitions} partitions, fewer than the planned {}",
+                        spec.partitions
+                    ));
                 }
                 if replication < spec.replication_factor {
                     state.drift.push(format!(
@@ -150,13 +162,24 @@ pub fn render(states: &[TopicState]) -> String {
             s.name,
             show(s.partitions, s.planned_partitions),
             show(s.replication, s.planned_replication),
-            format!("{}/{}", s.cleanup_policy.as_deref().unwrap_or("-"), s.planned_cleanup_policy),
-            if s.drift.is_empty() { "ok".into() } else { s.drift.join("; ") }
+            format!(
+                "{}/{}",
+                s.cleanup_policy.as_deref().unwrap_or("-"),
+                s.planned_cleanup_policy
+            ),
+            if s.drift.is_empty() {
+                "ok".into()
+            } else {
+                s.drift.join("; ")
+            }
         ));
     }
     let drifted = states.iter().filter(|s| !s.drift.is_empty()).count();
     if drifted == 0 {
-        out.push_str(&format!("OK: {} topics as planned (actual/planned)\n", states.len()));
+        out.push_str(&format!(
+            "OK: {} topics as planned (actual/planned)\n",
+            states.len()
+        ));
     } else {
         out.push_str(&format!(
             "DRIFT: {drifted} of {} topics differ from the plan (actual/planned); \
@@ -171,13 +194,25 @@ pub fn render(states: &[TopicState]) -> String {
 pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
-    let created =
-        kafka::create_topics(&args.connections.kafka_bootstrap, &args.ingest.kafka_options, &plan).await?;
+    let created = kafka::create_topics(
+        &args.connections.kafka_bootstrap,
+        &args.ingest.kafka_options,
+        &plan,
+    )
+    .await?;
     for spec in &plan {
-        let what = if created.contains(&spec.name) { "created" } else { "exists" };
+        let what = if created.contains(&spec.name) {
+            "created"
+        } else {
+            "exists"
+        };
         println!("{what:<8} {}", spec.name);
     }
-    println!("{} topics created, {} already there", created.len(), plan.len() - created.len());
+    println!(
+        "{} topics created, {} already there",
+        created.len(),
+        plan.len() - created.len()
+    );
     Ok(())
 }
 
@@ -185,7 +220,12 @@ pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
 pub async fn describe_command(args: TopicsArgs) -> anyhow::Result<bool> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
-    let states = describe(&args.connections.kafka_bootstrap, &args.ingest.kafka_options, &plan).await?;
+    let states = describe(
+        &args.connections.kafka_bootstrap,
+        &args.ingest.kafka_options,
+        &plan,
+    )
+    .await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&states)?);
     } else {

@@ -10,7 +10,17 @@ use std::process::Command;
 fn chaos_flash_sale_seed_42_one_broker_every_count_zero() {
     let work = std::env::temp_dir().join(format!("orderpipe-chaos-ci-{}", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_orderpipe-chaos"))
-        .args(["flash-sale", "--seed", "42", "--duration", "25", "--brokers", "1", "--rate", "12"])
+        .args([
+            "flash-sale",
+            "--seed",
+            "42",
+            "--duration",
+            "25",
+            "--brokers",
+            "1",
+            "--rate",
+            "12",
+        ])
         .args(["--settle-timeout", "100", "--view-sample", "60"])
         .args(["--orderpipe", env!("CARGO_BIN_EXE_orderpipe")])
         .arg("--work-dir")
@@ -27,12 +37,33 @@ fn chaos_flash_sale_seed_42_one_broker_every_count_zero() {
     );
     // The run really did what it says: orders acknowledged, every component killed, the broker
     // stopped and started.
-    let line = |prefix: &str| stdout.lines().find(|l| l.starts_with(prefix)).unwrap_or_default().to_string();
+    let line = |prefix: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(line("orders:").contains(" acked"), "{stdout}");
     let kills = line("kills:");
-    for component in ["ingest-1", "ingest-2", "stock", "saga", "payments", "notifications", "projections", "query"] {
-        assert!(kills.contains(component), "{component} never killed: {kills}");
+    for component in [
+        "ingest-1",
+        "ingest-2",
+        "stock",
+        "saga",
+        "payments",
+        "notifications",
+        "projections",
+        "query",
+    ] {
+        assert!(
+            kills.contains(component),
+            "{component} never killed: {kills}"
+        );
     }
-    assert!(line("restarts:").contains("1 broker stops + 1 starts"), "{stdout}");
+    assert!(
+        line("restarts:").contains("1 broker stops + 1 starts"),
+        "{stdout}"
+    );
     let _ = std::fs::remove_dir_all(&work);
 }

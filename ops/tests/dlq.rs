@@ -75,12 +75,19 @@ async fn redrive_of_a_fixed_letter_is_processed_exactly_once_and_a_second_redriv
 
     // Given an order_confirmed older than the notifications retention (7 days): dead-lettered
     let order = Uuid::now_v7();
-    let mut old = OrderEnvelope::new(order, OrderEvent::OrderConfirmed(OrderConfirmed {}), None, order);
+    let mut old = OrderEnvelope::new(
+        order,
+        OrderEvent::OrderConfirmed(OrderConfirmed {}),
+        None,
+        order,
+    );
     old.occurred_at = chrono::Utc::now() - chrono::Duration::days(10);
     let producer = kafka::producer().unwrap();
     producer
         .send(
-            FutureRecord::to(&names.orders).key(&old.key()).payload(&old.encode()),
+            FutureRecord::to(&names.orders)
+                .key(&old.key())
+                .payload(&old.encode()),
             Duration::from_secs(10),
         )
         .await
@@ -93,7 +100,11 @@ async fn redrive_of_a_fixed_letter_is_processed_exactly_once_and_a_second_redriv
             assert_eq!(found.len(), 1, "{found:?}");
             break letter.clone();
         }
-        assert!(Instant::now() < deadline, "never dead-lettered:\n{}", stage.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "never dead-lettered:\n{}",
+            stage.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(letter["reason"], "stale_event", "{letter}");
@@ -116,15 +127,27 @@ async fn redrive_of_a_fixed_letter_is_processed_exactly_once_and_a_second_redriv
     assert!(err.contains("--yes"), "{err}");
     let (code, out, err) = dlq(&topics, &["redrive", "--id", &id, "--dry-run"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("would redrive") && out.contains("nothing sent"), "{out}");
-    assert_eq!(records_of(&names.orders, order).len(), 1, "a dry run sent the letter");
+    assert!(
+        out.contains("would redrive") && out.contains("nothing sent"),
+        "{out}"
+    );
+    assert_eq!(
+        records_of(&names.orders, order).len(),
+        1,
+        "a dry run sent the letter"
+    );
 
     // When the cause is fixed (a longer retention) and the letter is redriven
     stage.stop();
     let mut stage = Orderpipe::run(
         "notifications-fixed",
         &topics,
-        &["--components", "notifications", "--notifications-retention", "30days"],
+        &[
+            "--components",
+            "notifications",
+            "--notifications-retention",
+            "30days",
+        ],
     );
     stage.wait_ready(Duration::from_secs(60)).await;
     let (code, out, err) = dlq(&topics, &["redrive", "--id", &id]);
@@ -134,22 +157,36 @@ async fn redrive_of_a_fixed_letter_is_processed_exactly_once_and_a_second_redriv
     // Then the stage processes it: one notification, byte-identical event on the input topic
     let deadline = Instant::now() + Duration::from_secs(60);
     while notifications_requested(&names, order) == 0 {
-        assert!(Instant::now() < deadline, "redriven letter not processed:\n{}", stage.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "redriven letter not processed:\n{}",
+            stage.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let orders = records_of(&names.orders, order);
     assert_eq!(orders.len(), 2, "original and one redriven copy");
-    assert_eq!(orders[0], orders[1], "the redriven record carries the original bytes");
+    assert_eq!(
+        orders[0], orders[1],
+        "the redriven record carries the original bytes"
+    );
 
     // And a second redrive of the same letter is refused, naming it
     let (code, out, err) = dlq(&topics, &["redrive", "--id", &id]);
     assert_ne!(code, 0, "second redrive went through: {out}");
-    assert!(err.contains("already redriven") && err.contains(&id), "{err}");
+    assert!(
+        err.contains("already redriven") && err.contains(&id),
+        "{err}"
+    );
     let (code, out, _) = dlq(&topics, &["redrive", "--all", "--yes"]);
     assert_eq!(code, 0);
     assert!(out.contains("nothing to redrive"), "{out}");
     let after = letters(&topics);
-    assert_eq!(after.len(), 1, "the redriven letter was dead-lettered again: {after:?}");
+    assert_eq!(
+        after.len(),
+        1,
+        "the redriven letter was dead-lettered again: {after:?}"
+    );
     assert!(!after[0]["redriven"].is_null(), "{after:?}");
 
     // Exactly once: still one notification and one redriven copy after the stage settles

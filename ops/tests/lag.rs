@@ -23,16 +23,29 @@ fn stock_lag(topics: &TestTopics) -> Vec<serde_json::Value> {
         "lag failed: {stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("lag --json: {e}: {stdout}{}", String::from_utf8_lossy(&output.stderr)));
-    for consumer in ["stock", "payments", "saga", "notifications", "projections.orders", "projections.stock"] {
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "lag --json: {e}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    for consumer in [
+        "stock",
+        "payments",
+        "saga",
+        "notifications",
+        "projections.orders",
+        "projections.stock",
+    ] {
         assert_eq!(
             rows.iter().filter(|r| r["consumer"] == consumer).count(),
             PARTITIONS as usize,
             "one row per partition for {consumer}: {stdout}"
         );
     }
-    rows.into_iter().filter(|r| r["consumer"] == "stock").collect()
+    rows.into_iter()
+        .filter(|r| r["consumer"] == "stock")
+        .collect()
 }
 
 fn total(rows: &[serde_json::Value]) -> i64 {
@@ -46,7 +59,11 @@ async fn wait_caught_up(topics: &TestTopics, stage: &Orderpipe) -> Vec<serde_jso
         if total(&rows) == 0 && rows.iter().any(|r| !r["committed"].is_null()) {
             return rows;
         }
-        assert!(Instant::now() < deadline, "stock never caught up: {rows:?}\n{}", stage.log_tail());
+        assert!(
+            Instant::now() < deadline,
+            "stock never caught up: {rows:?}\n{}",
+            stage.log_tail()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -59,7 +76,11 @@ async fn lag_is_non_zero_while_records_wait_and_zero_once_processed() {
     stage.wait_ready(Duration::from_secs(60)).await;
     set_stock(&topics, "LAG-1", 5);
     let rows = wait_caught_up(&topics, &stage).await;
-    assert!(rows.iter().all(|r| r["oldest_unprocessed_age_ms"].is_null()), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["oldest_unprocessed_age_ms"].is_null()),
+        "{rows:?}"
+    );
 
     // Given the stage is down while two adjustments arrive
     stage.stop();
@@ -72,7 +93,9 @@ async fn lag_is_non_zero_while_records_wait_and_zero_once_processed() {
     assert_eq!(total(&rows), 2, "{rows:?}");
     let behind: Vec<&serde_json::Value> = rows.iter().filter(|r| r["lag"] != 0).collect();
     assert_eq!(behind.len(), 1, "{rows:?}");
-    let age = behind[0]["oldest_unprocessed_age_ms"].as_i64().expect("an age");
+    let age = behind[0]["oldest_unprocessed_age_ms"]
+        .as_i64()
+        .expect("an age");
     assert!((1000..120_000).contains(&age), "age {age} ms: {rows:?}");
     assert!(behind[0]["committed"].as_i64().unwrap() > 0, "{rows:?}");
 
@@ -84,9 +107,14 @@ async fn lag_is_non_zero_while_records_wait_and_zero_once_processed() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&output.stdout);
-    assert!(table.contains(&format!("group {}orderpipe-stock", topics.prefix)), "{table}");
     assert!(
-        table.lines().any(|l| l.starts_with("stock ") && l.contains("lag          2")),
+        table.contains(&format!("group {}orderpipe-stock", topics.prefix)),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("stock ") && l.contains("lag          2")),
         "{table}"
     );
 
@@ -94,6 +122,10 @@ async fn lag_is_non_zero_while_records_wait_and_zero_once_processed() {
     let mut stage = Orderpipe::run("stock-again", &topics, &["--components", "stock"]);
     stage.wait_ready(Duration::from_secs(60)).await;
     let rows = wait_caught_up(&topics, &stage).await;
-    assert!(rows.iter().all(|r| r["oldest_unprocessed_age_ms"].is_null()), "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["oldest_unprocessed_age_ms"].is_null()),
+        "{rows:?}"
+    );
     stage.stop();
 }

@@ -46,7 +46,11 @@ async fn hot_sku_sale(mode: ProcessingMode) {
     adopt_pipeline_topics(&mut topics);
     let (gateway, gateway_url, stop_gateway) = start_gateway(0.0, 1).await;
     let ingest_port = free_port();
-    let mut pipeline = Orderpipe::run("all", &topics, &refs(&pipeline_args(mode, ingest_port, &gateway_url)));
+    let mut pipeline = Orderpipe::run(
+        "all",
+        &topics,
+        &refs(&pipeline_args(mode, ingest_port, &gateway_url)),
+    );
     pipeline.wait_ready(Duration::from_secs(60)).await;
     set_stock(&topics, "HOT-1", 100);
 
@@ -163,14 +167,27 @@ async fn multi_sku_sale_with_declines(mode: ProcessingMode) {
         .iter()
         .flat_map(|(sku, levels)| (0..levels.available).map(move |_| vec![(sku.clone(), 1)]))
         .collect();
-    assert!(!left.is_empty(), "{mode}: nothing available after releasing {released} units");
-    let second = run_sale(format!("127.0.0.1:{ingest_port}").parse().unwrap(), left, 10, |_| {}).await;
+    assert!(
+        !left.is_empty(),
+        "{mode}: nothing available after releasing {released} units"
+    );
+    let second = run_sale(
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        left,
+        10,
+        |_| {},
+    )
+    .await;
     let mut all = acked.clone();
     all.extend(second.clone());
     let outcome = collect_outcome(&topics, &all, SETTLE).await;
     assert_invariants(&topics, &outcome, &all, &stock);
     let resold = second.keys().filter(|id| outcome.confirmed(id)).count();
-    assert!(resold > 0, "{mode}: none of {} released units sold again", second.len());
+    assert!(
+        resold > 0,
+        "{mode}: none of {} released units sold again",
+        second.len()
+    );
     assert_gateway_ledger(&gateway, &outcome, &all);
     pipeline.stop();
     stop_gateway.cancel();
@@ -185,7 +202,11 @@ async fn gateway_outage_mid_sale(mode: ProcessingMode) {
     let (gateway, gateway_url, stop_gateway) = start_gateway(0.1, 11).await;
     let ingest_port = free_port();
     let ingest_listen = format!("127.0.0.1:{ingest_port}");
-    let mut pipeline = Orderpipe::run("all", &topics, &refs(&pipeline_args(mode, ingest_port, &gateway_url)));
+    let mut pipeline = Orderpipe::run(
+        "all",
+        &topics,
+        &refs(&pipeline_args(mode, ingest_port, &gateway_url)),
+    );
     pipeline.wait_ready(Duration::from_secs(60)).await;
     let mut stock = BTreeMap::new();
     for sku in 0..10 {
@@ -196,8 +217,12 @@ async fn gateway_outage_mid_sale(mode: ProcessingMode) {
 
     let (sale, marks) = spawn_sale(&ingest_listen, mixed_orders(800, 10), vec![200]);
     wait_flag(&marks[0]).await;
-    let mut admin = orderpipe_testkit::http::Conn::new(gateway_url.trim_start_matches("http://").parse().unwrap());
-    let reply = admin.post_json("/v1/faults", r#"{"fail_for_ms": 5000, "status": 503}"#).await;
+    let mut admin = orderpipe_testkit::http::Conn::new(
+        gateway_url.trim_start_matches("http://").parse().unwrap(),
+    );
+    let reply = admin
+        .post_json("/v1/faults", r#"{"fail_for_ms": 5000, "status": 503}"#)
+        .await;
     assert_eq!(reply.status, 204, "{:?}", reply.body);
     let acked = sale.await.unwrap();
 
@@ -208,7 +233,10 @@ async fn gateway_outage_mid_sale(mode: ProcessingMode) {
         .keys()
         .filter(|id| outcome.rejection(id) == Some(RejectReason::PaymentTimeout))
         .count();
-    assert_eq!(timed_out, 0, "{mode}: a 5 s outage rejected {timed_out} orders");
+    assert_eq!(
+        timed_out, 0,
+        "{mode}: a 5 s outage rejected {timed_out} orders"
+    );
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
     assert!(confirmed > 0, "{mode}: nothing confirmed");
     pipeline.stop();
@@ -239,7 +267,10 @@ async fn multi_sku_sale_with_declines_at_least_once() {
 
 /// The simulated payment gateway served over HTTP from this test process (its own process role):
 /// the processors charge through it, and its ledger says what was really charged.
-async fn start_gateway(decline_rate: f64, seed: u64) -> (Arc<SimulatedGateway>, String, CancellationToken) {
+async fn start_gateway(
+    decline_rate: f64,
+    seed: u64,
+) -> (Arc<SimulatedGateway>, String, CancellationToken) {
     let gateway = Arc::new(SimulatedGateway::new(SimConfig {
         decline_rate,
         seed,
@@ -253,7 +284,12 @@ async fn start_gateway(decline_rate: f64, seed: u64) -> (Arc<SimulatedGateway>, 
 }
 
 /// Arguments of a processors-only process with instance id `instance`.
-fn processor_args(mode: ProcessingMode, instance: &str, gateway_url: &str, extra: &[&str]) -> Vec<String> {
+fn processor_args(
+    mode: ProcessingMode,
+    instance: &str,
+    gateway_url: &str,
+    extra: &[&str],
+) -> Vec<String> {
     let mut args: Vec<String> = [
         "--components",
         "stock,payments,saga,notifications",
@@ -279,16 +315,27 @@ fn spawn_sale(
     ingest_listen: &str,
     orders: Vec<OrderSpec>,
     marks: Vec<usize>,
-) -> (tokio::task::JoinHandle<std::collections::HashMap<uuid::Uuid, OrderSpec>>, Vec<Arc<AtomicBool>>) {
-    let flags: Vec<Arc<AtomicBool>> = marks.iter().map(|_| Arc::new(AtomicBool::new(false))).collect();
+) -> (
+    tokio::task::JoinHandle<std::collections::HashMap<uuid::Uuid, OrderSpec>>,
+    Vec<Arc<AtomicBool>>,
+) {
+    let flags: Vec<Arc<AtomicBool>> = marks
+        .iter()
+        .map(|_| Arc::new(AtomicBool::new(false)))
+        .collect();
     let watched = flags.clone();
-    let sale = tokio::spawn(run_sale(ingest_listen.parse().unwrap(), orders, 50, move |acked| {
-        for (mark, flag) in marks.iter().zip(&watched) {
-            if acked == *mark {
-                flag.store(true, Ordering::SeqCst);
+    let sale = tokio::spawn(run_sale(
+        ingest_listen.parse().unwrap(),
+        orders,
+        50,
+        move |acked| {
+            for (mark, flag) in marks.iter().zip(&watched) {
+                if acked == *mark {
+                    flag.store(true, Ordering::SeqCst);
+                }
             }
-        }
-    }));
+        },
+    ));
     (sale, flags)
 }
 
@@ -309,7 +356,11 @@ async fn processors_killed_mid_sale_keep_every_invariant(mode: ProcessingMode) {
     let (gateway, gateway_url, stop_gateway) = start_gateway(0.1, 3).await;
 
     let ingest_listen = format!("127.0.0.1:{}", free_port());
-    let mut ingest = Orderpipe::run("ingest", &topics, &["--components", "ingest", "--ingest-listen", &ingest_listen]);
+    let mut ingest = Orderpipe::run(
+        "ingest",
+        &topics,
+        &["--components", "ingest", "--ingest-listen", &ingest_listen],
+    );
     ingest.wait_ready(Duration::from_secs(30)).await;
     let args = processor_args(mode, "p1", &gateway_url, &[]);
     let mut processors = Orderpipe::run("processors", &topics, &refs(&args));
@@ -345,10 +396,18 @@ async fn second_processors_process_joins_and_leaves_mid_sale(mode: ProcessingMod
     let (gateway, gateway_url, stop_gateway) = start_gateway(0.1, 5).await;
 
     let ingest_listen = format!("127.0.0.1:{}", free_port());
-    let mut ingest = Orderpipe::run("ingest", &topics, &["--components", "ingest", "--ingest-listen", &ingest_listen]);
+    let mut ingest = Orderpipe::run(
+        "ingest",
+        &topics,
+        &["--components", "ingest", "--ingest-listen", &ingest_listen],
+    );
     ingest.wait_ready(Duration::from_secs(30)).await;
     let session = ["--processor-kafka-option", "session.timeout.ms=8000"];
-    let mut first = Orderpipe::run("processors-1", &topics, &refs(&processor_args(mode, "p1", &gateway_url, &session)));
+    let mut first = Orderpipe::run(
+        "processors-1",
+        &topics,
+        &refs(&processor_args(mode, "p1", &gateway_url, &session)),
+    );
     first.wait_ready(Duration::from_secs(60)).await;
     let mut stock = BTreeMap::new();
     for sku in 0..10 {
@@ -359,7 +418,11 @@ async fn second_processors_process_joins_and_leaves_mid_sale(mode: ProcessingMod
 
     let (sale, marks) = spawn_sale(&ingest_listen, mixed_orders(2000, 10), vec![600, 1300]);
     wait_flag(&marks[0]).await;
-    let mut second = Orderpipe::run("processors-2", &topics, &refs(&processor_args(mode, "p2", &gateway_url, &session)));
+    let mut second = Orderpipe::run(
+        "processors-2",
+        &topics,
+        &refs(&processor_args(mode, "p2", &gateway_url, &session)),
+    );
     wait_flag(&marks[1]).await;
     second.stop();
     let acked = sale.await.unwrap();
@@ -388,13 +451,20 @@ fn assert_gateway_ledger(
         let net = gateway.net_charged(*id);
         if outcome.confirmed(id) {
             let total: i64 = lines.iter().map(|(_, q)| i64::from(*q) * 1000).sum();
-            assert_eq!((ledger.accepted_charges(), net), (1, total), "confirmed order {id}: {ledger:?}");
+            assert_eq!(
+                (ledger.accepted_charges(), net),
+                (1, total),
+                "confirmed order {id}: {ledger:?}"
+            );
         } else {
             assert_eq!(net, 0, "rejected order {id} keeps a charge: {ledger:?}");
         }
     }
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count() as u64;
-    assert_eq!(totals.charges, confirmed, "charges kept vs confirmed orders: {totals:?}");
+    assert_eq!(
+        totals.charges, confirmed,
+        "charges kept vs confirmed orders: {totals:?}"
+    );
 }
 
 mod processors_killed_mid_sale {

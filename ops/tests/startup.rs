@@ -23,7 +23,14 @@ async fn stages_started_while_the_broker_is_down_become_ready_once_it_is_back() 
         &broker.bootstrap(),
         "startup",
         &topics,
-        &["--components", "stock,saga", "--processing", "exactly-once", "--replication-factor", "1"],
+        &[
+            "--components",
+            "stock,saga",
+            "--processing",
+            "exactly-once",
+            "--replication-factor",
+            "1",
+        ],
     );
     tokio::time::sleep(Duration::from_secs(5)).await;
     broker.restart();

@@ -22,7 +22,11 @@ fn orderpipe_out(topics: &TestTopics, keyspace: &str, args: &[&str]) -> (i32, St
         .args(["--kafka-bootstrap", &kafka::bootstrap()])
         .args(["--topic-prefix", &topics.prefix])
         .args(["--scylla-nodes", &orderpipe_testkit::cql::nodes().join(",")])
-        .args(if args[1] == "show" { vec!["--keyspace", keyspace] } else { vec![] })
+        .args(if args[1] == "show" {
+            vec!["--keyspace", keyspace]
+        } else {
+            vec![]
+        })
         .output()
         .expect("running orderpipe");
     (
@@ -37,7 +41,13 @@ fn orderpipe_out(topics: &TestTopics, keyspace: &str, args: &[&str]) -> (i32, St
 }
 
 /// `stock show --json` until `available` is `expected`.
-async fn wait_available(topics: &TestTopics, keyspace: &str, sku: &str, expected: i64, pipeline: &Orderpipe) {
+async fn wait_available(
+    topics: &TestTopics,
+    keyspace: &str,
+    sku: &str,
+    expected: i64,
+    pipeline: &Orderpipe,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (code, json, out) = orderpipe_out(topics, keyspace, &["stock", "show", sku, "--json"]);
@@ -100,7 +110,10 @@ async fn stock_adjust_changes_what_stock_show_reports() {
     wait_available(&topics, &ks, "ADJ-1", 12, &pipeline).await;
     let (code, out) = orderpipe(&topics, &ks, &["stock", "show", "ADJ-1"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("ADJ-1: available 12, reserved 0, sold 0"), "{out}");
+    assert!(
+        out.contains("ADJ-1: available 12, reserved 0, sold 0"),
+        "{out}"
+    );
 
     pipeline.stop();
     keyspace.drop_keyspace().await.unwrap();

@@ -47,9 +47,18 @@ async fn describe_reports_drift_and_exits_1() {
     // Then describe names each drift and exits 1
     let (code, out) = topics_cmd(&topics, &["describe"]);
     assert_eq!(code, 1, "{out}");
-    assert!(line(&out, &orders).contains("2 partitions, fewer than the planned 4"), "{out}");
-    assert!(line(&out, &changelog).contains("cleanup.policy delete, planned compact"), "{out}");
-    assert!(line(&out, &topics.name("stock")).contains("missing"), "{out}");
+    assert!(
+        line(&out, &orders).contains("2 partitions, fewer than the planned 4"),
+        "{out}"
+    );
+    assert!(
+        line(&out, &changelog).contains("cleanup.policy delete, planned compact"),
+        "{out}"
+    );
+    assert!(
+        line(&out, &topics.name("stock")).contains("missing"),
+        "{out}"
+    );
     assert!(out.contains("DRIFT: 12 of 12"), "{out}");
 
     // And topics create makes only the missing ones; the two drifted topics stay drift
@@ -80,6 +89,9 @@ async fn create_on_a_fresh_prefix_is_idempotent_and_describe_is_clean() {
     let (code, out) = topics_cmd(&topics, &["describe"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("OK: 12 topics as planned"), "{out}");
-    assert!(line(&out, &topics.name("saga.changelog")).contains("compact/compact"), "{out}");
+    assert!(
+        line(&out, &topics.name("saga.changelog")).contains("compact/compact"),
+        "{out}"
+    );
     assert!(line(&out, &topics.name("orders")).contains("4/4"), "{out}");
 }

@@ -47,21 +47,32 @@ async fn exchange(
         head.push_str(&format!("{name}: {value}\r\n"));
     }
     if let Some(body) = body {
-        head.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()));
+        head.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
     } else if method == "POST" {
         head.push_str("content-length: 0\r\n");
     }
     head.push_str("\r\n");
     head.push_str(body.unwrap_or(""));
-    stream.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.map_err(|e| e.to_string())?;
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
     parse(&raw)
 }
 
 fn parse(raw: &[u8]) -> Result<Reply, String> {
     let text = String::from_utf8_lossy(raw);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or("connection closed before a full reply")?;
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or("connection closed before a full reply")?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -71,13 +82,21 @@ fn parse(raw: &[u8]) -> Result<Reply, String> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked { dechunk(rest)? } else { rest.to_string() };
+    let body = if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_string()
+    };
     if let Some(length) = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
-        name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse::<usize>().ok())?
+        name.eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
     }) {
         if body.len() < length {
-            return Err(format!("connection cut: {} of {length} body bytes", body.len()));
+            return Err(format!(
+                "connection cut: {} of {length} body bytes",
+                body.len()
+            ));
         }
     }
     Ok(Reply { status, body })

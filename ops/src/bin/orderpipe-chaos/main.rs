@@ -44,7 +44,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
-#[command(name = "orderpipe-chaos", about = "Seeded chaos flash sale and soak run for orderpipe")]
+#[command(
+    name = "orderpipe-chaos",
+    about = "Seeded chaos flash sale and soak run for orderpipe"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -151,7 +154,11 @@ fn repo() -> PathBuf {
 
 /// A loopback port nobody listens on now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `n` consecutive free ports (Kafka nodes take KAFKA_PORT, KAFKA_PORT+1, ...).
@@ -213,7 +220,11 @@ impl Testbed {
     }
 
     async fn script(&self, script: &str, args: &[&str]) -> anyhow::Result<()> {
-        let output = self.command(script, args).output().await.with_context(|| format!("running ops/testbed/{script}"))?;
+        let output = self
+            .command(script, args)
+            .output()
+            .await
+            .with_context(|| format!("running ops/testbed/{script}"))?;
         if !output.status.success() {
             bail!(
                 "ops/testbed/{script} {args:?} failed: {}{}",
@@ -234,11 +245,18 @@ impl Testbed {
         let command = command.as_std_mut();
         let output = Command::new("bash")
             .args(["-c", &script])
-            .envs(command.get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+            .envs(
+                command
+                    .get_envs()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+            )
             .env("ORDERPIPE_TESTBED_DIR", &self.dir)
             .output()?;
         if !output.status.success() {
-            bail!("CQL restart failed: {}", String::from_utf8_lossy(&output.stderr));
+            bail!(
+                "CQL restart failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
         Ok(())
     }
@@ -263,7 +281,8 @@ struct Procs {
 
 impl Procs {
     fn args(&self, comp: Comp) -> Vec<String> {
-        let mut args: Vec<String> = vec!["run".into(), "--components".into(), comp.component().into()];
+        let mut args: Vec<String> =
+            vec!["run".into(), "--components".into(), comp.component().into()];
         args.extend(self.common.iter().cloned());
         args.extend(["--admin-listen".into(), self.admin[&comp].to_string()]);
         args.extend(["--instance-id".into(), format!("chaos-{}", comp.name())]);
@@ -282,7 +301,10 @@ impl Procs {
                 "--notifications-webhook-url".into(),
                 format!("http://{}/hook", self.webhook),
             ]),
-            Comp::Projections => args.extend(["--projections-instance-id".into(), "chaos-projections".into()]),
+            Comp::Projections => args.extend([
+                "--projections-instance-id".into(),
+                "chaos-projections".into(),
+            ]),
             Comp::Query => args.extend(["--query-listen".into(), self.query.to_string()]),
             Comp::Stock | Comp::Saga => {}
         }
@@ -356,13 +378,26 @@ impl Procs {
     async fn wait_ready(&self, comp: Comp, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(reply) = http::request(self.admin[&comp], "GET", "/readyz", &[], None, Duration::from_secs(2)).await {
+            if let Ok(reply) = http::request(
+                self.admin[&comp],
+                "GET",
+                "/readyz",
+                &[],
+                None,
+                Duration::from_secs(2),
+            )
+            .await
+            {
                 if reply.status == 200 {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("{} not ready within {within:?} (log: {})", comp.name(), self.logs.join(format!("{}.log", comp.name())).display());
+                bail!(
+                    "{} not ready within {within:?} (log: {})",
+                    comp.name(),
+                    self.logs.join(format!("{}.log", comp.name())).display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -371,7 +406,9 @@ impl Procs {
     fn stop_all(&self) {
         let mut children = self.children.lock().unwrap();
         for child in children.values() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
         }
         let deadline = Instant::now() + Duration::from_secs(15);
         for child in children.values_mut() {
@@ -397,7 +434,14 @@ impl Drop for Procs {
 /// Resident memory of a process in KiB (`VmRSS` of /proc/PID/status).
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches("kB").trim().parse().ok())
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmRSS:")?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -430,7 +474,11 @@ async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes)
     let field = |name: &str| json[name].as_str().and_then(|s| s.parse::<Uuid>().ok());
     match (field("event_id"), field("order_id"), json["kind"].as_str()) {
         (Some(event_id), Some(order_id), Some(kind)) => {
-            receiver.log.lock().unwrap().push(Delivery { event_id, order_id, kind: kind.to_string() });
+            receiver.log.lock().unwrap().push(Delivery {
+                event_id,
+                order_id,
+                kind: kind.to_string(),
+            });
             StatusCode::NO_CONTENT
         }
         _ => {
@@ -456,7 +504,9 @@ impl OrderSpec {
         let lines: Vec<serde_json::Value> = self
             .lines
             .iter()
-            .map(|(sku, q)| serde_json::json!({"sku": sku, "quantity": q, "unit_price_minor": 1000}))
+            .map(
+                |(sku, q)| serde_json::json!({"sku": sku, "quantity": q, "unit_price_minor": 1000}),
+            )
             .collect();
         let total: i64 = self.lines.iter().map(|(_, q)| i64::from(*q) * 1000).sum();
         serde_json::json!({
@@ -482,7 +532,10 @@ fn orders(seed: u64, count: usize, skus: u32, cancel_rate: f64) -> Vec<OrderSpec
             OrderSpec {
                 key: format!("chaos-{seed}-{i}"),
                 customer: format!("customer-{}", rng.random_range(0..2000)),
-                lines: picked.into_iter().map(|s| (format!("SKU-{s}"), rng.random_range(1..=2))).collect(),
+                lines: picked
+                    .into_iter()
+                    .map(|s| (format!("SKU-{s}"), rng.random_range(1..=2)))
+                    .collect(),
                 cancel: rng.random_bool(cancel_rate.clamp(0.0, 1.0)),
             }
         })
@@ -506,19 +559,40 @@ struct Sale {
 const CLIENT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// POSTs until 202 (same Idempotency-Key on every attempt, alternating ingest instances).
-async fn post_until_accepted(sale: &Sale, ingest: [SocketAddr; 2], first: usize, path: &str, key: Option<&str>, body: Option<&str>) -> Option<serde_json::Value> {
+async fn post_until_accepted(
+    sale: &Sale,
+    ingest: [SocketAddr; 2],
+    first: usize,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Option<serde_json::Value> {
     let deadline = Instant::now() + CLIENT_DEADLINE;
     let mut target = first;
     let mut attempt = 0u64;
-    let headers: Vec<(&str, &str)> = key.map(|k| vec![("idempotency-key", k)]).unwrap_or_default();
+    let headers: Vec<(&str, &str)> = key
+        .map(|k| vec![("idempotency-key", k)])
+        .unwrap_or_default();
     loop {
         sale.attempts.fetch_add(1, Ordering::Relaxed);
-        match http::request(ingest[target], "POST", path, &headers, body, Duration::from_secs(10)).await {
+        match http::request(
+            ingest[target],
+            "POST",
+            path,
+            &headers,
+            body,
+            Duration::from_secs(10),
+        )
+        .await
+        {
             Ok(reply) if reply.status == 202 => return Some(reply.json()),
             Ok(reply) if reply.status == 503 => sale.retried_503.fetch_add(1, Ordering::Relaxed),
             Ok(reply) if reply.status == 429 => sale.retried_429.fetch_add(1, Ordering::Relaxed),
             Ok(reply) => {
-                sale.client_errors.lock().unwrap().push(format!("{path}: {} {}", reply.status, reply.body));
+                sale.client_errors
+                    .lock()
+                    .unwrap()
+                    .push(format!("{path}: {} {}", reply.status, reply.body));
                 return None;
             }
             Err(_) => sale.retried_cut.fetch_add(1, Ordering::Relaxed),
@@ -533,17 +607,42 @@ async fn post_until_accepted(sale: &Sale, ingest: [SocketAddr; 2], first: usize,
     }
 }
 
-async fn place(sale: Arc<Sale>, ingest: [SocketAddr; 2], index: usize, spec: OrderSpec, due: Instant, started: Instant) {
+async fn place(
+    sale: Arc<Sale>,
+    ingest: [SocketAddr; 2],
+    index: usize,
+    spec: OrderSpec,
+    due: Instant,
+    started: Instant,
+) {
     let body = spec.body();
-    let Some(reply) = post_until_accepted(&sale, ingest, index % 2, "/v1/orders", Some(&spec.key), Some(&body)).await else {
+    let Some(reply) = post_until_accepted(
+        &sale,
+        ingest,
+        index % 2,
+        "/v1/orders",
+        Some(&spec.key),
+        Some(&body),
+    )
+    .await
+    else {
         return;
     };
-    let Some(id) = reply["order_id"].as_str().and_then(|s| s.parse::<Uuid>().ok()) else {
-        sale.client_errors.lock().unwrap().push(format!("202 without an order id: {reply}"));
+    let Some(id) = reply["order_id"]
+        .as_str()
+        .and_then(|s| s.parse::<Uuid>().ok())
+    else {
+        sale.client_errors
+            .lock()
+            .unwrap()
+            .push(format!("202 without an order id: {reply}"));
         return;
     };
     let latency = due.elapsed().as_millis() as u64;
-    sale.ack_ms.lock().unwrap().push((started.elapsed().as_secs_f64(), latency));
+    sale.ack_ms
+        .lock()
+        .unwrap()
+        .push((started.elapsed().as_secs_f64(), latency));
     if let Some(previous) = sale.acked.lock().unwrap().insert(id, index) {
         if previous != index {
             sale.same_key_other_id.fetch_add(1, Ordering::Relaxed);
@@ -551,7 +650,10 @@ async fn place(sale: Arc<Sale>, ingest: [SocketAddr; 2], index: usize, spec: Ord
     }
     if spec.cancel {
         let path = format!("/v1/orders/{id}/cancel");
-        if post_until_accepted(&sale, ingest, index % 2 ^ 1, &path, None, None).await.is_some() {
+        if post_until_accepted(&sale, ingest, index % 2 ^ 1, &path, None, None)
+            .await
+            .is_some()
+        {
             sale.cancels_acked.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -573,16 +675,29 @@ struct Done {
 }
 
 async fn gateway_fault(gateway: SocketAddr, body: &str) -> anyhow::Result<()> {
-    let reply = http::request(gateway, "POST", "/v1/faults", &[], Some(body), Duration::from_secs(5))
-        .await
-        .map_err(anyhow::Error::msg)?;
+    let reply = http::request(
+        gateway,
+        "POST",
+        "/v1/faults",
+        &[],
+        Some(body),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
     if reply.status != 204 {
         bail!("gateway faults: {} {}", reply.status, reply.body);
     }
     Ok(())
 }
 
-async fn apply(fault: Fault, procs: &Procs, testbed: Option<&Testbed>, done: &Mutex<Done>, started: Instant) {
+async fn apply(
+    fault: Fault,
+    procs: &Procs,
+    testbed: Option<&Testbed>,
+    done: &Mutex<Done>,
+    started: Instant,
+) {
     let note = |done: &Mutex<Done>, what: String| {
         let line = format!("{:7.1}s  {what}", started.elapsed().as_secs_f64());
         say(&line);
@@ -590,33 +705,61 @@ async fn apply(fault: Fault, procs: &Procs, testbed: Option<&Testbed>, done: &Mu
     };
     let result: anyhow::Result<()> = async {
         match fault.action {
-            Action::Kill { comp, restart_after_ms } => {
+            Action::Kill {
+                comp,
+                restart_after_ms,
+            } => {
                 procs.kill(comp);
                 *done.lock().unwrap().kills.entry(comp.name()).or_default() += 1;
                 note(done, format!("SIGKILL {}", comp.name()));
                 tokio::time::sleep(Duration::from_millis(restart_after_ms)).await;
                 procs.start(comp)?;
-                *done.lock().unwrap().restarts.entry(comp.name()).or_default() += 1;
+                *done
+                    .lock()
+                    .unwrap()
+                    .restarts
+                    .entry(comp.name())
+                    .or_default() += 1;
                 note(done, format!("restarted {}", comp.name()));
             }
-            Action::Broker { node, hard, down_ms } => {
+            Action::Broker {
+                node,
+                hard,
+                down_ms,
+            } => {
                 let testbed = testbed.context("broker fault without a private testbed")?;
                 let n = node.to_string();
-                testbed.script("broker", &[if hard { "kill" } else { "stop" }, &n]).await?;
+                testbed
+                    .script("broker", &[if hard { "kill" } else { "stop" }, &n])
+                    .await?;
                 done.lock().unwrap().broker_stops += 1;
-                note(done, format!("{} broker {node}", if hard { "SIGKILLed" } else { "stopped" }));
+                note(
+                    done,
+                    format!(
+                        "{} broker {node}",
+                        if hard { "SIGKILLed" } else { "stopped" }
+                    ),
+                );
                 tokio::time::sleep(Duration::from_millis(down_ms)).await;
                 testbed.script("broker", &["start", &n]).await?;
                 done.lock().unwrap().broker_starts += 1;
                 note(done, format!("broker {node} back"));
             }
             Action::GatewayOutage { ms } => {
-                gateway_fault(procs.gateway, &format!(r#"{{"fail_for_ms": {ms}, "status": 503}}"#)).await?;
+                gateway_fault(
+                    procs.gateway,
+                    &format!(r#"{{"fail_for_ms": {ms}, "status": 503}}"#),
+                )
+                .await?;
                 done.lock().unwrap().gateway_faults += 1;
                 note(done, format!("gateway fails every request for {ms} ms"));
             }
             Action::GatewayFailNext { n } => {
-                gateway_fault(procs.gateway, &format!(r#"{{"fail_next": {n}, "status": 503}}"#)).await?;
+                gateway_fault(
+                    procs.gateway,
+                    &format!(r#"{{"fail_next": {n}, "status": 503}}"#),
+                )
+                .await?;
                 done.lock().unwrap().gateway_faults += 1;
                 note(done, format!("gateway fails the next {n} requests"));
             }
@@ -633,7 +776,10 @@ async fn apply(fault: Fault, procs: &Procs, testbed: Option<&Testbed>, done: &Mu
     .await;
     if let Err(err) = result {
         note(done, format!("fault failed: {err:#}"));
-        done.lock().unwrap().errors.push(format!("{fault}: {err:#}"));
+        done.lock()
+            .unwrap()
+            .errors
+            .push(format!("{fault}: {err:#}"));
     }
 }
 
@@ -666,24 +812,69 @@ struct Counts {
 impl Counts {
     fn rows(&self) -> Vec<(&'static str, u64)> {
         vec![
-            ("acked orders missing from the topic", self.acked_missing_from_topic as u64),
+            (
+                "acked orders missing from the topic",
+                self.acked_missing_from_topic as u64,
+            ),
             ("units oversold", self.units_oversold),
-            ("orders without exactly one terminal state", self.orders_not_exactly_one_terminal as u64),
-            ("double charges (gateway ledger)", self.double_charges as u64),
-            ("charges without idempotency key", self.charges_without_key as u64),
-            ("unrefunded charges of unconfirmed orders", self.unrefunded_charges as u64),
-            ("confirmed orders never charged", self.confirmed_without_charge as u64),
-            ("notifications lost (webhook log)", self.notifications_lost as u64),
-            ("notifications duplicated (distinct event ids)", self.notifications_duplicated as u64),
-            ("webhook requests unsigned or malformed", self.webhook_bad_requests),
-            ("views disagreeing with topics", self.views_disagreeing as u64),
+            (
+                "orders without exactly one terminal state",
+                self.orders_not_exactly_one_terminal as u64,
+            ),
+            (
+                "double charges (gateway ledger)",
+                self.double_charges as u64,
+            ),
+            (
+                "charges without idempotency key",
+                self.charges_without_key as u64,
+            ),
+            (
+                "unrefunded charges of unconfirmed orders",
+                self.unrefunded_charges as u64,
+            ),
+            (
+                "confirmed orders never charged",
+                self.confirmed_without_charge as u64,
+            ),
+            (
+                "notifications lost (webhook log)",
+                self.notifications_lost as u64,
+            ),
+            (
+                "notifications duplicated (distinct event ids)",
+                self.notifications_duplicated as u64,
+            ),
+            (
+                "webhook requests unsigned or malformed",
+                self.webhook_bad_requests,
+            ),
+            (
+                "views disagreeing with topics",
+                self.views_disagreeing as u64,
+            ),
             ("orderpipe verify violations", self.verify_violations as u64),
-            ("orderpipe verify exit non-zero", self.verify_exit_nonzero as u64),
-            ("client errors (unexpected answers)", self.client_errors as u64),
-            ("orders abandoned by clients (no 202 in 120 s)", self.orders_abandoned),
+            (
+                "orderpipe verify exit non-zero",
+                self.verify_exit_nonzero as u64,
+            ),
+            (
+                "client errors (unexpected answers)",
+                self.client_errors as u64,
+            ),
+            (
+                "orders abandoned by clients (no 202 in 120 s)",
+                self.orders_abandoned,
+            ),
             ("same key acknowledged under two ids", self.same_key_two_ids),
-            ("processes that panicked (logs)", self.processes_panicked as u64),
-            ("secrets (payment token, webhook secret) in logs or metrics", self.secrets_in_logs_or_metrics as u64),
+            (
+                "processes that panicked (logs)",
+                self.processes_panicked as u64,
+            ),
+            (
+                "secrets (payment token, webhook secret) in logs or metrics",
+                self.secrets_in_logs_or_metrics as u64,
+            ),
             ("faults that could not be applied", self.fault_errors as u64),
         ]
     }
@@ -714,16 +905,28 @@ fn terminals(history: &orderpipe_ops::verify::History) -> HashMap<Uuid, Vec<&'st
         .collect()
 }
 
-async fn read_history(bootstrap: &str, topics: &Topics) -> anyhow::Result<orderpipe_ops::verify::History> {
+async fn read_history(
+    bootstrap: &str,
+    topics: &Topics,
+) -> anyhow::Result<orderpipe_ops::verify::History> {
     let (bootstrap, topics) = (bootstrap.to_string(), topics.clone());
-    tokio::task::spawn_blocking(move || orderpipe_ops::verify::read_history(&bootstrap, &topics, Duration::from_secs(90))).await?
+    tokio::task::spawn_blocking(move || {
+        orderpipe_ops::verify::read_history(&bootstrap, &topics, Duration::from_secs(90))
+    })
+    .await?
 }
 
 // ---------------------------------------------------------------------------------------------
 
 async fn run(args: SaleArgs, soak: bool) -> anyhow::Result<bool> {
     let stamp = chrono::Utc::now().format("%Y%m%d%H%M%S").to_string();
-    let work = args.work_dir.clone().unwrap_or_else(|| repo().join(format!("target/chaos/{}-{}-{stamp}", if soak { "soak" } else { "sale" }, args.seed)));
+    let work = args.work_dir.clone().unwrap_or_else(|| {
+        repo().join(format!(
+            "target/chaos/{}-{}-{stamp}",
+            if soak { "soak" } else { "sale" },
+            args.seed
+        ))
+    });
     let logs = work.join("logs");
     std::fs::create_dir_all(&logs)?;
     let work = work.canonicalize()?;
@@ -731,7 +934,11 @@ async fn run(args: SaleArgs, soak: bool) -> anyhow::Result<bool> {
         Some(bin) => bin.clone(),
         None => std::env::current_exe()?.with_file_name("orderpipe"),
     };
-    anyhow::ensure!(bin.exists(), "no orderpipe binary at {} (cargo build -p orderpipe-ops)", bin.display());
+    anyhow::ensure!(
+        bin.exists(),
+        "no orderpipe binary at {} (cargo build -p orderpipe-ops)",
+        bin.display()
+    );
 
     // Private testbed, unless a cluster is given (then no broker faults).
     let testbed = match &args.kafka_bootstrap {
@@ -746,8 +953,19 @@ async fn run(args: SaleArgs, soak: bool) -> anyhow::Result<bool> {
     };
     let started_up = Instant::now();
     if let Some(testbed) = &testbed {
-        say(format!("starting a private testbed: {} Kafka node(s){} in {}", testbed.brokers, if testbed.cql.is_some() { " and a CQL server" } else { "" }, testbed.dir.display()));
-        testbed.script("up", &["--brokers", &testbed.brokers.to_string()]).await?;
+        say(format!(
+            "starting a private testbed: {} Kafka node(s){} in {}",
+            testbed.brokers,
+            if testbed.cql.is_some() {
+                " and a CQL server"
+            } else {
+                ""
+            },
+            testbed.dir.display()
+        ));
+        testbed
+            .script("up", &["--brokers", &testbed.brokers.to_string()])
+            .await?;
     }
     let result = sale(&args, soak, &bin, &logs, testbed.as_ref(), started_up).await;
     if let Some(testbed) = &testbed {
@@ -764,7 +982,14 @@ async fn run(args: SaleArgs, soak: bool) -> anyhow::Result<bool> {
 }
 
 #[allow(clippy::too_many_lines)]
-async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Option<&Testbed>, started_up: Instant) -> anyhow::Result<bool> {
+async fn sale(
+    args: &SaleArgs,
+    soak: bool,
+    bin: &Path,
+    logs: &Path,
+    testbed: Option<&Testbed>,
+    started_up: Instant,
+) -> anyhow::Result<bool> {
     let bootstrap = match (&args.kafka_bootstrap, testbed) {
         (Some(b), _) => b.clone(),
         (None, Some(t)) => t.bootstrap(),
@@ -789,28 +1014,50 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     }));
     let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway_addr = gateway_listener.local_addr()?;
-    tokio::spawn(gateway_sim::serve(gateway_listener, gateway.clone(), shutdown.clone()));
+    tokio::spawn(gateway_sim::serve(
+        gateway_listener,
+        gateway.clone(),
+        shutdown.clone(),
+    ));
     let secret = format!("whsec-chaos-{}", Uuid::new_v4().simple());
-    let receiver = Receiver { secret: Arc::new(secret.clone()), log: Arc::default(), bad: Arc::default() };
+    let receiver = Receiver {
+        secret: Arc::new(secret.clone()),
+        log: Arc::default(),
+        bad: Arc::default(),
+    };
     let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let webhook_addr = hook_listener.local_addr()?;
-    let router = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(receiver.clone());
+    let router = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(receiver.clone());
     let hook_shutdown = shutdown.clone();
-    tokio::spawn(async move { axum::serve(hook_listener, router).with_graceful_shutdown(hook_shutdown.cancelled_owned()).await });
+    tokio::spawn(async move {
+        axum::serve(hook_listener, router)
+            .with_graceful_shutdown(hook_shutdown.cancelled_owned())
+            .await
+    });
 
     let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
     let procs = Procs {
         bin: bin.to_path_buf(),
         logs: logs.to_path_buf(),
         common: vec![
-            "--kafka-bootstrap".into(), bootstrap.clone(),
-            "--topic-prefix".into(), prefix.clone(),
-            "--scylla-nodes".into(), scylla.clone(),
-            "--keyspace".into(), keyspace.clone(),
-            "--processing".into(), "exactly-once".into(),
-            "--partitions".into(), args.partitions.to_string(),
-            "--replication-factor".into(), replication.to_string(),
-            "--ingest-rate-limit".into(), "0".into(),
+            "--kafka-bootstrap".into(),
+            bootstrap.clone(),
+            "--topic-prefix".into(),
+            prefix.clone(),
+            "--scylla-nodes".into(),
+            scylla.clone(),
+            "--keyspace".into(),
+            keyspace.clone(),
+            "--processing".into(),
+            "exactly-once".into(),
+            "--partitions".into(),
+            args.partitions.to_string(),
+            "--replication-factor".into(),
+            replication.to_string(),
+            "--ingest-rate-limit".into(),
+            "0".into(),
         ],
         admin: Comp::ALL.iter().map(|c| (*c, addr(free_port()))).collect(),
         ingest: [addr(free_port()), addr(free_port())],
@@ -824,7 +1071,9 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
 
     // Ingest 1 creates the topics; then everything else.
     procs.start(Comp::Ingest1)?;
-    procs.wait_ready(Comp::Ingest1, Duration::from_secs(120)).await?;
+    procs
+        .wait_ready(Comp::Ingest1, Duration::from_secs(120))
+        .await?;
     for comp in &Comp::ALL[1..] {
         procs.start(*comp)?;
     }
@@ -832,15 +1081,31 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         procs.wait_ready(comp, Duration::from_secs(180)).await?;
     }
     let count = (args.rate * args.duration as f64).round() as usize;
-    let specs = orders(args.seed, count, args.skus, if soak { 0.0 } else { args.cancel_rate });
-    let demand: u64 = specs.iter().flat_map(|s| s.lines.iter().map(|(_, q)| u64::from(*q))).sum();
-    let per_sku = args.stock.unwrap_or_else(|| ((demand / u64::from(args.skus) / 2).max(5)) as u32);
+    let specs = orders(
+        args.seed,
+        count,
+        args.skus,
+        if soak { 0.0 } else { args.cancel_rate },
+    );
+    let demand: u64 = specs
+        .iter()
+        .flat_map(|s| s.lines.iter().map(|(_, q)| u64::from(*q)))
+        .sum();
+    let per_sku = args
+        .stock
+        .unwrap_or_else(|| ((demand / u64::from(args.skus) / 2).max(5)) as u32);
     let mut stocked = BTreeMap::new();
     for sku in 0..args.skus {
         let name = format!("SKU-{sku}");
-        orderpipe_processors::stock::set_stock(&bootstrap, &topics, &name, StockAdjustment::Set { quantity: per_sku }, None)
-            .await
-            .with_context(|| format!("stock set {name}"))?;
+        orderpipe_processors::stock::set_stock(
+            &bootstrap,
+            &topics,
+            &name,
+            StockAdjustment::Set { quantity: per_sku },
+            None,
+        )
+        .await
+        .with_context(|| format!("stock set {name}"))?;
         stocked.insert(name, u64::from(per_sku));
     }
     say(format!(
@@ -861,7 +1126,11 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         })
     };
     if !soak {
-        say(format!("fault schedule of seed {} ({} faults):", args.seed, faults.len()));
+        say(format!(
+            "fault schedule of seed {} ({} faults):",
+            args.seed,
+            faults.len()
+        ));
         for f in &faults {
             eprintln!("    {f}");
         }
@@ -872,7 +1141,15 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     let sale_state = Arc::new(Sale::default());
     let done = Arc::new(Mutex::new(Done::default()));
     let procs = Arc::new(procs);
-    let testbed_ptr: Option<Arc<Testbed>> = testbed.map(|t| Arc::new(Testbed { dir: t.dir.clone(), kafka_port: t.kafka_port, controller_port: t.controller_port, brokers: t.brokers, cql: t.cql }));
+    let testbed_ptr: Option<Arc<Testbed>> = testbed.map(|t| {
+        Arc::new(Testbed {
+            dir: t.dir.clone(),
+            kafka_port: t.kafka_port,
+            controller_port: t.controller_port,
+            brokers: t.brokers,
+            cql: t.cql,
+        })
+    });
     let mut by_actor: BTreeMap<String, Vec<Fault>> = BTreeMap::new();
     for f in faults {
         by_actor.entry(f.action.actor()).or_default().push(f);
@@ -882,7 +1159,8 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         let (procs, done, testbed) = (procs.clone(), done.clone(), testbed_ptr.clone());
         actors.push(tokio::spawn(async move {
             for fault in list {
-                tokio::time::sleep_until((started + Duration::from_millis(fault.at_ms)).into()).await;
+                tokio::time::sleep_until((started + Duration::from_millis(fault.at_ms)).into())
+                    .await;
                 apply(fault, &procs, testbed.as_deref(), &done, started).await;
             }
         }));
@@ -894,8 +1172,14 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         let every = Duration::from_secs(if soak { args.interval.max(5) } else { 10 });
         tokio::spawn(async move {
             loop {
-                let rss: BTreeMap<&'static str, u64> = Comp::ALL.iter().filter_map(|c| Some((c.name(), rss_kib(procs.pid(*c)?)?))).collect();
-                samples.lock().unwrap().push((started.elapsed().as_secs_f64(), rss));
+                let rss: BTreeMap<&'static str, u64> = Comp::ALL
+                    .iter()
+                    .filter_map(|c| Some((c.name(), rss_kib(procs.pid(*c)?)?)))
+                    .collect();
+                samples
+                    .lock()
+                    .unwrap()
+                    .push((started.elapsed().as_secs_f64(), rss));
                 tokio::select! { _ = tokio::time::sleep(every) => {}, _ = stop.cancelled() => return }
             }
         })
@@ -906,7 +1190,12 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         tokio::spawn(async move {
             loop {
                 for (comp, status) in procs.restart_exited() {
-                    let line = format!("{:7.1}s  {} exited on its own ({status}): {}; started again", started.elapsed().as_secs_f64(), comp.name(), procs.last_error(comp));
+                    let line = format!(
+                        "{:7.1}s  {} exited on its own ({status}): {}; started again",
+                        started.elapsed().as_secs_f64(),
+                        comp.name(),
+                        procs.last_error(comp)
+                    );
                     say(&line);
                     supervised.lock().unwrap().push(line);
                 }
@@ -919,12 +1208,24 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     for (i, spec) in specs.iter().cloned().enumerate() {
         let due = started + Duration::from_secs_f64(i as f64 / args.rate);
         tokio::time::sleep_until(due.into()).await;
-        clients.push(tokio::spawn(place(sale_state.clone(), procs.ingest, i, spec, due, started)));
+        clients.push(tokio::spawn(place(
+            sale_state.clone(),
+            procs.ingest,
+            i,
+            spec,
+            due,
+            started,
+        )));
         if progress.elapsed() > Duration::from_secs(10) {
             progress = Instant::now();
-            say(format!("{:5.0}s  {} sent, {} acked, {} retries after 503, {} after a cut connection",
-                started.elapsed().as_secs_f64(), i + 1, sale_state.acked.lock().unwrap().len(),
-                sale_state.retried_503.load(Ordering::Relaxed), sale_state.retried_cut.load(Ordering::Relaxed)));
+            say(format!(
+                "{:5.0}s  {} sent, {} acked, {} retries after 503, {} after a cut connection",
+                started.elapsed().as_secs_f64(),
+                i + 1,
+                sale_state.acked.lock().unwrap().len(),
+                sale_state.retried_503.load(Ordering::Relaxed),
+                sale_state.retried_cut.load(Ordering::Relaxed)
+            ));
         }
     }
     say("every order sent; waiting for the clients and the fault schedule to finish");
@@ -932,13 +1233,20 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         actor.await?;
     }
     // Whatever the gateway was told, it answers from now on.
-    let _ = gateway_fault(procs.gateway, r#"{"fail_next": 0, "fail_for_ms": 0, "status": 503}"#).await;
+    let _ = gateway_fault(
+        procs.gateway,
+        r#"{"fail_next": 0, "fail_for_ms": 0, "status": 503}"#,
+    )
+    .await;
     for client in clients {
         client.await?;
     }
     let sale_secs = started.elapsed().as_secs_f64();
     let acked: HashMap<Uuid, usize> = sale_state.acked.lock().unwrap().clone();
-    say(format!("sale over after {sale_secs:.0} s: {} orders acknowledged; waiting for quiescence", acked.len()));
+    say(format!(
+        "sale over after {sale_secs:.0} s: {} orders acknowledged; waiting for quiescence",
+        acked.len()
+    ));
     for comp in Comp::ALL {
         procs.wait_ready(comp, Duration::from_secs(180)).await?;
     }
@@ -946,15 +1254,37 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     // Quiescence: every acknowledged order terminal, nothing in flight for the audit, every
     // terminal order's notification received; then once more a few seconds later for late repeats.
     let settle_deadline = Instant::now() + Duration::from_secs(args.settle_timeout);
-    let window = orderpipe_ops::verify::Window { settle: Duration::ZERO, ..Default::default() };
+    let window = orderpipe_ops::verify::Window {
+        settle: Duration::ZERO,
+        ..Default::default()
+    };
     let mut quiet_since: Option<Instant> = None;
     let history = loop {
         let history = read_history(&bootstrap, &topics).await?;
         let terms = terminals(&history);
-        let delivered: BTreeSet<Uuid> = receiver.log.lock().unwrap().iter().filter(|d| d.kind != "refunded").map(|d| d.order_id).collect();
-        let unsettled = acked.keys().filter(|id| terms.get(id).is_none_or(Vec::is_empty)).count();
-        let undelivered = terms.iter().filter(|(id, t)| !t.is_empty() && !delivered.contains(id)).count();
-        let report = orderpipe_ops::verify::audit(&history, &orderpipe_ops::verify::Window { now: chrono::Utc::now(), ..window.clone() });
+        let delivered: BTreeSet<Uuid> = receiver
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.kind != "refunded")
+            .map(|d| d.order_id)
+            .collect();
+        let unsettled = acked
+            .keys()
+            .filter(|id| terms.get(id).is_none_or(Vec::is_empty))
+            .count();
+        let undelivered = terms
+            .iter()
+            .filter(|(id, t)| !t.is_empty() && !delivered.contains(id))
+            .count();
+        let report = orderpipe_ops::verify::audit(
+            &history,
+            &orderpipe_ops::verify::Window {
+                now: chrono::Utc::now(),
+                ..window.clone()
+            },
+        );
         let quiet = unsettled == 0 && undelivered == 0 && report.ok();
         match (quiet, quiet_since) {
             (true, Some(since)) if since.elapsed() > Duration::from_secs(5) => break history,
@@ -975,16 +1305,35 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     let terms = terminals(&history);
     counts.acked_missing_from_topic = acked
         .keys()
-        .filter(|id| !history.orders.get(id).is_some_and(|events| events.iter().any(|e| matches!(e.event, OrderEvent::OrderPlaced(_)))))
+        .filter(|id| {
+            !history.orders.get(id).is_some_and(|events| {
+                events
+                    .iter()
+                    .any(|e| matches!(e.event, OrderEvent::OrderPlaced(_)))
+            })
+        })
         .count();
-    counts.orders_not_exactly_one_terminal = acked.keys().chain(history.orders.keys().filter(|id| !acked.contains_key(id)))
+    counts.orders_not_exactly_one_terminal = acked
+        .keys()
+        .chain(history.orders.keys().filter(|id| !acked.contains_key(id)))
         .filter(|id| terms.get(id).map_or(0, Vec::len) != 1)
         .count();
     let placed_lines = |id: &Uuid| -> Vec<(String, u32)> {
-        history.orders.get(id).into_iter().flatten().find_map(|e| match &e.event {
-            OrderEvent::OrderPlaced(p) => Some(p.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect()),
-            _ => None,
-        }).unwrap_or_default()
+        history
+            .orders
+            .get(id)
+            .into_iter()
+            .flatten()
+            .find_map(|e| match &e.event {
+                OrderEvent::OrderPlaced(p) => Some(
+                    p.lines
+                        .iter()
+                        .map(|l| (l.sku.clone(), l.quantity))
+                        .collect(),
+                ),
+                _ => None,
+            })
+            .unwrap_or_default()
     };
     let mut confirmed_units: BTreeMap<String, u64> = BTreeMap::new();
     let mut status_of: HashMap<Uuid, &'static str> = HashMap::new();
@@ -998,47 +1347,105 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
             }
         }
     }
-    counts.units_oversold = stocked.iter().map(|(sku, units)| confirmed_units.get(sku).copied().unwrap_or(0).saturating_sub(*units)).sum();
+    counts.units_oversold = stocked
+        .iter()
+        .map(|(sku, units)| {
+            confirmed_units
+                .get(sku)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(*units)
+        })
+        .sum();
     let ledgers = gateway.ledgers();
     for (id, ledger) in &ledgers {
-        counts.double_charges += usize::from(ledger.charges.iter().filter(|c| c.idempotency_key.is_some()).count() > 1);
-        counts.charges_without_key += ledger.requests.iter().filter(|r| r.idempotency_key.is_none()).count();
+        counts.double_charges += usize::from(
+            ledger
+                .charges
+                .iter()
+                .filter(|c| c.idempotency_key.is_some())
+                .count()
+                > 1,
+        );
+        counts.charges_without_key += ledger
+            .requests
+            .iter()
+            .filter(|r| r.idempotency_key.is_none())
+            .count();
         let confirmed = status_of.get(id) == Some(&"confirmed");
-        counts.unrefunded_charges += usize::from(!confirmed && ledger.charges.iter().any(|c| !c.refunded));
+        counts.unrefunded_charges +=
+            usize::from(!confirmed && ledger.charges.iter().any(|c| !c.refunded));
     }
-    counts.confirmed_without_charge = status_of.iter().filter(|(id, s)| **s == "confirmed" && ledgers.get(id).is_none_or(|l| l.charges.is_empty())).count();
+    counts.confirmed_without_charge = status_of
+        .iter()
+        .filter(|(id, s)| {
+            **s == "confirmed" && ledgers.get(id).is_none_or(|l| l.charges.is_empty())
+        })
+        .count();
     // Webhook log: one distinct outcome notification per terminal order, of the outcome's kind.
     let deliveries = receiver.log.lock().unwrap().clone();
     let mut by_order: HashMap<Uuid, BTreeMap<String, BTreeSet<Uuid>>> = HashMap::new();
     for d in &deliveries {
-        by_order.entry(d.order_id).or_default().entry(d.kind.clone()).or_default().insert(d.event_id);
+        by_order
+            .entry(d.order_id)
+            .or_default()
+            .entry(d.kind.clone())
+            .or_default()
+            .insert(d.event_id);
     }
     for (id, status) in &status_of {
         let kind = format!("order_{status}");
-        match by_order.get(id).and_then(|k| k.get(&kind)).map_or(0, BTreeSet::len) {
+        match by_order
+            .get(id)
+            .and_then(|k| k.get(&kind))
+            .map_or(0, BTreeSet::len)
+        {
             0 => counts.notifications_lost += 1,
             1 => {}
             _ => counts.notifications_duplicated += 1,
         }
-        let other_outcomes = by_order.get(id).map_or(0, |k| k.keys().filter(|k| **k != kind && *k != "refunded").count());
+        let other_outcomes = by_order.get(id).map_or(0, |k| {
+            k.keys().filter(|k| **k != kind && *k != "refunded").count()
+        });
         counts.notifications_duplicated += other_outcomes;
     }
     counts.webhook_bad_requests = receiver.bad.load(Ordering::Relaxed);
-    let redeliveries = deliveries.len() - by_order.values().flat_map(|k| k.values()).map(BTreeSet::len).sum::<usize>();
+    let redeliveries = deliveries.len()
+        - by_order
+            .values()
+            .flat_map(|k| k.values())
+            .map(BTreeSet::len)
+            .sum::<usize>();
 
     // Views: a seeded sample of orders in the query API, and every SKU's sold units.
     let mut rng = StdRng::seed_from_u64(args.seed ^ 0x0051_E115);
     let mut sample: Vec<Uuid> = status_of.keys().copied().collect();
     sample.sort();
-    let sample: Vec<Uuid> = (0..args.view_sample.min(sample.len())).map(|_| sample[rng.random_range(0..sample.len())]).collect::<BTreeSet<_>>().into_iter().collect();
+    let sample: Vec<Uuid> = (0..args.view_sample.min(sample.len()))
+        .map(|_| sample[rng.random_range(0..sample.len())])
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let view_deadline = Instant::now() + Duration::from_secs(90);
     let mut disagreeing: Vec<String> = Vec::new();
     for id in &sample {
         let expected = status_of[id];
-        let total: i64 = placed_lines(id).iter().map(|(_, q)| i64::from(*q) * 1000).sum();
+        let total: i64 = placed_lines(id)
+            .iter()
+            .map(|(_, q)| i64::from(*q) * 1000)
+            .sum();
         let mut last = String::new();
         let ok = loop {
-            match http::request(procs.query, "GET", &format!("/v1/orders/{id}"), &[], None, Duration::from_secs(5)).await {
+            match http::request(
+                procs.query,
+                "GET",
+                &format!("/v1/orders/{id}"),
+                &[],
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            {
                 Ok(reply) if reply.status == 200 => {
                     let view = reply.json();
                     if view["status"] == expected && view["total_minor"] == total {
@@ -1055,17 +1462,31 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         if !ok {
-            disagreeing.push(format!("order {id}: topics say {expected} total {total}, view says {last}"));
+            disagreeing.push(format!(
+                "order {id}: topics say {expected} total {total}, view says {last}"
+            ));
         }
     }
     for (sku, units) in &stocked {
         let sold = confirmed_units.get(sku).copied().unwrap_or(0);
         let mut last = String::new();
         let ok = loop {
-            match http::request(procs.query, "GET", &format!("/v1/stock/{sku}"), &[], None, Duration::from_secs(5)).await {
+            match http::request(
+                procs.query,
+                "GET",
+                &format!("/v1/stock/{sku}"),
+                &[],
+                None,
+                Duration::from_secs(5),
+            )
+            .await
+            {
                 Ok(reply) if reply.status == 200 => {
                     let view = reply.json();
-                    if view["sold"] == sold && view["reserved"] == 0 && view["available"] == units - sold {
+                    if view["sold"] == sold
+                        && view["reserved"] == 0
+                        && view["available"] == units - sold
+                    {
                         break true;
                     }
                     last = view.to_string();
@@ -1079,15 +1500,33 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         if !ok {
-            disagreeing.push(format!("{sku}: topics say sold {sold} of {units}, view says {last}"));
+            disagreeing.push(format!(
+                "{sku}: topics say sold {sold} of {units}, view says {last}"
+            ));
         }
     }
     counts.views_disagreeing = disagreeing.len();
 
-    let report = orderpipe_ops::verify::audit(&history, &orderpipe_ops::verify::Window { now: chrono::Utc::now(), ..window });
+    let report = orderpipe_ops::verify::audit(
+        &history,
+        &orderpipe_ops::verify::Window {
+            now: chrono::Utc::now(),
+            ..window
+        },
+    );
     counts.verify_violations = report.violations.len();
     let verify = Command::new(bin)
-        .args(["verify", "--settle", "0s", "--read-timeout", "90s", "--kafka-bootstrap", &bootstrap, "--topic-prefix", &prefix])
+        .args([
+            "verify",
+            "--settle",
+            "0s",
+            "--read-timeout",
+            "90s",
+            "--kafka-bootstrap",
+            &bootstrap,
+            "--topic-prefix",
+            &prefix,
+        ])
         .env("RUST_LOG", "warn")
         .output()?;
     counts.verify_exit_nonzero = usize::from(!verify.status.success());
@@ -1097,18 +1536,32 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
     counts.same_key_two_ids = sale_state.same_key_other_id.load(Ordering::Relaxed);
     supervisor.abort();
     let supervised = supervised.lock().unwrap().clone();
-    let panics: Vec<String> = Comp::ALL.iter().filter_map(|c| {
-        let log = std::fs::read_to_string(procs.logs.join(format!("{}.log", c.name()))).ok()?;
-        let line = log.lines().find(|l| l.contains("panicked at"))?;
-        Some(format!("{}: {line}", c.name()))
-    }).collect();
+    let panics: Vec<String> = Comp::ALL
+        .iter()
+        .filter_map(|c| {
+            let log = std::fs::read_to_string(procs.logs.join(format!("{}.log", c.name()))).ok()?;
+            let line = log.lines().find(|l| l.contains("panicked at"))?;
+            Some(format!("{}: {line}", c.name()))
+        })
+        .collect();
     counts.processes_panicked = panics.len();
     // Secrets: the payment token every order carries and the webhook secret never appear in a
     // process's log or metrics.
     let mut leaks = Vec::new();
     for comp in Comp::ALL {
-        let log = std::fs::read_to_string(procs.logs.join(format!("{}.log", comp.name()))).unwrap_or_default();
-        let metrics = http::request(procs.admin[&comp], "GET", "/metrics", &[], None, Duration::from_secs(5)).await.map(|r| r.body).unwrap_or_default();
+        let log = std::fs::read_to_string(procs.logs.join(format!("{}.log", comp.name())))
+            .unwrap_or_default();
+        let metrics = http::request(
+            procs.admin[&comp],
+            "GET",
+            "/metrics",
+            &[],
+            None,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
         for (what, text) in [("log", &log), ("metrics", &metrics)] {
             for secret in ["tok_chaos_secret_4242", procs.secret.as_str()] {
                 if text.contains(secret) {
@@ -1123,27 +1576,78 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
 
     // What it did.
     let totals = gateway.totals();
-    let [confirmed, rejected, cancelled] = ["confirmed", "rejected", "cancelled"].map(|s| status_of.values().filter(|v| **v == s).count());
-    let faults_served = http::request(procs.gateway, "GET", "/v1/charges/stats", &[], None, Duration::from_secs(5))
-        .await
-        .map(|r| r.json()["faults_served"].as_u64().unwrap_or(0))
-        .unwrap_or(0);
-    println!("== orderpipe chaos {} (seed {}, {} s, {} broker(s){}) ==", if soak { "soak" } else { "flash sale" }, args.seed, args.duration, if testbed.is_some() { args.brokers.to_string() } else { "shared".into() }, if testbed.is_some_and(|t| t.cql.is_some()) { ", private CQL" } else { ", shared CQL: not restarted" });
+    let [confirmed, rejected, cancelled] = ["confirmed", "rejected", "cancelled"]
+        .map(|s| status_of.values().filter(|v| **v == s).count());
+    let faults_served = http::request(
+        procs.gateway,
+        "GET",
+        "/v1/charges/stats",
+        &[],
+        None,
+        Duration::from_secs(5),
+    )
+    .await
+    .map(|r| r.json()["faults_served"].as_u64().unwrap_or(0))
+    .unwrap_or(0);
+    println!(
+        "== orderpipe chaos {} (seed {}, {} s, {} broker(s){}) ==",
+        if soak { "soak" } else { "flash sale" },
+        args.seed,
+        args.duration,
+        if testbed.is_some() {
+            args.brokers.to_string()
+        } else {
+            "shared".into()
+        },
+        if testbed.is_some_and(|t| t.cql.is_some()) {
+            ", private CQL"
+        } else {
+            ", shared CQL: not restarted"
+        }
+    );
     println!("orders: {count} sent, {} acked, {} cancellations acked; {confirmed} confirmed, {rejected} rejected, {cancelled} cancelled", acked.len(), sale_state.cancels_acked.load(Ordering::Relaxed));
     println!("client retries: {} after 503, {} after 429, {} after a cut connection or timeout ({} requests)", sale_state.retried_503.load(Ordering::Relaxed), sale_state.retried_429.load(Ordering::Relaxed), sale_state.retried_cut.load(Ordering::Relaxed), sale_state.attempts.load(Ordering::Relaxed));
-    println!("stock: {} SKUs x {per_sku}; sold {} units", stocked.len(), confirmed_units.values().sum::<u64>());
+    println!(
+        "stock: {} SKUs x {per_sku}; sold {} units",
+        stocked.len(),
+        confirmed_units.values().sum::<u64>()
+    );
     println!("gateway: {} charge requests, {} charges kept, {} refunds, {faults_served} requests failed by injected faults", totals.charge_attempts, totals.charges, totals.refunds);
-    println!("webhook: {} deliveries, {redeliveries} redeliveries of an event id already received", deliveries.len());
+    println!(
+        "webhook: {} deliveries, {redeliveries} redeliveries of an event id already received",
+        deliveries.len()
+    );
     let kills: u32 = done.kills.values().sum();
-    println!("kills: {kills} ({})", done.kills.iter().map(|(c, n)| format!("{c} {n}")).collect::<Vec<_>>().join(", "));
-    println!("restarts: {} components, {} broker stops + {} starts, {} gateway faults, {} CQL restarts", done.restarts.values().sum::<u32>(), done.broker_stops, done.broker_starts, done.gateway_faults, done.cql_restarts);
-    println!("supervisor: {} restarts of processes that exited on their own", supervised.len());
+    println!(
+        "kills: {kills} ({})",
+        done.kills
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "restarts: {} components, {} broker stops + {} starts, {} gateway faults, {} CQL restarts",
+        done.restarts.values().sum::<u32>(),
+        done.broker_stops,
+        done.broker_starts,
+        done.gateway_faults,
+        done.cql_restarts
+    );
+    println!(
+        "supervisor: {} restarts of processes that exited on their own",
+        supervised.len()
+    );
     for line in &supervised {
         println!("  {line}");
     }
     println!("time: sale {sale_secs:.0} s, settle {settle_secs:.0} s");
     if soak {
-        print_soak(&samples.lock().unwrap(), &sale_state.ack_ms.lock().unwrap(), args.interval.max(5) as f64);
+        print_soak(
+            &samples.lock().unwrap(),
+            &sale_state.ack_ms.lock().unwrap(),
+            args.interval.max(5) as f64,
+        );
     }
     println!("-- checks --");
     for (name, n) in counts.rows() {
@@ -1169,7 +1673,14 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
         print!("{}", String::from_utf8_lossy(&verify.stdout));
     }
     let ok = counts.rows().iter().all(|(_, n)| *n == 0);
-    println!("result: {}", if ok { "PASS (every count is 0)" } else { "FAIL" });
+    println!(
+        "result: {}",
+        if ok {
+            "PASS (every count is 0)"
+        } else {
+            "FAIL"
+        }
+    );
     shutdown.cancel();
     sampler.abort();
     procs.stop_all();
@@ -1182,8 +1693,14 @@ async fn sale(args: &SaleArgs, soak: bool, bin: &Path, logs: &Path, testbed: Opt
 
 async fn drop_keyspace(nodes: &str, keyspace: &str) {
     let nodes = orderpipe_projections::parse_nodes(nodes);
-    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new().known_nodes(nodes).build().await {
-        let _ = session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ()).await;
+    if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes)
+        .build()
+        .await
+    {
+        let _ = session
+            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ())
+            .await;
     }
 }
 
@@ -1192,10 +1709,17 @@ fn print_soak(samples: &[(f64, BTreeMap<&'static str, u64>)], acks: &[(f64, u64)
     if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
         for (name, start) in &first.1 {
             let end = last.1.get(name).copied().unwrap_or(0);
-            println!("{name:>14}: {:7.1} -> {:7.1} MiB ({:+.1}%)", *start as f64 / 1024.0, end as f64 / 1024.0, (end as f64 / (*start).max(1) as f64 - 1.0) * 100.0);
+            println!(
+                "{name:>14}: {:7.1} -> {:7.1} MiB ({:+.1}%)",
+                *start as f64 / 1024.0,
+                end as f64 / 1024.0,
+                (end as f64 / (*start).max(1) as f64 - 1.0) * 100.0
+            );
         }
     }
-    println!("-- soak: acknowledgement latency from intended send time, per {interval:.0} s interval --");
+    println!(
+        "-- soak: acknowledgement latency from intended send time, per {interval:.0} s interval --"
+    );
     let mut buckets: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
     for (at, ms) in acks {
         buckets.entry((at / interval) as u64).or_default().push(*ms);
@@ -1206,6 +1730,14 @@ fn print_soak(samples: &[(f64, BTreeMap<&'static str, u64>)], acks: &[(f64, u64)
         let q = |p: f64| lat[((lat.len() - 1) as f64 * p) as usize];
         let p99 = q(0.99);
         let base = *first_p99.get_or_insert(p99);
-        println!("  {:6.0}s  n={:6}  p50 {:5} ms  p99 {:5} ms  max {:5} ms  p99 drift {:+.0}%", bucket as f64 * interval, lat.len(), q(0.5), p99, lat[lat.len() - 1], (p99 as f64 / base.max(1) as f64 - 1.0) * 100.0);
+        println!(
+            "  {:6.0}s  n={:6}  p50 {:5} ms  p99 {:5} ms  max {:5} ms  p99 drift {:+.0}%",
+            bucket as f64 * interval,
+            lat.len(),
+            q(0.5),
+            p99,
+            lat[lat.len() - 1],
+            (p99 as f64 / base.max(1) as f64 - 1.0) * 100.0
+        );
     }
 }

@@ -94,10 +94,29 @@ impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let at = self.at_ms as f64 / 1000.0;
         match &self.action {
-            Action::Kill { comp, restart_after_ms } => write!(f, "{at:7.1}s  SIGKILL {} (restart after {restart_after_ms} ms)", comp.name()),
-            Action::Broker { node, hard, down_ms } => write!(f, "{at:7.1}s  {} broker {node} (start again after {down_ms} ms)", if *hard { "SIGKILL" } else { "stop" }),
-            Action::GatewayOutage { ms } => write!(f, "{at:7.1}s  gateway fails every request for {ms} ms"),
-            Action::GatewayFailNext { n } => write!(f, "{at:7.1}s  gateway fails the next {n} requests"),
+            Action::Kill {
+                comp,
+                restart_after_ms,
+            } => write!(
+                f,
+                "{at:7.1}s  SIGKILL {} (restart after {restart_after_ms} ms)",
+                comp.name()
+            ),
+            Action::Broker {
+                node,
+                hard,
+                down_ms,
+            } => write!(
+                f,
+                "{at:7.1}s  {} broker {node} (start again after {down_ms} ms)",
+                if *hard { "SIGKILL" } else { "stop" }
+            ),
+            Action::GatewayOutage { ms } => {
+                write!(f, "{at:7.1}s  gateway fails every request for {ms} ms")
+            }
+            Action::GatewayFailNext { n } => {
+                write!(f, "{at:7.1}s  gateway fails the next {n} requests")
+            }
             Action::CqlRestart => write!(f, "{at:7.1}s  restart the CQL server"),
         }
     }
@@ -130,7 +149,13 @@ pub(crate) fn plan(shape: Shape) -> Vec<Fault> {
     }
     for comp in victims {
         let restart_after_ms = rng.random_range(300..=4000);
-        faults.push(Fault { at_ms: at(&mut rng), action: Action::Kill { comp, restart_after_ms } });
+        faults.push(Fault {
+            at_ms: at(&mut rng),
+            action: Action::Kill {
+                comp,
+                restart_after_ms,
+            },
+        });
     }
     if shape.broker_faults {
         // One broker fault per minute (at least one); with one broker each is a full outage.
@@ -139,18 +164,34 @@ pub(crate) fn plan(shape: Shape) -> Vec<Fault> {
             let node = rng.random_range(1..=shape.brokers);
             let hard = rng.random_bool(0.5);
             let down_ms = rng.random_range(2000..=8000);
-            faults.push(Fault { at_ms: at(&mut rng), action: Action::Broker { node, hard, down_ms } });
+            faults.push(Fault {
+                at_ms: at(&mut rng),
+                action: Action::Broker {
+                    node,
+                    hard,
+                    down_ms,
+                },
+            });
         }
     }
     let outages = (d / 60_000).max(1);
     for _ in 0..outages {
         let ms = rng.random_range(2000..=6000);
-        faults.push(Fault { at_ms: at(&mut rng), action: Action::GatewayOutage { ms } });
+        faults.push(Fault {
+            at_ms: at(&mut rng),
+            action: Action::GatewayOutage { ms },
+        });
     }
     let n = rng.random_range(5..=30);
-    faults.push(Fault { at_ms: at(&mut rng), action: Action::GatewayFailNext { n } });
+    faults.push(Fault {
+        at_ms: at(&mut rng),
+        action: Action::GatewayFailNext { n },
+    });
     if shape.cql_restart {
-        faults.push(Fault { at_ms: at(&mut rng), action: Action::CqlRestart });
+        faults.push(Fault {
+            at_ms: at(&mut rng),
+            action: Action::CqlRestart,
+        });
     }
     faults.sort_by_key(|f| f.at_ms);
     faults
@@ -161,7 +202,13 @@ mod tests {
     use super::*;
 
     fn shape(seed: u64) -> Shape {
-        Shape { seed, duration_ms: 300_000, brokers: 3, broker_faults: true, cql_restart: true }
+        Shape {
+            seed,
+            duration_ms: 300_000,
+            brokers: 3,
+            broker_faults: true,
+            cql_restart: true,
+        }
     }
 
     #[test]
@@ -174,21 +221,49 @@ mod tests {
     fn every_component_is_killed_and_every_fault_kind_is_there() {
         let faults = plan(shape(1));
         for comp in Comp::ALL {
-            assert!(faults.iter().any(|f| f.action == Action::Kill { comp, restart_after_ms: match f.action {
-                Action::Kill { restart_after_ms, .. } => restart_after_ms,
-                _ => 0,
-            } }), "{comp:?} never killed");
+            assert!(
+                faults.iter().any(|f| f.action
+                    == Action::Kill {
+                        comp,
+                        restart_after_ms: match f.action {
+                            Action::Kill {
+                                restart_after_ms, ..
+                            } => restart_after_ms,
+                            _ => 0,
+                        }
+                    }),
+                "{comp:?} never killed"
+            );
         }
-        assert!(faults.iter().any(|f| matches!(f.action, Action::Broker { node: 1..=3, .. })));
-        assert!(faults.iter().any(|f| matches!(f.action, Action::GatewayOutage { .. })));
-        assert!(faults.iter().any(|f| matches!(f.action, Action::GatewayFailNext { .. })));
-        assert_eq!(faults.iter().filter(|f| f.action == Action::CqlRestart).count(), 1);
-        assert!(faults.iter().all(|f| f.at_ms >= 30_000 && f.at_ms <= 225_000));
+        assert!(faults
+            .iter()
+            .any(|f| matches!(f.action, Action::Broker { node: 1..=3, .. })));
+        assert!(faults
+            .iter()
+            .any(|f| matches!(f.action, Action::GatewayOutage { .. })));
+        assert!(faults
+            .iter()
+            .any(|f| matches!(f.action, Action::GatewayFailNext { .. })));
+        assert_eq!(
+            faults
+                .iter()
+                .filter(|f| f.action == Action::CqlRestart)
+                .count(),
+            1
+        );
+        assert!(faults
+            .iter()
+            .all(|f| f.at_ms >= 30_000 && f.at_ms <= 225_000));
     }
 
     #[test]
     fn no_broker_fault_on_a_shared_cluster() {
-        let faults = plan(Shape { broker_faults: false, ..shape(3) });
-        assert!(!faults.iter().any(|f| matches!(f.action, Action::Broker { .. })));
+        let faults = plan(Shape {
+            broker_faults: false,
+            ..shape(3)
+        });
+        assert!(!faults
+            .iter()
+            .any(|f| matches!(f.action, Action::Broker { .. })));
     }
 }
