@@ -195,5 +195,4 @@ mod tests {
         let text = format!("{:?}", keys());
         assert!(!text.contains(&sha256_hex("k-eu")), "{text}");
     }
-
 }

@@ -63,6 +63,7 @@ pub mod idempotency_store;
 mod kafka;
 pub mod metrics;
 pub mod ratelimit;
+mod request;
 mod serve;
 pub mod server;
 

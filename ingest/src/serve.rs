@@ -42,10 +42,13 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = router.clone().map_request(move |mut request: axum::extract::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            request.map(axum::body::Body::new)
-        });
+        let service =
+            router
+                .clone()
+                .map_request(move |mut request: axum::extract::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    request.map(axum::body::Body::new)
+                });
         let (shutdown, open) = (shutdown.clone(), open_tx.clone());
         tokio::spawn(async move {
             let _open = open;

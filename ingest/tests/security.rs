@@ -121,7 +121,7 @@ async fn oversized_bodies_and_headers_are_refused_without_producing() {
     assert_eq!(reply.status, 413);
     problem(&reply);
     // The same body chunked (no Content-Length): 413 too.
-    let chunks = order.to_string().into_bytes().chunks(1000).map(|c| bytes::Bytes::copy_from_slice(c)).collect();
+    let chunks = order.to_string().into_bytes().chunks(1000).map(bytes::Bytes::copy_from_slice).collect();
     let reply = ingest
         .conn()
         .send(hyper::Method::POST, "/v1/orders", &[("content-type", "application/json")], http::chunked(chunks))
