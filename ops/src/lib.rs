@@ -11,12 +11,14 @@
 //! - [`stock`]: `orderpipe stock adjust|show`.
 //! - [`replay`]: `orderpipe replay` (resumable, from a time or the beginning) and `switch`.
 //! - [`verify`]: the invariant audit behind `orderpipe verify` and the end-to-end tests.
+//! - [`local_query`]: the query API's answers in process (for `stock show`, `verify --views`).
 
 pub mod admin;
 pub mod cli;
 pub mod components;
 pub mod dlq;
 pub mod lag;
+pub mod local_query;
 pub mod replay;
 pub mod run;
 pub mod stock;

@@ -1,13 +1,11 @@
 //! `orderpipe stock adjust|show`: change a SKU's available units by a delta (the stock stage
 //! applies it), and read the stock view the query API serves.
 
-use std::sync::Arc;
-
 use anyhow::Context;
 use orderpipe_schemas::{StockAdjustment, Topics};
-use tower::ServiceExt;
 
 use crate::cli::{StockAdjustArgs, StockShowArgs};
+use crate::local_query::{percent_encode, LocalQuery};
 
 /// `orderpipe stock adjust SKU DELTA`: emit `stock_adjusted` (delta), acknowledged by the broker.
 pub async fn adjust(args: StockAdjustArgs) -> anyhow::Result<()> {
@@ -26,50 +24,18 @@ pub async fn adjust(args: StockAdjustArgs) -> anyhow::Result<()> {
 }
 
 /// The stock view of a SKU, as `GET /v1/stock/{sku}` answers it: (HTTP status, JSON body).
-/// Served in-process by the query API's own handler over a CQL session: no running service needed.
 pub async fn view(
     nodes: &[String],
     config: &orderpipe_projections::Config,
     sku: &str,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
-    let session = orderpipe_projections::connect(nodes, &config.cql)
-        .await
-        .context("connecting to the CQL cluster")?;
-    let api = orderpipe_projections::QueryApi::new(Arc::clone(&session), config)
-        .await
-        .with_context(|| format!("preparing the reads of keyspace {}", config.cql.keyspace))?;
-    let router = api.router(
-        orderpipe_runtime::health::Readiness::new(),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    let path: String = format!("/v1/stock/{}", percent_encode(sku));
-    let request = axum::http::Request::get(path)
-        .body(axum::body::Body::empty())
-        .context("building the request")?;
-    let response = router
-        .oneshot(request)
-        .await
-        .context("reading the stock view")?;
-    let status = response.status().as_u16();
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .context("reading the answer")?;
+    let query = LocalQuery::connect(nodes, config).await?;
+    let (status, body) = query
+        .get(&format!("/v1/stock/{}", percent_encode(sku)))
+        .await?;
     let json =
         serde_json::from_slice(&body).unwrap_or_else(|_| String::from_utf8_lossy(&body).into());
     Ok((status, json))
-}
-
-/// `segment` as one URL path segment (also used by `verify`'s reads of the views).
-pub(crate) fn percent_encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `orderpipe stock show SKU`.
