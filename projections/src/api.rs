@@ -75,6 +75,7 @@ impl QueryApi {
     /// The routes, with `/healthz`, `/readyz` (from `readiness`) and `/metrics`. Long-polls
     /// answer at once when `shutdown` is cancelled.
     pub fn router(self, readiness: Readiness, shutdown: CancellationToken) -> Router {
+        let control_room = crate::control_room::layer(&self.views, &self.config, &shutdown);
         let state = AppState {
             api: self,
             shutdown,
@@ -89,6 +90,7 @@ impl QueryApi {
                 not_found("no such resource")
             })
             .layer(middleware::from_fn(bare_errors_as_problems))
+            .layer(control_room)
     }
 }
 
@@ -121,6 +123,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_sales))
         .routes(routes!(get_event_schemas))
         .routes(routes!(get_event_schema))
+        .merge(crate::control_room::routes())
 }
 
 /// The query API's OpenAPI document, as served at `/openapi.json`.

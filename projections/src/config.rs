@@ -172,6 +172,10 @@ pub struct QueryConfig {
     #[arg(long = "query-max-page", env = "ORDERPIPE_QUERY_MAX_PAGE", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_page: u32,
+
+    /// The control room at `/` (flags start with `--control-room-`).
+    #[command(flatten)]
+    pub control_room: crate::control_room::ControlRoomConfig,
 }
 
 impl Default for CqlConfig {
@@ -212,6 +216,7 @@ impl Default for QueryConfig {
             default_page: 20,
             max_page: 100,
             keyspace_check_interval: Duration::from_secs(2),
+            control_room: Default::default(),
         }
     }
 }
@@ -237,6 +242,9 @@ impl Config {
         }
         if self.query.default_page > self.query.max_page {
             return Err("query default page must not exceed the max page".into());
+        }
+        if self.query.control_room.max_viewers == 0 {
+            return Err("control room max viewers must be at least 1".into());
         }
         if self.query.max_sales_range < Duration::from_secs(60) {
             return Err("query max sales range must be at least one minute".into());

@@ -15,6 +15,8 @@
 //!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`).
 //! - [`switch`]: which keyspace the query APIs serve (`active_views`), switched without downtime.
 //! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]).
+//! - `control_room` (private): the live page at `/` and its event stream
+//!   ([`ControlRoomConfig`]: where its figures come from).
 //! - `metrics` (private): every metric name, documented in one table.
 //!
 //! # Views (CQL tables)
@@ -79,6 +81,7 @@
 
 pub mod api;
 pub mod config;
+mod control_room;
 mod error;
 mod event_schemas;
 mod metrics;
@@ -91,6 +94,7 @@ pub mod switch;
 
 pub use api::{run_query, serve, QueryApi};
 pub use config::{Config, ConsistencyLevel, CqlConfig, ProjectorConfig, QueryConfig, Replication};
+pub use control_room::ControlRoomConfig;
 pub use error::Error;
 pub use model::Status;
 pub use projector::{

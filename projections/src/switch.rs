@@ -83,6 +83,11 @@ impl ActiveViews {
         self.serving.read().expect("serving lock").reader.clone()
     }
 
+    /// The session the reads run on (for reads prepared elsewhere, e.g. the control room's).
+    pub(crate) fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
     /// The keyspace served now.
     pub(crate) fn keyspace(&self) -> String {
         self.serving.read().expect("serving lock").keyspace.clone()

@@ -45,9 +45,12 @@ fn every_error_is_a_documented_problem() {
             vec!["200", "400", "404", "503"],
         ),
         ("/v1/stock/{sku}", vec!["200", "404", "503"]),
+        ("/v1/stock/{sku}/stream", vec!["200", "400", "404", "503"]),
         ("/v1/sales", vec!["200", "400", "503"]),
         ("/v1/schemas", vec!["200"]),
         ("/v1/schemas/{event_type}", vec!["200", "404"]),
+        ("/", vec!["200", "401"]),
+        ("/v1/control-room/stream", vec!["200", "401", "503"]),
     ];
     let paths: Vec<&String> = doc["paths"].as_object().unwrap().keys().collect();
     assert_eq!(paths.len(), expected.len(), "{paths:?}");
