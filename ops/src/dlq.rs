@@ -11,30 +11,28 @@
 //! committed.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use orderpipe_runtime::kafka::{self, dlq as headers};
 use orderpipe_schemas::{NotificationEnvelope, OrderEnvelope, StockEnvelope, Topics};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
 use uuid::Uuid;
 
 use crate::cli::DlqCommand;
 
+mod redrive;
+
+use redrive::redrive;
+
 /// Header on a redriven record: the id of the letter it came from.
 pub const REDRIVE_HEADER: &str = "orderpipe.dlq.redriven_from";
 /// How long reading a topic to its end may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Timeout of the transactional calls.
-const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Topic of the redrive markers of a stage: `<prefix><stage>.dlq.redriven` (compacted).
 pub fn redriven_topic(topics: &Topics, stage: &str) -> String {
@@ -123,12 +121,12 @@ impl Letter {
                 offset: message.offset(),
             },
             timestamp_ms: message.timestamp().to_millis(),
-            reason: get("orderpipe.dlq.reason"),
-            detail: get("orderpipe.dlq.detail"),
-            stage: get("orderpipe.dlq.stage"),
-            source_topic: get("orderpipe.dlq.source.topic"),
-            source_partition: get("orderpipe.dlq.source.partition").parse().unwrap_or(-1),
-            source_offset: get("orderpipe.dlq.source.offset").parse().unwrap_or(-1),
+            reason: get(headers::REASON),
+            detail: get(headers::DETAIL),
+            stage: get(headers::STAGE),
+            source_topic: get(headers::TOPIC),
+            source_partition: get(headers::PARTITION).parse().unwrap_or(-1),
+            source_offset: get(headers::OFFSET).parse().unwrap_or(-1),
             key: message.key().map(<[u8]>::to_vec),
             payload: message.payload().map(<[u8]>::to_vec),
             redriven: None,
@@ -156,21 +154,15 @@ impl Letter {
 }
 
 /// Marker key of a letter: `<dlq topic>/<partition>/<offset>`.
-fn marker_key(dlq_topic: &str, id: LetterId) -> String {
+pub(crate) fn marker_key(dlq_topic: &str, id: LetterId) -> String {
     format!("{dlq_topic}/{id}")
 }
 
 /// Every committed record of `topic` up to its end when called (read_committed, manual
 /// assignment: no group is joined or moved). A missing topic reads as empty.
 pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set(
-            "group.id",
-            format!("orderpipe-dlq-{}", Uuid::new_v4().simple()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed")
+    let group = format!("orderpipe-dlq-{}", Uuid::new_v4().simple());
+    let consumer: BaseConsumer = kafka::assigned_reader(bootstrap, "orderpipe-dlq", &group)
         .set("fetch.wait.max.ms", "50")
         .create()
         .context("creating a consumer")?;
@@ -198,9 +190,11 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessa
     consumer.assign(&assignment)?;
     let deadline = Instant::now() + READ_TIMEOUT;
     loop {
-        if let Some(message) = consumer.poll(Duration::from_millis(100)) {
-            let message = message.with_context(|| format!("reading {topic}"))?;
-            out.push(message.detach());
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => out.push(message.detach()),
+            // The reader reports each partition's end; the positions below say when all are read.
+            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(err)) => return Err(err).with_context(|| format!("reading {topic}")),
         }
         // Positions move past transaction markers too, so compare positions with the ends.
         let positions = consumer.position()?;
@@ -413,7 +407,11 @@ enum Mode {
 }
 
 /// The letters named by `ids` (each must exist), or all of them when `ids` is empty and `all`.
-fn select(letters: Vec<Letter>, ids: &[LetterId], all: bool) -> anyhow::Result<Vec<Letter>> {
+pub(crate) fn select(
+    letters: Vec<Letter>,
+    ids: &[LetterId],
+    all: bool,
+) -> anyhow::Result<Vec<Letter>> {
     if ids.is_empty() {
         return Ok(if all { letters } else { Vec::new() });
     }
@@ -425,223 +423,6 @@ fn select(letters: Vec<Letter>, ids: &[LetterId], all: bool) -> anyhow::Result<V
                 .with_context(|| format!("no dead letter {id} (see `orderpipe dlq list`)"))
         })
         .collect()
-}
-
-#[allow(clippy::too_many_arguments)]
-fn redrive(
-    bootstrap: &str,
-    topics: &Topics,
-    stage: &str,
-    ids: &[LetterId],
-    all: bool,
-    dry_run: bool,
-    yes: bool,
-    replication: i32,
-) -> anyhow::Result<()> {
-    let dlq_topic = topics.dlq(stage);
-    let marker_topic = redriven_topic(topics, stage);
-    let producer = if dry_run {
-        None
-    } else {
-        ensure_marker_topic(bootstrap, &marker_topic, replication)?;
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set(
-                "transactional.id",
-                format!("{}orderpipe-dlq-redrive-{stage}", topics.prefix()),
-            )
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()
-            .context("creating the redrive producer")?;
-        // Fences any other redriver of this stage and completes its open transaction, so the
-        // markers read below include every redrive that will ever commit before ours.
-        producer
-            .init_transactions(TXN_TIMEOUT)
-            .context("initialising the redrive transaction")?;
-        Some(producer)
-    };
-    let letters = read_letters(bootstrap, topics, stage)?;
-    let chosen = if ids.is_empty() {
-        letters
-            .into_iter()
-            .filter(|l| l.redriven.is_none())
-            .collect::<Vec<_>>()
-    } else {
-        let chosen = select(letters, ids, all)?;
-        let done: Vec<String> = chosen
-            .iter()
-            .filter_map(|l| {
-                l.redriven.as_ref().map(|m| {
-                    format!(
-                        "{} (redriven at {})",
-                        l.id,
-                        m["redriven_at"].as_str().unwrap_or("?")
-                    )
-                })
-            })
-            .collect();
-        if !done.is_empty() {
-            bail!(
-                "refusing to redrive letters of stage {stage} that were already redriven: {}; \
-                 a letter is sent back at most once",
-                done.join(", ")
-            );
-        }
-        chosen
-    };
-    if chosen.is_empty() {
-        println!("nothing to redrive: every dead letter of stage {stage} was redriven already");
-        return Ok(());
-    }
-    for l in &chosen {
-        if l.source_topic.is_empty() {
-            bail!(
-                "letter {} has no source topic header: cannot tell where to send it",
-                l.id
-            );
-        }
-    }
-    let verb = if dry_run {
-        "would redrive"
-    } else {
-        "redriving"
-    };
-    for l in &chosen {
-        println!(
-            "{verb} {} ({}) -> {} (originally partition {} offset {}), {} bytes",
-            l.id,
-            l.reason,
-            l.source_topic,
-            l.source_partition,
-            l.source_offset,
-            l.payload.as_ref().map_or(0, Vec::len)
-        );
-    }
-    let Some(producer) = producer else {
-        println!(
-            "dry run: {} letters of stage {stage} would be redriven; nothing sent",
-            chosen.len()
-        );
-        return Ok(());
-    };
-    if all
-        && !yes
-        && !confirm(&format!(
-            "redrive {} letters of stage {stage}?",
-            chosen.len()
-        ))?
-    {
-        bail!("not confirmed: nothing redriven (pass --yes to skip the question)");
-    }
-    producer
-        .begin_transaction()
-        .context("beginning the redrive transaction")?;
-    let sent = (|| -> anyhow::Result<()> {
-        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        for l in &chosen {
-            let id = marker_key(&dlq_topic, l.id);
-            let headers = OwnedHeaders::new().insert(Header {
-                key: REDRIVE_HEADER,
-                value: Some(&id),
-            });
-            let mut record = BaseRecord::<[u8], [u8]>::to(&l.source_topic).headers(headers);
-            if let Some(key) = &l.key {
-                record = record.key(key.as_slice());
-            }
-            if let Some(payload) = &l.payload {
-                record = record.payload(payload.as_slice());
-            }
-            send(&producer, record)?;
-            let marker = serde_json::json!({
-                "letter": id,
-                "reason": l.reason,
-                "to_topic": l.source_topic,
-                "redriven_at": now,
-            })
-            .to_string();
-            send(
-                &producer,
-                BaseRecord::<str, str>::to(&marker_topic)
-                    .key(&id)
-                    .payload(&marker),
-            )?;
-        }
-        producer
-            .commit_transaction(TXN_TIMEOUT)
-            .context("committing the redrive transaction")?;
-        Ok(())
-    })();
-    if let Err(err) = sent {
-        let _ = producer.abort_transaction(TXN_TIMEOUT);
-        return Err(err.context("nothing redriven (transaction aborted)"));
-    }
-    println!(
-        "redrove {} letters of stage {stage} (marked in {marker_topic})",
-        chosen.len()
-    );
-    Ok(())
-}
-
-fn send<K, P>(producer: &BaseProducer, mut record: BaseRecord<'_, K, P>) -> anyhow::Result<()>
-where
-    K: rdkafka::message::ToBytes + ?Sized,
-    P: rdkafka::message::ToBytes + ?Sized,
-{
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((
-                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
-                back,
-            )) => {
-                record = back;
-                producer.poll(Duration::from_millis(50));
-            }
-            Err((err, _)) => return Err(err).context("producing"),
-        }
-    }
-}
-
-/// Asks on the terminal; without one, the question is an error naming `--yes` (also used by
-/// `orderpipe replay` and `switch`).
-pub(crate) fn confirm(question: &str) -> anyhow::Result<bool> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        bail!("{question} needs confirmation: pass --yes (stdin is not a terminal)");
-    }
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    stdin.lock().read_line(&mut answer)?;
-    Ok(matches!(
-        answer.trim().to_ascii_lowercase().as_str(),
-        "y" | "yes"
-    ))
-}
-
-fn ensure_marker_topic(bootstrap: &str, topic: &str, replication: i32) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .context("creating Kafka admin client")?;
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(replication))
-        .set("cleanup.policy", "compact");
-    let results = futures_lite_block_on(admin.create_topics([&new], &options))
-        .with_context(|| format!("creating {topic}"))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => bail!("creating topic {name}: {code}"),
-        }
-    }
-    Ok(())
-}
-
-/// Runs an admin future from this blocking thread (we are inside `spawn_blocking`).
-fn futures_lite_block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Handle::current().block_on(future)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! - [`stock`]: `orderpipe stock adjust|show`.
 //! - [`replay`]: `orderpipe replay` (resumable, from a time or the beginning) and `switch`.
 //! - [`verify`]: the invariant audit behind `orderpipe verify` and the end-to-end tests.
+//! - [`prompt`]: confirmation questions before bulk or destructive commands.
 //! - [`local_query`]: the query API's answers in process (for `stock show`, `verify --views`).
 
 pub mod admin;
@@ -19,6 +20,7 @@ pub mod components;
 pub mod dlq;
 pub mod lag;
 pub mod local_query;
+pub mod prompt;
 pub mod replay;
 pub mod run;
 pub mod stock;

@@ -14,7 +14,7 @@ use orderpipe_schemas::Topics;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ReplayArgs, SwitchArgs};
-use crate::dlq::confirm;
+use crate::prompt::confirm;
 
 /// `orderpipe replay`: prints the plan, asks before writing onto existing views (unless
 /// `--yes`), replays with progress, and stops cleanly on `shutdown` (an error: run it again).

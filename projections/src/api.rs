@@ -4,9 +4,13 @@
 //! - `GET /v1/orders/{id}[?wait=5s[&status=placed]]`: the order, its lines and timeline. With
 //!   `wait`, answers as soon as the status differs from `status` (default: the status at the
 //!   time of the request; an order not yet in the views counts as "no status"), or when `wait`
-//!   ends (then with the unchanged order, or 404 if it never appeared).
+//!   ends (then with the unchanged order, or 404 if it never appeared). A waiting request
+//!   re-reads the status when a projector of this process wrote the order, and every
+//!   `--query-poll-interval` for writes by other processes (see [`crate::stock_stream`]).
 //! - `GET /v1/customers/{id}/orders[?limit=&cursor=]`: newest first, `next_cursor` while more.
 //! - `GET /v1/stock/{sku}`: `available`, `reserved`, `sold`.
+//! - `GET /v1/stock/{sku}/stream`: the same JSON as server-sent events, one per change, with
+//!   `Last-Event-ID` resumption and a heartbeat (see [`crate::stock_stream`]).
 //! - `GET /v1/sales?from=RFC3339&to=RFC3339[&sku=]`: per minute whose start is in
 //!   `[from, to)` (minutes without sales left out), orders confirmed, units, revenue; plus totals.
 //! - `GET /v1/schemas`, `GET /v1/schemas/{event_type}`: the JSON Schema of every event type
@@ -27,7 +31,7 @@ use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -49,7 +53,8 @@ use crate::error::Error;
 use crate::metrics;
 use crate::model::Status;
 use crate::schema::connect;
-use crate::store::{OrderRecord, StatusRecord};
+use crate::stock_stream::{Snapshot, Watchers, Wakeups};
+use crate::store::{OrderRecord, StatusRecord, StockRecord};
 use crate::switch::ActiveViews;
 
 /// The query API's state: prepared reads and settings. Build it once, serve it with [`serve`].
@@ -58,6 +63,9 @@ pub struct QueryApi {
     views: Arc<ActiveViews>,
     config: QueryConfig,
     long_polls: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
+    wakeups: Arc<Wakeups>,
+    watchers: Arc<Watchers>,
 }
 
 impl QueryApi {
@@ -65,10 +73,19 @@ impl QueryApi {
     /// names, or in `config.cql.keyspace` itself (which must be migrated); see [`crate::switch`].
     pub async fn new(session: Arc<Session>, config: &Config) -> Result<Self, Error> {
         config.check().map_err(Error::Config)?;
+        let views = Arc::new(ActiveViews::new(session, &config.cql.keyspace).await?);
+        let wakeups = Arc::new(Wakeups::new());
         Ok(Self {
-            views: Arc::new(ActiveViews::new(session, &config.cql.keyspace).await?),
+            watchers: Watchers::new(
+                views.clone(),
+                wakeups.clone(),
+                config.query.stream_poll_interval,
+            ),
+            views,
             config: config.query.clone(),
             long_polls: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
+            wakeups,
         })
     }
 
@@ -120,6 +137,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_order))
         .routes(routes!(get_customer_orders))
         .routes(routes!(get_stock))
+        .routes(routes!(stream_stock))
         .routes(routes!(get_sales))
         .routes(routes!(get_event_schemas))
         .routes(routes!(get_event_schema))
@@ -172,6 +190,12 @@ pub async fn serve(
             .clone()
             .follow(api.config.keyspace_check_interval, shutdown.clone()),
     );
+    // Wakes stock watchers and long-polls on the writes of this process's projectors.
+    tokio::spawn(api.wakeups.clone().dispatch(
+        api.views.clone(),
+        api.config.keyspace_check_interval,
+        shutdown.clone(),
+    ));
     let router = api.router(readiness, shutdown.clone());
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -412,28 +436,35 @@ fn status_of(record: &StatusRecord) -> Status {
     )
 }
 
-/// A long-poll slot: counted while held, given back however the poll ends.
-struct LongPollGuard(Arc<AtomicUsize>);
+/// A slot of a bounded kind of request (long-polls, stock streams): counted while held, given
+/// back however the request ends; `gauge` follows the count.
+struct Slot {
+    count: Arc<AtomicUsize>,
+    gauge: fn(f64),
+}
 
-impl LongPollGuard {
-    /// A slot, or `None` when `max` long-polls already wait.
-    fn acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+impl Slot {
+    /// A slot, or `None` when `max` are already taken.
+    fn acquire(count: &Arc<AtomicUsize>, max: usize, gauge: fn(f64)) -> Option<Self> {
         let taken = count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
             .is_ok();
         taken.then(|| {
-            metrics::long_polls(1.0);
-            LongPollGuard(count.clone())
+            gauge(1.0);
+            Slot {
+                count: count.clone(),
+                gauge,
+            }
         })
     }
 }
 
-impl Drop for LongPollGuard {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-        metrics::long_polls(-1.0);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        (self.gauge)(-1.0);
     }
 }
 
@@ -506,14 +537,21 @@ async fn order(
         })?),
     };
     let reader = state.api.views.reader();
-    // Each waiting client re-reads the order every poll interval: past the cap, clients get
-    // the current state at once (and poll again) instead of loading the cluster further.
+    // Each waiting client re-reads the order every poll interval (writes of projectors in
+    // other processes are seen no other way): past the cap, clients get the current state at
+    // once (and poll again) instead of loading the cluster further.
     let guard = if wait.is_zero() {
         None
     } else {
-        LongPollGuard::acquire(&state.api.long_polls, config.max_long_polls)
+        Slot::acquire(
+            &state.api.long_polls,
+            config.max_long_polls,
+            metrics::long_polls,
+        )
     };
     if guard.is_some() {
+        // Registered before the first read: a write landing during it still wakes us.
+        let mut written = state.api.wakeups.orders.register(order_id);
         let deadline = tokio::time::Instant::now() + wait;
         // `None`: not in the views yet. The reference is the status the client knows.
         let mut reference: Option<Option<Status>> = expected.map(Some);
@@ -530,6 +568,7 @@ async fn order(
             let nap = config.poll_interval.min(deadline - now);
             tokio::select! {
                 _ = state.shutdown.cancelled() => break,
+                _ = written.woken() => {}
                 _ = tokio::time::sleep(nap) => {}
             }
         }
@@ -722,19 +761,129 @@ struct StockBody {
 async fn get_stock(State(state): State<AppState>, Path(sku): Path<String>) -> Response {
     let result = async {
         match state.api.views.reader().stock(&sku).await? {
-            Some(s) => Ok(StockBody {
-                sku,
-                available: s.available,
-                reserved: s.reserved,
-                sold: s.sold,
-                per_customer_limit: s.per_customer_limit,
-                updated_at: s.updated_at.and_then(rfc3339),
-            }),
-            None => Err(not_found(format!("SKU {sku:?} is unknown"))),
+            Some(record) => Ok(stock_body(sku, record)),
+            None => Err(unknown_sku(&sku)),
         }
     }
     .await;
     answer("stock", result)
+}
+
+fn unknown_sku(sku: &str) -> Problem {
+    not_found(format!("SKU {sku:?} is unknown"))
+}
+
+fn stock_body(sku: String, s: StockRecord) -> StockBody {
+    StockBody {
+        sku,
+        available: s.available,
+        reserved: s.reserved,
+        sold: s.sold,
+        per_customer_limit: s.per_customer_limit,
+        updated_at: s.updated_at.and_then(rfc3339),
+    }
+}
+
+/// A stock row as one state of its stream: the JSON `GET /v1/stock/{sku}` answers, with the
+/// row's offset as event id (`-1` for a row without one, which no row written by a projector
+/// lacks).
+pub(crate) fn stock_snapshot(sku: &str, record: StockRecord) -> Snapshot {
+    let id = record.offset.unwrap_or(-1);
+    let json = serde_json::to_string(&stock_body(sku.to_owned(), record))
+        .expect("a stock body is always JSON");
+    Snapshot { id, json }
+}
+
+/// Live stock of one SKU as server-sent events.
+///
+/// Each event's `data` is the SKU's `Stock` document (as `GET /v1/stock/{sku}` answers) and its
+/// `id` the offset of that state on the `stock` topic, growing per SKU. On connect the current
+/// state is sent at once, unless the client's `Last-Event-ID` says it has it already; after
+/// that, every newer state as the views change. A comment line (`:heartbeat`) comes every
+/// `--query-stream-heartbeat` (15 s) while nothing changes. States closer together than the
+/// server reads them are sent as the newest. The stream ends only when the client leaves or
+/// the server shuts down (reconnect with `Last-Event-ID`, as `EventSource` does).
+#[utoipa::path(
+    get,
+    path = "/v1/stock/{sku}/stream",
+    tag = "views",
+    operation_id = "stream_stock",
+    params(
+        ("sku" = String, Path, example = "SKU-1", description = "The SKU."),
+        ("Last-Event-ID" = Option<i64>, Header,
+         description = "The `id` of the last event the client received: only newer states are sent."),
+    ),
+    responses(
+        (status = 200, description = "An endless `text/event-stream`: events `id: <offset>` with `data: <Stock JSON>`, and heartbeat comments.",
+         content_type = "text/event-stream", body = String),
+        (status = 400, description = "`Last-Event-ID` is not an integer.", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No stock was ever set for this SKU.", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many streams are open (`--query-stream-max-subscribers`), or the views cannot be read right now.",
+         body = Problem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ),
+)]
+// How it is served (shared watchers, write notices): `crate::stock_stream`.
+async fn stream_stock(
+    State(state): State<AppState>,
+    Path(sku): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let config = &state.api.config;
+    let Some(slot) = Slot::acquire(
+        &state.api.streams,
+        config.stream_max_subscribers,
+        metrics::stock_streams,
+    ) else {
+        let problem = Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too-many-streams",
+            "Too many stock streams",
+            format!(
+                "this server already serves {} stock streams; retry later or poll GET /v1/stock/{{sku}}",
+                config.stream_max_subscribers
+            ),
+        );
+        return answer::<()>("stock_stream", Err(problem));
+    };
+    let last_event_id = match headers.get("last-event-id").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(v)) if v.trim().is_empty() => None,
+        Some(Ok(v)) => match v.trim().parse::<i64>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                return answer::<()>(
+                    "stock_stream",
+                    Err(bad_request(format!(
+                        "`Last-Event-ID` {v:?} is not an event id of this stream (an integer)"
+                    ))),
+                )
+            }
+        },
+        Some(Err(_)) => {
+            return answer::<()>(
+                "stock_stream",
+                Err(bad_request("`Last-Event-ID` is not text")),
+            )
+        }
+    };
+    // Joined before the read: a change after it reaches this stream through the watcher.
+    let receiver = state.api.watchers.follow(&sku);
+    let first = match state.api.views.reader().stock(&sku).await {
+        Ok(Some(record)) => stock_snapshot(&sku, record),
+        Ok(None) => return answer::<()>("stock_stream", Err(unknown_sku(&sku))),
+        Err(err) => return answer::<()>("stock_stream", Err(err.into())),
+    };
+    metrics::request("stock_stream", 200);
+    crate::stock_stream::sse(
+        receiver,
+        Arc::new(first),
+        last_event_id,
+        config.stream_heartbeat,
+        state.shutdown.clone(),
+        slot,
+    )
+    .into_response()
 }
 
 /// Sales of one minute, or the totals (confirmed orders).
@@ -978,16 +1127,16 @@ mod tests {
     #[test]
     fn long_polls_are_capped() {
         let count = Arc::new(AtomicUsize::new(0));
-        let first = LongPollGuard::acquire(&count, 2);
-        let second = LongPollGuard::acquire(&count, 2);
+        let first = Slot::acquire(&count, 2, metrics::long_polls);
+        let second = Slot::acquire(&count, 2, metrics::long_polls);
         assert!(first.is_some() && second.is_some());
         assert!(
-            LongPollGuard::acquire(&count, 2).is_none(),
+            Slot::acquire(&count, 2, metrics::long_polls).is_none(),
             "third waits no more"
         );
         drop(first);
         assert!(
-            LongPollGuard::acquire(&count, 2).is_some(),
+            Slot::acquire(&count, 2, metrics::long_polls).is_some(),
             "a freed slot is reused"
         );
     }

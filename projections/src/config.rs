@@ -173,6 +173,24 @@ pub struct QueryConfig {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_page: u32,
 
+    /// Most `GET /v1/stock/{sku}/stream` subscribers at once; past it, 503 with Retry-After.
+    #[arg(
+        long = "query-stream-max-subscribers",
+        env = "ORDERPIPE_QUERY_STREAM_MAX_SUBSCRIBERS",
+        default_value_t = 1000
+    )]
+    pub stream_max_subscribers: usize,
+
+    /// How often a SKU with stream subscribers has its stock re-read (one read per SKU, shared
+    /// by its subscribers). A projector in the same process also wakes it at once per write.
+    #[arg(long = "query-stream-poll-interval", env = "ORDERPIPE_QUERY_STREAM_POLL_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub stream_poll_interval: Duration,
+
+    /// How often an idle stock stream sends a heartbeat (an SSE comment), so proxies keep it
+    /// open and clients notice a dead connection.
+    #[arg(long = "query-stream-heartbeat", env = "ORDERPIPE_QUERY_STREAM_HEARTBEAT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub stream_heartbeat: Duration,
+
     /// The control room at `/` (flags start with `--control-room-`).
     #[command(flatten)]
     pub control_room: crate::control_room::ControlRoomConfig,
@@ -216,6 +234,9 @@ impl Default for QueryConfig {
             default_page: 20,
             max_page: 100,
             keyspace_check_interval: Duration::from_secs(2),
+            stream_max_subscribers: 1000,
+            stream_poll_interval: Duration::from_millis(50),
+            stream_heartbeat: Duration::from_secs(15),
             control_room: Default::default(),
         }
     }
@@ -239,6 +260,9 @@ impl Config {
         }
         if self.query.keyspace_check_interval.is_zero() {
             return Err("query keyspace check interval must be positive".into());
+        }
+        if self.query.stream_poll_interval.is_zero() || self.query.stream_heartbeat.is_zero() {
+            return Err("query stream poll interval and heartbeat must be positive".into());
         }
         if self.query.default_page > self.query.max_page {
             return Err("query default page must not exceed the max page".into());

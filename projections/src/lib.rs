@@ -15,6 +15,9 @@
 //!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`).
 //! - [`switch`]: which keyspace the query APIs serve (`active_views`), switched without downtime.
 //! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]).
+//! - [`stock_stream`]: live stock over server-sent events (one shared watcher per watched SKU)
+//!   and the write notices that wake watchers and long-polls when a projector of this process
+//!   wrote ([`stock_stream::subscribe_writes`]).
 //! - `control_room` (private): the live page at `/` and its event stream
 //!   ([`ControlRoomConfig`]: where its figures come from).
 //! - `metrics` (private): every metric name, documented in one table.
@@ -76,7 +79,9 @@
 //! - Sales count confirmations; a later `order_cancelled` or `refunded` is shown on the order
 //!   but not subtracted from sales.
 //! - Adding partitions to (or recreating) a topic needs a rebuild (offsets restart).
-//! - Long-polls poll the views (every `--query-poll-interval`), they are not pushed.
+//! - Long-polls and stock streams are woken at once only by projectors of their own process;
+//!   writes of other processes are seen by polling (`--query-poll-interval`,
+//!   `--query-stream-poll-interval`).
 #![warn(missing_docs)]
 
 pub mod api;
@@ -89,6 +94,7 @@ mod model;
 pub mod projector;
 pub mod rebuild;
 pub mod schema;
+pub mod stock_stream;
 mod store;
 pub mod switch;
 

@@ -12,6 +12,7 @@
 //! | `orderpipe_projection_lag` | gauge | `projector`, `topic`, `partition` | events not yet committed by the projector |
 //! | `orderpipe_query_requests_total` | counter | `route`, `status` | query API answers |
 //! | `orderpipe_query_long_polls` | gauge | | long-polls waiting now |
+//! | `orderpipe_query_stock_streams` | gauge | | `GET /v1/stock/{sku}/stream` subscribers now |
 
 use metrics::{counter, gauge, histogram};
 
@@ -63,4 +64,8 @@ pub(crate) fn request(route: &'static str, status: u16) {
 
 pub(crate) fn long_polls(delta: f64) {
     gauge!("orderpipe_query_long_polls").increment(delta);
+}
+
+pub(crate) fn stock_streams(delta: f64) {
+    gauge!("orderpipe_query_stock_streams").increment(delta);
 }

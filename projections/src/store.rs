@@ -20,6 +20,7 @@ use uuid::Uuid;
 use crate::error::{CqlContext, Error};
 use crate::model::{hour_of, Line, OrderState, PartitionKey, Placed, StageColumn, Terminal, Write};
 use crate::schema::VIEW_TABLES;
+use crate::stock_stream::WriteNotices;
 
 /// Most statements in one unlogged batch (bigger partitions' writes are split).
 const MAX_BATCH_STATEMENTS: usize = 64;
@@ -54,6 +55,8 @@ pub(crate) struct Writer {
     stock: PreparedStatement,
     read_state: PreparedStatement,
     read_lines: PreparedStatement,
+    /// Tells readers in this process what was written (see `crate::stock_stream`).
+    notices: WriteNotices,
 }
 
 async fn prepare(session: &Session, ks: &str, text: &str) -> Result<PreparedStatement, Error> {
@@ -94,6 +97,7 @@ impl Writer {
             stock: prepare(s, ks, "INSERT INTO {ks}.stock_by_sku (sku, available, reserved, sold, per_customer_limit, updated_at, event_offset) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?").await?,
             read_state: prepare(s, ks, "SELECT placed_offset, placed_at, customer_id, currency, total_minor, terminal_offset, terminal_status, terminal_at FROM {ks}.orders WHERE order_id = ? LIMIT 1").await?,
             read_lines: prepare(s, ks, "SELECT line_index, sku, quantity, unit_price_minor FROM {ks}.order_lines WHERE order_id = ?").await?,
+            notices: WriteNotices::new(ks),
             session,
         })
     }
@@ -323,6 +327,7 @@ impl Writer {
     /// [`MAX_BATCH_STATEMENTS`]), `concurrency` batches in flight. Every write is idempotent,
     /// so a failed call can simply be repeated.
     pub(crate) async fn apply(&self, writes: Vec<Write>, concurrency: usize) -> Result<(), Error> {
+        let written = self.notices.collect(&writes);
         let mut groups: HashMap<PartitionKey, Vec<Write>> = HashMap::new();
         for write in writes {
             groups.entry(write.partition()).or_default().push(write);
@@ -339,7 +344,9 @@ impl Writer {
             .map(|chunk| self.apply_partition(chunk))
             .buffer_unordered(concurrency.max(1))
             .try_collect::<()>()
-            .await
+            .await?;
+        self.notices.publish(written);
+        Ok(())
     }
 
     async fn apply_partition(&self, mut writes: Vec<Write>) -> Result<(), Error> {
@@ -498,6 +505,8 @@ pub(crate) struct StockRecord {
     pub(crate) sold: i64,
     pub(crate) per_customer_limit: Option<i32>,
     pub(crate) updated_at: Option<i64>,
+    /// Offset on the `stock` topic of the snapshot the row holds (grows per SKU).
+    pub(crate) offset: Option<i64>,
 }
 
 /// One sales row (per order, or per order line for a SKU).
@@ -563,7 +572,7 @@ impl Reader {
             status: prepare(s, ks, "SELECT placed_at, reserved_at, paid_at, terminal_status, terminal_reason FROM {ks}.orders WHERE order_id = ? LIMIT 1").await?,
             customer_first: prepare(s, ks, "SELECT placed_at, order_id, currency, total_minor, line_count FROM {ks}.orders_by_customer WHERE customer_id = ? LIMIT ?").await?,
             customer_after: prepare(s, ks, "SELECT placed_at, order_id, currency, total_minor, line_count FROM {ks}.orders_by_customer WHERE customer_id = ? AND (placed_at, order_id) < (?, ?) LIMIT ?").await?,
-            stock: prepare(s, ks, "SELECT available, reserved, sold, per_customer_limit, updated_at FROM {ks}.stock_by_sku WHERE sku = ?").await?,
+            stock: prepare(s, ks, "SELECT available, reserved, sold, per_customer_limit, updated_at, event_offset FROM {ks}.stock_by_sku WHERE sku = ?").await?,
             sales: prepare(s, ks, "SELECT minute, order_id, currency, units, revenue_minor FROM {ks}.sales_by_minute WHERE hour = ? AND minute >= ? AND minute < ?").await?,
             sku_sales: prepare(s, ks, "SELECT minute, order_id, currency, units, revenue_minor FROM {ks}.sales_by_sku_minute WHERE sku = ? AND hour = ? AND minute >= ? AND minute < ?").await?,
             session,
@@ -709,15 +718,17 @@ impl Reader {
                 Option<i64>,
                 Option<i32>,
                 Option<CqlTimestamp>,
+                Option<i64>,
             )>()
             .cql(context)?;
         Ok(row.map(
-            |(available, reserved, sold, limit, updated_at)| StockRecord {
+            |(available, reserved, sold, limit, updated_at, offset)| StockRecord {
                 available: available.unwrap_or(0),
                 reserved: reserved.unwrap_or(0),
                 sold: sold.unwrap_or(0),
                 per_customer_limit: limit,
                 updated_at: ms(updated_at),
+                offset,
             },
         ))
     }
