@@ -140,6 +140,9 @@ fn schemathesis(service: &str, base: &str, work: &Path) -> BTreeMap<u16, usize> 
             // (400, 404, 503) and events are tested in projections/tests/stock_stream.rs.
             "--exclude-operation-id",
             "stream_stock",
+            // The same for the control room's stream (ops/tests/control_room.rs drives it).
+            "--exclude-operation-id",
+            "control_room_stream",
             "--report",
             "har",
             "--report-har-path",
