@@ -16,7 +16,7 @@
 
 use metrics::{counter, gauge, histogram};
 
-use crate::model::Note;
+use crate::model::Anomaly;
 
 pub(crate) fn events(projector: &'static str, event_type: &'static str, n: u64) {
     counter!("orderpipe_projection_events_total", "projector" => projector, "event_type" => event_type)
@@ -37,13 +37,13 @@ pub(crate) fn dead_letter(projector: &'static str, reason: &'static str) {
         .increment(1);
 }
 
-pub(crate) fn note(projector: &'static str, note: Note) {
-    let note = match note {
-        Note::DuplicatePlacement => "duplicate_placement",
-        Note::LateTerminal => "late_terminal",
-        Note::ConfirmedWithoutPlacement => "confirmed_without_placement",
+pub(crate) fn anomaly(projector: &'static str, anomaly: Anomaly) {
+    let anomaly = match anomaly {
+        Anomaly::DuplicatePlacement => "duplicate_placement",
+        Anomaly::LateTerminal => "late_terminal",
+        Anomaly::ConfirmedWithoutPlacement => "confirmed_without_placement",
     };
-    counter!("orderpipe_projection_notes_total", "projector" => projector, "note" => note)
+    counter!("orderpipe_projection_notes_total", "projector" => projector, "note" => anomaly)
         .increment(1);
 }
 

@@ -23,7 +23,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use plan::{needs_state, plan_order, plan_stock, Note};
+pub(crate) use plan::{needs_state, plan_order, plan_stock, Anomaly};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 

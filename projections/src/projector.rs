@@ -38,9 +38,9 @@ use crate::metrics;
 use crate::schema::{connect, migrate};
 use crate::store::Writer;
 
-pub(crate) use applier::{Applied, Applier};
+pub(crate) use applier::{Applier, BatchOutcome};
 use clients::{dlq_producer, live_consumer};
-use live::Live;
+use live::LiveProjector;
 
 /// The stage name of the dead-letter topic: `<prefix>projections.dlq`.
 pub const DLQ_STAGE_NAME: &str = "projections";
@@ -292,7 +292,7 @@ pub async fn start_projectors(
             config.projector.state_cache,
             config.projector.write_concurrency as usize,
         );
-        let live = Live {
+        let live = LiveProjector {
             kind,
             consumer,
             applier,

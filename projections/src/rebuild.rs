@@ -621,7 +621,7 @@ const ATTEMPTS: u32 = 8;
 async fn apply_with_retries(
     applier: &mut Applier,
     batch: &[OwnedMessage],
-) -> Result<crate::projector::Applied, Error> {
+) -> Result<crate::projector::BatchOutcome, Error> {
     let mut backoff = Duration::from_millis(100);
     let mut attempt = 1;
     loop {

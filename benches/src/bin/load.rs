@@ -179,7 +179,7 @@ struct Tally {
 
 /// Counters read by the progress line.
 #[derive(Default)]
-struct Live {
+struct LiveCounters {
     sent: AtomicU64,
     acked: AtomicU64,
     refused: AtomicU64,
@@ -194,7 +194,7 @@ struct Ctx {
     client: HttpClient,
     args: LoadArgs,
     tally: Mutex<Tally>,
-    live: Live,
+    live: LiveCounters,
     run_id: String,
 }
 
@@ -355,7 +355,7 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
             outcomes: BTreeMap::new(),
             reasons: BTreeMap::new(),
         }),
-        live: Live::default(),
+        live: LiveCounters::default(),
         run_id: uuid::Uuid::now_v7().simple().to_string(),
     });
     let mut scenario = Scenario::new(&args)?;

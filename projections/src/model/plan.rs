@@ -19,9 +19,11 @@ pub(crate) fn needs_state(event: &OrderEvent) -> bool {
             | OrderEvent::OrderCancelled(_)
     )
 }
-/// Something worth counting that planning noticed (the caller turns these into metrics).
+
+/// An irregular sequence of events that planning noticed and tolerated (the caller counts it:
+/// `orderpipe_projection_notes_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Note {
+pub(crate) enum Anomaly {
     /// A later `order_placed` of an order already placed: only its timeline row is written.
     DuplicatePlacement,
     /// A terminal event after the order's first one: ignored but for the timeline.
@@ -164,7 +166,7 @@ pub(crate) fn plan_order(
     envelope: &OrderEnvelope,
     offset: i64,
     out: &mut Vec<Write>,
-) -> Option<Note> {
+) -> Option<Anomaly> {
     let order_id = envelope.order_id;
     let at = envelope.occurred_at.timestamp_millis();
     let first = first_wins(offset);
@@ -189,7 +191,7 @@ pub(crate) fn plan_order(
         OrderEvent::OrderPlaced(p) => {
             let previous = state.placed.as_ref();
             if previous.is_some_and(|prev| prev.offset < offset) {
-                return Some(Note::DuplicatePlacement);
+                return Some(Anomaly::DuplicatePlacement);
             }
             let placed = Placed {
                 offset,
@@ -259,7 +261,7 @@ pub(crate) fn plan_order(
                 _ => "rejected",
             };
             if state.terminal.as_ref().is_some_and(|t| t.offset < offset) {
-                return Some(Note::LateTerminal);
+                return Some(Anomaly::LateTerminal);
             }
             let reason = match &envelope.event {
                 OrderEvent::OrderRejected(r) => Some(wire(&r.reason)),
@@ -276,7 +278,7 @@ pub(crate) fn plan_order(
                 offset,
                 stamp: first,
             });
-            let mut note = None;
+            let mut anomaly = None;
             // A later confirmation applied before this earlier outcome: its sales rows go.
             if let (Some(prev), Some(placed)) = (state.terminal.as_ref(), state.placed.as_ref()) {
                 let same_rows = confirmed && minute_of(prev.at_ms) == minute_of(at);
@@ -287,7 +289,7 @@ pub(crate) fn plan_order(
             if confirmed {
                 match state.placed.as_ref() {
                     Some(placed) => sales_writes(order_id, placed, at, first, false, out),
-                    None => note = Some(Note::ConfirmedWithoutPlacement),
+                    None => anomaly = Some(Anomaly::ConfirmedWithoutPlacement),
                 }
             }
             state.terminal = Some(Terminal {
@@ -295,7 +297,7 @@ pub(crate) fn plan_order(
                 confirmed,
                 at_ms: at,
             });
-            note
+            anomaly
         }
         OrderEvent::StockReserved(_) => {
             stage(StageColumn::Reserved, out);

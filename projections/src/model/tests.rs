@@ -130,9 +130,9 @@ fn duplicate_placement_only_adds_a_timeline_row() {
     assert_eq!(count(&first, |w| matches!(w, Write::Line { .. })), 2);
     // When a retry of the same order arrives later
     let mut dup = Vec::new();
-    let note = plan_order(&mut state, &envelope(id, 5, placed("c1", 2)), 7, &mut dup);
+    let anomaly = plan_order(&mut state, &envelope(id, 5, placed("c1", 2)), 7, &mut dup);
     // Then only its timeline row is written
-    assert_eq!(note, Some(Note::DuplicatePlacement));
+    assert_eq!(anomaly, Some(Anomaly::DuplicatePlacement));
     assert_eq!(dup.len(), 1);
     assert!(matches!(dup[0], Write::Timeline { offset: 7, .. }));
     assert_eq!(state.placed.as_ref().unwrap().offset, 3);
@@ -162,13 +162,13 @@ fn confirmation_writes_sales_rows_from_the_placement() {
     let mut w = Vec::new();
     plan_order(&mut state, &envelope(id, 0, placed("c1", 3)), 1, &mut w);
     w.clear();
-    let note = plan_order(
+    let anomaly = plan_order(
         &mut state,
         &envelope(id, 125, OrderEvent::OrderConfirmed(OrderConfirmed {})),
         4,
         &mut w,
     );
-    assert_eq!(note, None);
+    assert_eq!(anomaly, None);
     let sale = w.iter().find(|w| matches!(w, Write::Sale { .. })).unwrap();
     let Write::Sale {
         minute,
@@ -239,13 +239,13 @@ fn order_cancelled_is_a_terminal_cancelled_outcome_without_sales() {
     );
     // And a late confirmation changes nothing
     w.clear();
-    let note = plan_order(
+    let anomaly = plan_order(
         &mut state,
         &envelope(id, 12, OrderEvent::OrderConfirmed(OrderConfirmed {})),
         7,
         &mut w,
     );
-    assert_eq!(note, Some(Note::LateTerminal));
+    assert_eq!(anomaly, Some(Anomaly::LateTerminal));
     assert_eq!(count(&w, |w| matches!(w, Write::Terminal { .. })), 0);
 }
 
@@ -268,14 +268,14 @@ fn late_outcome_after_rejection_is_ignored() {
         charge_id: "ch".into(),
     });
     plan_order(&mut state, &envelope(id, 11, settled), 6, &mut w);
-    let note = plan_order(
+    let anomaly = plan_order(
         &mut state,
         &envelope(id, 12, OrderEvent::OrderConfirmed(OrderConfirmed {})),
         7,
         &mut w,
     );
     // Then no sales row and no new outcome is written
-    assert_eq!(note, Some(Note::LateTerminal));
+    assert_eq!(anomaly, Some(Anomaly::LateTerminal));
     assert_eq!(
         count(&w, |w| matches!(
             w,

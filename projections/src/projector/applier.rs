@@ -23,9 +23,9 @@ pub(crate) struct Poison {
     pub(crate) detail: String,
 }
 
-/// What applying a batch did.
+/// What applying a batch did: how many events were applied, which ones were poison.
 #[derive(Debug, Default)]
-pub(crate) struct Applied {
+pub(crate) struct BatchOutcome {
     pub(crate) events: u64,
     pub(crate) poison: Vec<Poison>,
 }
@@ -83,8 +83,8 @@ impl Applier {
 
     /// Applies `messages` (in per-partition offset order). Poison events are returned, not
     /// written; an error means nothing is known about which writes landed: apply again.
-    pub(crate) async fn apply(&mut self, messages: &[OwnedMessage]) -> Result<Applied, Error> {
-        let mut applied = Applied::default();
+    pub(crate) async fn apply(&mut self, messages: &[OwnedMessage]) -> Result<BatchOutcome, Error> {
+        let mut applied = BatchOutcome::default();
         let mut decoded = Vec::with_capacity(messages.len());
         for (index, message) in messages.iter().enumerate() {
             let payload = message.payload().unwrap_or_default();
@@ -137,14 +137,14 @@ impl Applier {
         for (offset, event) in &decoded {
             match event {
                 Decoded::Order(e) => {
-                    let note = if needs_state(&e.event) {
+                    let anomaly = if needs_state(&e.event) {
                         let state = self.cache.entry(e.order_id).or_default();
                         plan_order(state, e, *offset, &mut writes)
                     } else {
                         plan_order(&mut OrderState::default(), e, *offset, &mut writes)
                     };
-                    if let Some(note) = note {
-                        metrics::note(self.name, note);
+                    if let Some(anomaly) = anomaly {
+                        metrics::anomaly(self.name, anomaly);
                     }
                     metrics::events(self.name, e.event_type(), 1);
                 }

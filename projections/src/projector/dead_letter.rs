@@ -10,7 +10,7 @@ use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::applier::Poison;
-use super::live::Live;
+use super::live::LiveProjector;
 use super::{DLQ_STAGE_NAME, MAX_BACKOFF};
 use crate::error::Error;
 use crate::metrics;
@@ -43,7 +43,7 @@ where
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
-impl Live {
+impl LiveProjector {
     /// Sends poison events to the dead-letter topic and waits for the broker's acks (the batch
     /// is committed only after). `false` when shutdown interrupted the retries.
     pub(super) async fn dead_letter(

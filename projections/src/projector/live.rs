@@ -14,15 +14,15 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
-use super::applier::{Applied, Applier};
+use super::applier::{Applier, BatchOutcome};
 use super::clients::ProjectorContext;
 use super::{Progress, ProjectorKind, MAX_BACKOFF};
 use crate::config::Config;
 use crate::error::Error;
 use crate::metrics;
 
-/// One live projector: its consumer, applier and dead-letter producer.
-pub(super) struct Live {
+/// One projector following its topic live (replays use an `Applier` alone): its consumer, applier and dead-letter producer.
+pub(super) struct LiveProjector {
     pub(super) kind: ProjectorKind,
     pub(super) consumer: Arc<StreamConsumer<ProjectorContext>>,
     pub(super) applier: Applier,
@@ -33,12 +33,12 @@ pub(super) struct Live {
 }
 
 /// A gathered batch and whether shutdown was asked for while gathering.
-struct Gathered {
+struct GatheredBatch {
     messages: Vec<OwnedMessage>,
     stop: bool,
 }
 
-impl Live {
+impl LiveProjector {
     pub(super) async fn run(mut self, shutdown: CancellationToken) -> Result<(), Error> {
         let name = self.kind.name();
         tracing::info!(projector = name, "projector started");
@@ -133,7 +133,7 @@ impl Live {
         &mut self,
         messages: &[OwnedMessage],
         shutdown: &CancellationToken,
-    ) -> Option<Applied> {
+    ) -> Option<BatchOutcome> {
         let name = self.kind.name();
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -181,7 +181,7 @@ impl Live {
 
     /// Up to `batch_max` messages: waits for the first, then `batch_linger` for more; a
     /// partition reaching its end closes the batch early (it is caught up: write now).
-    async fn gather(&self, shutdown: &CancellationToken, eof: &mut BTreeSet<i32>) -> Gathered {
+    async fn gather(&self, shutdown: &CancellationToken, eof: &mut BTreeSet<i32>) -> GatheredBatch {
         let max = self.config.projector.batch_max as usize;
         let mut messages = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -194,14 +194,14 @@ impl Live {
             };
             tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Gathered { messages, stop: true },
-                _ = linger => return Gathered { messages, stop: false },
+                _ = shutdown.cancelled() => return GatheredBatch { messages, stop: true },
+                _ = linger => return GatheredBatch { messages, stop: false },
                 received = self.consumer.recv() => match received {
                     Ok(message) => {
                         eof.remove(&message.partition());
                         messages.push(message.detach());
                         if messages.len() >= max {
-                            return Gathered { messages, stop: false };
+                            return GatheredBatch { messages, stop: false };
                         }
                         if deadline.is_none() {
                             deadline = Some(tokio::time::Instant::now() + self.config.projector.batch_linger);
@@ -209,7 +209,7 @@ impl Live {
                     }
                     Err(KafkaError::PartitionEOF(partition)) => {
                         eof.insert(partition);
-                        return Gathered { messages, stop: false };
+                        return GatheredBatch { messages, stop: false };
                     }
                     Err(err) => {
                         tracing::warn!(projector = self.kind.name(), error = %err, "consumer error");
