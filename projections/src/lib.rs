@@ -6,11 +6,14 @@
 //!   consistency, projector and query settings.
 //! - [`schema`]: [`connect`] (session with the configured execution profile), versioned
 //!   idempotent [`migrate`]ions, the table list.
-//! - `model` (private, pure): which writes an event becomes and their write timestamps.
-//! - `store` (private): prepared statements, per-partition unlogged batches, reads; and the
-//!   public [`dump_views`] for comparisons.
-//! - [`projector`]: the live consumers ([`run_projectors`], [`start_projectors`]), dead letters,
-//!   lag, [`Progress`].
+//! - `model` (private, pure): write timestamps and the views' types; `model/plan.rs`: which
+//!   writes an event becomes.
+//! - `store` (private): `store/writer.rs` (prepared writes, per-partition unlogged batches),
+//!   `store/reader.rs` (the query API's reads), `store/dump.rs` (the public [`dump_views`] for
+//!   comparisons).
+//! - [`projector`]: the live consumers ([`run_projectors`], [`start_projectors`]), lag,
+//!   [`Progress`]; `projector/applier.rs` (decode, plan and write a batch; replays use it too),
+//!   `live.rs` (one projector's loop), `dead_letter.rs`, `clients.rs` (Kafka client setup).
 //! - [`rebuild`](mod@rebuild): [`rebuild()`] every view from offset 0 into another keyspace;
 //!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`).
 //! - [`switch`]: which keyspace the query APIs serve (`active_views`), switched without downtime.
