@@ -454,7 +454,16 @@ pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyho
         let polled = match consumer.poll(Duration::from_millis(100)) {
             // The reader reports partition ends; the positions below say when to stop.
             Some(Err(KafkaError::PartitionEOF(_))) | None => None,
-            Some(other) => Some(other.context("reading the topics")?),
+            Some(Ok(message)) => Some(message),
+            Some(Err(err @ KafkaError::MessageConsumptionFatal(_))) => {
+                return Err(err).context("reading the topics")
+            }
+            // A broker down or restarting (BrokerTransportFailure, AllBrokersDown...) is reported
+            // here too; librdkafka reconnects and the read goes on. The deadline bounds it.
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, "reading the topics: transient consumer error");
+                None
+            }
         };
         if let Some(message) = polled {
             let payload = message.payload().unwrap_or_default();

@@ -152,20 +152,19 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// A loopback port nobody listens on now.
+/// A loopback port nobody listens on now (see [`free_ports`]).
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_ports(1)
 }
 
-/// `n` consecutive free ports (Kafka nodes take KAFKA_PORT, KAFKA_PORT+1, ...).
+/// `n` consecutive free ports (Kafka nodes take KAFKA_PORT, KAFKA_PORT+1, ...), from 30000-32767:
+/// below Linux's ephemeral range (32768-60999), so that no outgoing connection takes the port of
+/// a broker or component while it is down between a kill and its restart (a seed-41 run lost a
+/// broker that way), and above the 20000-29999 the test harness hands out.
 fn free_ports(n: u16) -> u16 {
     let mut rng = StdRng::from_os_rng();
     loop {
-        let base = rng.random_range(20_000..40_000u16);
+        let base = rng.random_range(30_000..32_768 - n);
         if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
             return base;
         }
