@@ -42,8 +42,12 @@ async fn prepare(session: &Session, ks: &str, text: &str) -> Result<PreparedStat
     Ok(statement)
 }
 
-/// The lines of an order, in line order (`statement` selects line_index, sku, quantity,
-/// unit_price_minor by order_id; the writer and the reader each prepare it on their session).
+/// The read of an order's lines that [`read_lines`] runs; the writer and the reader each
+/// prepare it on their session.
+const READ_LINES: &str =
+    "SELECT line_index, sku, quantity, unit_price_minor FROM {ks}.order_lines WHERE order_id = ?";
+
+/// The lines of an order, in line order (`statement` is [`READ_LINES`], prepared).
 async fn read_lines(
     session: &Session,
     statement: &PreparedStatement,

@@ -11,7 +11,7 @@ use scylla::value::CqlTimestamp;
 use scylla::DeserializeRow;
 use uuid::Uuid;
 
-use super::{prepare, read_lines, ts};
+use super::{prepare, read_lines, ts, READ_LINES};
 use crate::error::{CqlContext, Error};
 use crate::model::{hour_of, Line};
 
@@ -135,7 +135,7 @@ impl Reader {
         let ks = keyspace;
         Ok(Self {
             order: prepare(s, ks, "SELECT occurred_at, event_id, event_type, detail, customer_id, currency, total_minor, placed_at, reserved_at, paid_at, declined_at, terminal_status, terminal_reason, terminal_at, cancelled_at, refunded_at, refunded_minor FROM {ks}.orders WHERE order_id = ?").await?,
-            lines: prepare(s, ks, "SELECT line_index, sku, quantity, unit_price_minor FROM {ks}.order_lines WHERE order_id = ?").await?,
+            lines: prepare(s, ks, READ_LINES).await?,
             status: prepare(s, ks, "SELECT placed_at, reserved_at, paid_at, terminal_status, terminal_reason FROM {ks}.orders WHERE order_id = ? LIMIT 1").await?,
             customer_first: prepare(s, ks, "SELECT placed_at, order_id, currency, total_minor, line_count FROM {ks}.orders_by_customer WHERE customer_id = ? LIMIT ?").await?,
             customer_after: prepare(s, ks, "SELECT placed_at, order_id, currency, total_minor, line_count FROM {ks}.orders_by_customer WHERE customer_id = ? AND (placed_at, order_id) < (?, ?) LIMIT ?").await?,

@@ -13,7 +13,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::value::CqlTimestamp;
 use uuid::Uuid;
 
-use super::{prepare, read_lines, ts};
+use super::{prepare, read_lines, ts, READ_LINES};
 use crate::error::{CqlContext, Error};
 use crate::model::{hour_of, OrderState, PartitionKey, Placed, StageColumn, Terminal, Write};
 use crate::stock_stream::WriteNotices;
@@ -76,7 +76,7 @@ impl Writer {
             delete_sku_sale: prepare(s, ks, "DELETE FROM {ks}.sales_by_sku_minute USING TIMESTAMP ? WHERE sku = ? AND hour = ? AND minute = ? AND order_id = ? AND line_index = ?").await?,
             stock: prepare(s, ks, "INSERT INTO {ks}.stock_by_sku (sku, available, reserved, sold, per_customer_limit, updated_at, event_offset) VALUES (?, ?, ?, ?, ?, ?, ?) USING TIMESTAMP ?").await?,
             read_state: prepare(s, ks, "SELECT placed_offset, placed_at, customer_id, currency, total_minor, terminal_offset, terminal_status, terminal_at FROM {ks}.orders WHERE order_id = ? LIMIT 1").await?,
-            read_lines: prepare(s, ks, "SELECT line_index, sku, quantity, unit_price_minor FROM {ks}.order_lines WHERE order_id = ?").await?,
+            read_lines: prepare(s, ks, READ_LINES).await?,
             notices: WriteNotices::new(ks),
             session,
         })
