@@ -4,10 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use orderpipe_runtime::kafka;
+use orderpipe_schemas::TopicSpec;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
@@ -17,31 +19,27 @@ pub fn bootstrap() -> String {
     std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".to_string())
 }
 
-/// A client configuration pointing at the test broker.
+/// A client configuration pointing at the test broker (the product's shared client settings).
 pub fn client_config() -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", bootstrap());
-    config
+    kafka::client(&bootstrap(), "orderpipe-test")
 }
 
-/// An idempotent producer with `acks=all`, as the product uses.
+/// An idempotent producer with `acks=all`: the product's preset.
 pub fn producer() -> anyhow::Result<FutureProducer> {
-    client_config()
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    kafka::idempotent_producer(&bootstrap(), "orderpipe-test")
         .set("message.timeout.ms", "10000")
         .create()
         .context("creating producer")
 }
 
-/// A transactional producer with the given `transactional.id`, transactions already initialised.
+/// A transactional producer with the given `transactional.id` (the product's preset),
+/// transactions already initialised.
 pub fn transactional_producer(transactional_id: &str) -> anyhow::Result<FutureProducer> {
-    let producer: FutureProducer = client_config()
-        .set("enable.idempotence", "true")
-        .set("transactional.id", transactional_id)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .context("creating transactional producer")?;
+    let producer: FutureProducer =
+        kafka::transactional_producer(&bootstrap(), "orderpipe-test", transactional_id)
+            .set("message.timeout.ms", "10000")
+            .create()
+            .context("creating transactional producer")?;
     rdkafka::producer::Producer::init_transactions(&producer, Duration::from_secs(10))?;
     Ok(producer)
 }
@@ -87,15 +85,13 @@ pub fn payload_str(message: &OwnedMessage) -> &str {
 pub struct TestTopics {
     /// The unique prefix, e.g. `t-1a2b3c4d5e6f.`; pass it to components as their topic prefix.
     pub prefix: String,
-    admin: AdminClient<DefaultClientContext>,
     created: Vec<String>,
 }
 
 impl TestTopics {
     /// A fresh, unique prefix on the test broker.
     pub fn new() -> anyhow::Result<Self> {
-        let admin = client_config().create().context("creating admin client")?;
-        Ok(Self { prefix: format!("t-{}.", crate::unique_suffix()), admin, created: Vec::new() })
+        Ok(Self { prefix: format!("t-{}.", crate::unique_suffix()), created: Vec::new() })
     }
 
     /// The full name of a topic (or group) under this test's prefix.
@@ -103,18 +99,17 @@ impl TestTopics {
         format!("{}{}", self.prefix, base)
     }
 
-    /// Create `base` under the prefix with `partitions` partitions; returns the full name.
+    /// Create `base` under the prefix with `partitions` partitions (replication 1) through the
+    /// product's topic creation, which returns once the broker serves every partition; returns
+    /// the full name.
     pub async fn create(&mut self, base: &str, partitions: i32) -> anyhow::Result<String> {
         let name = self.name(base);
-        let topic = NewTopic::new(&name, partitions, TopicReplication::Fixed(1));
-        let results = self.admin.create_topics([&topic], &AdminOptions::new()).await?;
-        for result in results {
-            if let Err((topic, code)) = result {
-                bail!("creating topic {topic}: {code}");
-            }
+        let spec = TopicSpec::new(name.clone(), partitions, 1);
+        let created = kafka::create_topics(&bootstrap(), &[], &[spec]).await?;
+        if created.is_empty() {
+            bail!("topic {name} exists already: the prefix is meant to be unique to this test");
         }
         self.created.push(name.clone());
-        wait_until_served(&name, partitions).await?;
         Ok(name)
     }
 
@@ -142,34 +137,6 @@ impl Drop for TestTopics {
             })
         })
         .join();
-    }
-}
-
-/// Waits until the broker's metadata lists every partition of `topic` with a leader. Apache
-/// Kafka answers CreateTopics once the controller has the topic; brokers serve it (and answer
-/// offset or produce requests for it) a moment later, with NotLeaderForPartition until then.
-pub async fn wait_until_served(topic: &str, partitions: i32) -> anyhow::Result<()> {
-    let consumer: rdkafka::consumer::BaseConsumer = client_config().create()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let served = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics().iter().find(|t| t.name() == topic).map(|t| {
-                    t.error().is_none()
-                        && t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0 && p.error().is_none())
-                })
-            })
-            .unwrap_or(false);
-        if served {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("topic {topic} not served by the broker 15 s after it was created");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
