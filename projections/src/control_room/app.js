@@ -93,7 +93,7 @@ function render(s) {
   figure("ack-p50", s.ack_latency, why.ack_latency, (q) => "≤ " + fmt(q.p50_ms, 1) + " ms");
   figure("ack-p99", s.ack_latency, why.ack_latency, (q) => "≤ " + fmt(q.p99_ms, 1) + " ms");
   figure("e2e", null, why.end_to_end_latency, String);
-  keyed("outcomes", s.outcomes, why.outcomes, (k) => k.replace("rejected:", "rejected · ").replace("_", " "));
+  keyed("outcomes", s.outcomes, why.outcomes, (k) => k.replace("rejected:", "rejected · ").replaceAll("_", " "));
   keyed("lag", s.lag, why.lag);
   keyed("dead-letters", s.dead_letters, why.dead_letters);
   figure("breaker", s.breaker, why.breaker, String);
