@@ -93,12 +93,14 @@ pub struct Config {
           value_enum, default_value_t = IdempotencyStore::Memory)]
     pub idempotency_store: IdempotencyStore,
 
-    /// CQL contact points (host:port, comma-separated) of the `cql` idempotency store.
+    /// CQL contact points (host:port, comma-separated) of the `cql` idempotency store and of the
+    /// waiting room.
     #[arg(id = "ingest_cql_nodes", long = "ingest-cql-nodes", env = "ORDERPIPE_INGEST_CQL_NODES",
           default_value = DEFAULT_CQL_NODES, value_delimiter = ',')]
     pub cql_nodes: Vec<String>,
 
-    /// Keyspace of the `cql` idempotency store (created at start when missing, with its table).
+    /// Keyspace of the `cql` idempotency store and of the waiting room (created at start when
+    /// missing, with their tables).
     #[arg(id = "ingest_cql_keyspace", long = "ingest-cql-keyspace", env = "ORDERPIPE_INGEST_CQL_KEYSPACE",
           default_value = DEFAULT_CQL_KEYSPACE)]
     pub cql_keyspace: String,
@@ -108,6 +110,85 @@ pub struct Config {
     #[arg(id = "ingest_cql_replication_factor", long = "ingest-cql-replication-factor", env = "ORDERPIPE_INGEST_CQL_REPLICATION_FACTOR",
           default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub cql_replication_factor: u32,
+
+    /// Orders per second admitted by the whole ingest fleet (the virtual waiting room); past it
+    /// an order gets 429 with a signed queue ticket and is admitted in ticket order when it
+    /// comes back with it. 0 (default) turns the waiting room off. Needs a secret and a CQL
+    /// keyspace (`--ingest-cql-nodes`, `--ingest-cql-keyspace`) shared by every instance.
+    #[arg(
+        long = "ingest-waiting-room-rate",
+        env = "ORDERPIPE_INGEST_WAITING_ROOM_RATE",
+        default_value_t = 0
+    )]
+    pub waiting_room_rate: u32,
+
+    /// Admissions an idle waiting room saves up and lets through at once; 0: one second's worth
+    /// of the rate.
+    #[arg(
+        long = "ingest-waiting-room-burst",
+        env = "ORDERPIPE_INGEST_WAITING_ROOM_BURST",
+        default_value_t = 0
+    )]
+    pub waiting_room_burst: u32,
+
+    /// File holding the secret that signs queue tickets (at least 32 bytes; the same on every
+    /// instance). Preferred to the variable.
+    #[arg(
+        long = "ingest-waiting-room-secret-file",
+        env = "ORDERPIPE_INGEST_WAITING_ROOM_SECRET_FILE"
+    )]
+    pub waiting_room_secret_file: Option<PathBuf>,
+
+    /// The ticket-signing secret itself; give it through the environment (a flag would show in
+    /// `ps`), or use the file.
+    #[arg(
+        long = "ingest-waiting-room-secret",
+        env = "ORDERPIPE_INGEST_WAITING_ROOM_SECRET",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub waiting_room_secret: Option<Secret>,
+
+    /// How long after its expected turn a queue ticket still admits (410 past it).
+    #[arg(long = "ingest-waiting-room-grace", env = "ORDERPIPE_INGEST_WAITING_ROOM_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub waiting_room_grace: Duration,
+
+    /// Name of the waiting room (its row in the keyspace): instances with the same name share one
+    /// queue.
+    #[arg(
+        long = "ingest-waiting-room-name",
+        env = "ORDERPIPE_INGEST_WAITING_ROOM_NAME",
+        default_value = "orders"
+    )]
+    pub waiting_room_name: String,
+
+    /// How often each instance re-reads (and when due advances) the admission watermark.
+    #[arg(long = "ingest-waiting-room-refresh", env = "ORDERPIPE_INGEST_WAITING_ROOM_REFRESH", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub waiting_room_refresh: Duration,
+}
+
+/// A secret setting: never printed (`Debug` shows `<redacted>`), so a logged config leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
 }
 
 /// Default of `--ingest-cql-nodes`.
@@ -151,6 +232,13 @@ impl Default for Config {
             cql_nodes: vec![DEFAULT_CQL_NODES.to_owned()],
             cql_keyspace: DEFAULT_CQL_KEYSPACE.to_owned(),
             cql_replication_factor: 1,
+            waiting_room_rate: 0,
+            waiting_room_burst: 0,
+            waiting_room_secret_file: None,
+            waiting_room_secret: None,
+            waiting_room_grace: Duration::from_secs(60),
+            waiting_room_name: "orders".to_owned(),
+            waiting_room_refresh: Duration::from_millis(100),
         }
     }
 }
@@ -170,9 +258,28 @@ impl Config {
         if self.max_body_bytes == 0 {
             return Err("max body bytes must be positive".into());
         }
-        if self.idempotency_store == IdempotencyStore::Cql {
+        if self.waiting_room_rate > 0 {
+            if self.waiting_room_secret.is_none() && self.waiting_room_secret_file.is_none() {
+                return Err("the waiting room needs a secret (--ingest-waiting-room-secret-file or ORDERPIPE_INGEST_WAITING_ROOM_SECRET)".into());
+            }
+            if self.waiting_room_name.is_empty() {
+                return Err("the waiting room needs a name".into());
+            }
+            if self.waiting_room_grace < Duration::from_secs(1) {
+                return Err("the waiting room grace must be at least 1s".into());
+            }
+            if !(Duration::from_millis(10)..=Duration::from_secs(10))
+                .contains(&self.waiting_room_refresh)
+            {
+                return Err("the waiting room refresh must be 10ms to 10s".into());
+            }
+        }
+        if self.idempotency_store == IdempotencyStore::Cql || self.waiting_room_rate > 0 {
             if self.cql_nodes.iter().all(|n| n.trim().is_empty()) {
-                return Err("the cql idempotency store needs at least one CQL node".into());
+                return Err(
+                    "the cql idempotency store and the waiting room need at least one CQL node"
+                        .into(),
+                );
             }
             if !is_cql_identifier(&self.cql_keyspace) {
                 return Err(format!(
@@ -180,6 +287,8 @@ impl Config {
                     self.cql_keyspace
                 ));
             }
+        }
+        if self.idempotency_store == IdempotencyStore::Cql {
             let ttl = self.idempotency_ttl.as_secs();
             if ttl == 0 || ttl > MAX_CQL_TTL_SECS {
                 return Err(
@@ -189,6 +298,15 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Admissions an idle waiting room saves up: the flag, or one second of the rate.
+    pub fn waiting_room_burst(&self) -> u32 {
+        if self.waiting_room_burst > 0 {
+            self.waiting_room_burst
+        } else {
+            self.waiting_room_rate.max(1)
+        }
     }
 
     /// `cql_nodes` trimmed, without empty entries.
@@ -295,6 +413,38 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(memory.check(), Ok(()));
+    }
+
+    #[test]
+    fn waiting_room_flags_parse_and_need_a_secret() {
+        let c = parse(&[
+            "--ingest-waiting-room-rate",
+            "500",
+            "--ingest-waiting-room-secret-file",
+            "/etc/room.key",
+            "--ingest-waiting-room-grace",
+            "30s",
+        ])
+        .unwrap();
+        assert_eq!(c.waiting_room_rate, 500);
+        assert_eq!(c.waiting_room_burst(), 500);
+        assert_eq!(c.waiting_room_grace, Duration::from_secs(30));
+        assert_eq!(c.check(), Ok(()));
+        let no_secret = Config {
+            waiting_room_rate: 5,
+            ..Config::default()
+        };
+        assert!(no_secret.check().unwrap_err().contains("secret"));
+        let secret = Config {
+            waiting_room_rate: 5,
+            waiting_room_secret: Some("s3cret".parse().unwrap()),
+            ..Config::default()
+        };
+        assert!(
+            !format!("{secret:?}").contains("s3cret"),
+            "the secret is printed"
+        );
+        assert_eq!(secret.check(), Ok(()));
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::time::Duration;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orderpipe_schemas::FieldError;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 // One problem document for every orderpipe HTTP API (ingest and query): see orderpipe-runtime.
 pub use orderpipe_runtime::problem::{Problem, PROBLEM_JSON, PROBLEM_TYPE_PREFIX};
@@ -69,6 +71,31 @@ pub enum ApiError {
         /// Advised wait.
         retry_after: Duration,
     },
+    /// 429: past the waiting room's admission rate; come back with `ticket` (header
+    /// `Waiting-Room-Ticket`) after `expected_wait`.
+    #[error("waiting room")]
+    WaitingRoom {
+        /// The signed ticket.
+        ticket: String,
+        /// Its number in the room's sequence.
+        number: u64,
+        /// Numbers still ahead of the watermark, this one included.
+        position: u64,
+        /// Expected time until its turn.
+        expected_wait: Duration,
+    },
+    /// 403: the waiting room ticket is not genuine, or not this client's or this order's.
+    #[error("invalid waiting room ticket")]
+    TicketInvalid,
+    /// 410: the waiting room ticket expired; send the order without it to queue again.
+    #[error("expired waiting room ticket")]
+    TicketExpired,
+    /// 503: the waiting room's shared sequence could not be reached; nothing was produced.
+    #[error("waiting room unavailable")]
+    WaitingRoomUnavailable {
+        /// Advised wait.
+        retry_after: Duration,
+    },
     /// Any other status produced outside the handler (404, 405, 408, 413 from a layer...).
     #[error("HTTP {0}")]
     Status(StatusCode),
@@ -80,7 +107,9 @@ impl ApiError {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::WaitingRoom { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::TicketInvalid => StatusCode::FORBIDDEN,
+            Self::TicketExpired => StatusCode::GONE,
             Self::InvalidIdempotencyKey(_) | Self::MalformedJson(_) | Self::InvalidOrderId => {
                 StatusCode::BAD_REQUEST
             }
@@ -89,7 +118,8 @@ impl ApiError {
             Self::InvalidOrder(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Overloaded { .. }
             | Self::NotAcknowledged { .. }
-            | Self::IdempotencyStoreUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::IdempotencyStoreUnavailable { .. }
+            | Self::WaitingRoomUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Status(status) => *status,
         }
     }
@@ -100,7 +130,9 @@ impl ApiError {
             Self::RateLimited { retry_after }
             | Self::Overloaded { retry_after }
             | Self::NotAcknowledged { retry_after }
-            | Self::IdempotencyStoreUnavailable { retry_after } => Some(*retry_after),
+            | Self::IdempotencyStoreUnavailable { retry_after }
+            | Self::WaitingRoomUnavailable { retry_after } => Some(*retry_after),
+            Self::WaitingRoom { expected_wait, .. } => Some(*expected_wait),
             Self::Status(StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) => {
                 Some(Duration::from_secs(1))
             }
@@ -124,6 +156,10 @@ impl ApiError {
             Self::Overloaded { .. } => "overloaded",
             Self::NotAcknowledged { .. } => "not-acknowledged",
             Self::IdempotencyStoreUnavailable { .. } => "idempotency-store-unavailable",
+            Self::WaitingRoom { .. } => "waiting-room",
+            Self::TicketInvalid => "waiting-room-ticket-invalid",
+            Self::TicketExpired => "waiting-room-ticket-expired",
+            Self::WaitingRoomUnavailable { .. } => "waiting-room-unavailable",
             Self::Status(status) => match *status {
                 StatusCode::NOT_FOUND => "not-found",
                 StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
@@ -152,6 +188,10 @@ impl ApiError {
             Self::Overloaded { .. } => "Service overloaded",
             Self::NotAcknowledged { .. } => "Order not acknowledged in time",
             Self::IdempotencyStoreUnavailable { .. } => "Idempotency-Key could not be checked",
+            Self::WaitingRoom { .. } => "In the waiting room",
+            Self::TicketInvalid => "Invalid waiting room ticket",
+            Self::TicketExpired => "Waiting room ticket expired",
+            Self::WaitingRoomUnavailable { .. } => "Waiting room unavailable",
             Self::Status(status) => status.canonical_reason().unwrap_or("Error"),
         }
     }
@@ -188,6 +228,18 @@ impl ApiError {
             Self::IdempotencyStoreUnavailable { .. } => {
                 "The Idempotency-Key could not be checked against the shared store in time, so the order was not accepted: retry with the same Idempotency-Key after the Retry-After delay.".into()
             }
+            Self::WaitingRoom { position, .. } => format!(
+                "Checkout is busy: you are number {position} in the queue. Send the same order again with this `ticket` in the Waiting-Room-Ticket header after the Retry-After delay (`expected_wait_ms`)."
+            ),
+            Self::TicketInvalid => {
+                "The Waiting-Room-Ticket was not issued by this service, or was issued to another client or order; send the order without it to get a ticket.".into()
+            }
+            Self::TicketExpired => {
+                "The Waiting-Room-Ticket expired; send the order again without it to queue anew.".into()
+            }
+            Self::WaitingRoomUnavailable { .. } => {
+                "The waiting room could not give this order a place in the queue; nothing was recorded: retry after the Retry-After delay.".into()
+            }
             Self::Status(StatusCode::PAYLOAD_TOO_LARGE) => "The request body is too large.".into(),
             Self::Status(StatusCode::REQUEST_TIMEOUT) => {
                 "The request was not completed in time.".into()
@@ -209,8 +261,56 @@ impl ApiError {
     }
 }
 
+/// The body of a 429: a problem document that, from the waiting room, also carries the queue
+/// ticket (RFC 7807 extension members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WaitingRoomProblem {
+    /// The problem.
+    #[serde(flatten)]
+    pub problem: Problem,
+    /// The signed queue ticket: send it back in the `Waiting-Room-Ticket` header with the same
+    /// order (only from the waiting room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket: Option<String>,
+    /// The ticket's number in the fleet-wide queue; lower numbers are admitted first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ticket_number: Option<u64>,
+    /// Tickets still ahead of the admission watermark, this one included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position: Option<u64>,
+    /// Expected wait until this ticket's turn, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_wait_ms: Option<u64>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Self::WaitingRoom {
+            ticket,
+            number,
+            position,
+            expected_wait,
+        } = &self
+        {
+            let body = WaitingRoomProblem {
+                problem: self.problem(),
+                ticket: Some(ticket.clone()),
+                ticket_number: Some(*number),
+                position: Some(*position),
+                expected_wait_ms: Some(expected_wait.as_millis() as u64),
+            };
+            let (mut parts, _) = self
+                .problem()
+                .into_response_with(self.retry_after())
+                .into_parts();
+            if let Ok(value) = HeaderValue::from_str(ticket) {
+                parts
+                    .headers
+                    .insert(crate::waiting_room::TICKET_HEADER, value);
+            }
+            let body = serde_json::to_vec(&body).expect("problems always serialize");
+            return Response::from_parts(parts, axum::body::Body::from(body));
+        }
         let mut response = self.problem().into_response_with(self.retry_after());
         if matches!(self, Self::Unauthenticated) {
             response
@@ -265,6 +365,36 @@ mod tests {
         assert_eq!(headers[header::RETRY_AFTER], "1");
         let (_, headers, _) = parts(ApiError::MalformedJson("x".into())).await;
         assert!(headers.get(header::RETRY_AFTER).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_room_answer_carries_its_ticket() {
+        let response = ApiError::WaitingRoom {
+            ticket: "abc.def".into(),
+            number: 17,
+            position: 5,
+            expected_wait: Duration::from_millis(2500),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+        assert_eq!(response.headers()["waiting-room-ticket"], "abc.def");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: WaitingRoomProblem = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body.problem.type_, "urn:orderpipe:problem:waiting-room");
+        assert_eq!(body.problem.status, 429);
+        assert_eq!(
+            (
+                body.ticket.as_deref(),
+                body.ticket_number,
+                body.position,
+                body.expected_wait_ms
+            ),
+            (Some("abc.def"), Some(17), Some(5), Some(2500))
+        );
     }
 
     #[tokio::test]

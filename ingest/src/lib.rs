@@ -12,6 +12,7 @@
 //! - [`idempotency_store`]: the optional shared Idempotency-Key store in ScyllaDB/Cassandra.
 //! - `kafka`: the producer and its acknowledgement deadline, broker probe (client presets and
 //!   topic creation are `orderpipe_runtime::kafka`'s).
+//! - [`waiting_room`]: the optional fleet-wide admission rate with signed queue tickets.
 //! - [`metrics`]: names and meaning of every metric this crate records.
 //!
 //! # Contract
@@ -22,7 +23,9 @@
 //!   is not a valid order (missing, unknown or mistyped fields, broken rules; `errors` lists JSON
 //!   pointers) or an Idempotency-Key reused with another body; 429 rate limit; 503 when the
 //!   broker did not acknowledge within the deadline, the producer queue is full, or the shared
-//!   idempotency store could not check the key. 429 and 503 carry `Retry-After`.
+//!   idempotency store could not check the key. 429 and 503 carry `Retry-After`. With the
+//!   waiting room on (`--ingest-waiting-room-rate`), also 429 `waiting-room` with a queue ticket,
+//!   403/410 for an invalid/expired ticket, 503 when its sequence cannot be reached.
 //! - `/healthz` (alive), `/readyz` (the broker answered the last probe, within about a second),
 //!   `/metrics` (Prometheus).
 //!
@@ -66,6 +69,7 @@ pub mod ratelimit;
 mod request;
 mod serve;
 pub mod server;
+pub mod waiting_room;
 
 use std::net::SocketAddr;
 

@@ -8,6 +8,7 @@
 //! | `orderpipe_ingest_producer_queue_depth` | gauge | | messages in the producer queue or in flight (`rd_kafka_outq_len`) |
 //! | `orderpipe_ingest_broker_up` | gauge | | 1 when the last metadata probe reached the broker |
 //! | `orderpipe_ingest_idempotency_store_seconds` | histogram | `outcome` | time of one check in the shared idempotency store (`new`, `same-body`, `other-body`, `error`) |
+//! | `orderpipe_ingest_waiting_room_total` | counter | `outcome` | waiting room decisions: `admitted` (no ticket needed), `ticketed`, `ticket-admitted`, `ticket-early`, `ticket-invalid`, `ticket-expired`, `unavailable` |
 
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub const BROKER_UP: &str = "orderpipe_ingest_broker_up";
 
 /// Shared idempotency store checks.
 pub const IDEMPOTENCY_STORE_SECONDS: &str = "orderpipe_ingest_idempotency_store_seconds";
+
+/// Waiting room decisions.
+pub const WAITING_ROOM_TOTAL: &str = "orderpipe_ingest_waiting_room_total";
 
 /// Installs the process-wide recorder (once) and describes the metrics above.
 pub(crate) fn init() {
@@ -45,6 +49,7 @@ pub(crate) fn init() {
         metrics::Unit::Seconds,
         "Time of one Idempotency-Key check in the shared store, by outcome"
     );
+    metrics::describe_counter!(WAITING_ROOM_TOTAL, "Waiting room decisions, by outcome");
 }
 
 pub(crate) fn request_answered(status: u16) {
@@ -66,4 +71,8 @@ pub(crate) fn broker_up(up: bool) {
 pub(crate) fn store_checked(outcome: &'static str, elapsed: Duration) {
     metrics::histogram!(IDEMPOTENCY_STORE_SECONDS, "outcome" => outcome)
         .record(elapsed.as_secs_f64());
+}
+
+pub(crate) fn waiting_room(outcome: &'static str) {
+    metrics::counter!(WAITING_ROOM_TOTAL, "outcome" => outcome).increment(1);
 }

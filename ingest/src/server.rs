@@ -29,13 +29,14 @@ use uuid::Uuid;
 
 use crate::auth::{ApiKeys, ANONYMOUS};
 use crate::config::{Config, IdempotencyStore};
-use crate::error::{ApiError, Problem, PROBLEM_JSON};
+use crate::error::{ApiError, Problem, WaitingRoomProblem, PROBLEM_JSON};
 use crate::idempotency::{self, IdempotencyKey, RecentKeys};
 use crate::idempotency_store::{CqlStore, Outcome};
 use crate::kafka::Publisher;
 use crate::metrics;
 use crate::ratelimit::RateLimit;
 use crate::request::{idempotency_key, is_json, parse_order};
+use crate::waiting_room::{self, WaitingRoom};
 
 /// Path of the order endpoint.
 pub const ORDERS_PATH: &str = "/v1/orders";
@@ -82,7 +83,7 @@ runs with API keys (`--ingest-api-keys-file`); without them every caller is anon
 rate-limited per peer IP. `/healthz`, `/readyz` and `/metrics` are served on the same port.",
         license(name = "Apache-2.0", identifier = "Apache-2.0")
     ),
-    components(schemas(Problem)),
+    components(schemas(Problem, WaitingRoomProblem)),
     modifiers(&SecuritySchemes),
     tags((name = "orders", description = "Placing and cancelling orders"))
 )]
@@ -133,6 +134,8 @@ struct App {
     /// The shared idempotency store, when configured (memory is then its fast path).
     store: Option<Arc<CqlStore>>,
     publisher: Arc<Publisher>,
+    /// The fleet-wide admission rate with queue tickets, when configured.
+    waiting_room: Option<Arc<WaitingRoom>>,
     max_body_bytes: usize,
     retry_after: Duration,
 }
@@ -196,6 +199,18 @@ impl Server {
                 Some(store)
             }
         };
+        let waiting_room = waiting_room::load_secret(&config)?
+            .and_then(|secret| WaitingRoom::new(&config, &secret));
+        if let Some(room) = &waiting_room {
+            // Like the idempotency store: an unreachable sequence does not stop the server,
+            // which answers orders 503 and keeps connecting in the background.
+            if let Err(err) = room.connect().await {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "waiting room unreachable at start; orders get 503 until it answers"
+                );
+            }
+        }
         let readiness = Readiness::new();
         let probe = publisher.clone();
         readiness.add("kafka", move || probe.ready());
@@ -205,6 +220,7 @@ impl Server {
             recent: RecentKeys::new(config.idempotency_ttl, config.idempotency_capacity),
             store,
             publisher,
+            waiting_room,
             max_body_bytes: config.max_body_bytes,
             retry_after: config.retry_after,
         };
@@ -238,6 +254,9 @@ impl Server {
         tasks.spawn(forget_idle_clients(self.app.clone(), background.clone()));
         if let Some(store) = &self.app.store {
             tasks.spawn(store.clone().connect_until_done(background.clone()));
+        }
+        if let Some(room) = &self.app.waiting_room {
+            tasks.spawn(room.clone().run(background.clone()));
         }
 
         tracing::info!(%addr, "ingest listening");
@@ -320,6 +339,9 @@ async fn finish(request: Request, next: Next) -> Response {
         ("Idempotency-Key" = Option<String>, Header, nullable = false, pattern = "^[!-~]{1,255}$",
          description = "1 to 255 visible ASCII characters, sent once. The same key with the same \
 body names the same order (202 again, same `order_id`); with another body: 422."),
+        ("Waiting-Room-Ticket" = Option<String>, Header, nullable = false,
+         description = "The `ticket` of a waiting-room 429, sent back with the same order (same \
+Idempotency-Key) to be admitted in ticket order. Ignored when the waiting room is off."),
     ),
     request_body(content = NewOrderSchema, content_type = "application/json",
         description = "The order (at most 64 KiB by default, `--ingest-max-body-bytes`). Rules the \
@@ -339,9 +361,13 @@ to 1000, and `total_minor` is exactly the sum of the lines.",
         (status = 401, description = "API keys are configured and none (or an unknown one) was sent.",
          body = Problem, content_type = "application/problem+json",
          headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 403, description = "The API key is disabled.",
+        (status = 403, description = "The API key is disabled, or the Waiting-Room-Ticket is not \
+genuine or was issued to another client or order (`waiting-room-ticket-invalid`).",
          body = Problem, content_type = "application/problem+json"),
         (status = 408, description = "The request was not completed within the request timeout.",
+         body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The Waiting-Room-Ticket expired (`waiting-room-ticket-expired`): \
+send the order again without it to queue anew.",
          body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "The body exceeds the size limit.",
          body = Problem, content_type = "application/problem+json"),
@@ -351,10 +377,16 @@ to 1000, and `total_minor` is exactly the sum of the lines.",
 field), or an Idempotency-Key already used with another body.",
          body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "This client exceeded its rate limit (per API key, or per peer IP \
-without keys).", body = Problem, content_type = "application/problem+json",
-         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+without keys; `rate-limited`), or, with the waiting room on, checkout is past its fleet-wide \
+admission rate (`waiting-room`): the body then carries a signed `ticket` with its `ticket_number`, \
+`position` and `expected_wait_ms`; send the same order again with the ticket in \
+`Waiting-Room-Ticket` after Retry-After. Tickets are admitted in number order.",
+         body = WaitingRoomProblem, content_type = "application/problem+json",
+         headers(("Retry-After" = u64, description = "Seconds to wait before retrying."),
+                 ("Waiting-Room-Ticket" = String, description = "The waiting room's ticket (as in the body), on `waiting-room` answers only."))),
         (status = 503, description = "The broker did not acknowledge in time, the producer queue is \
-full, or the shared idempotency store could not check the key. The order may or may not have been \
+full, the shared idempotency store could not check the key, or the waiting room could not number \
+the order. The order may or may not have been \
 recorded: retry with the same Idempotency-Key.", body = Problem, content_type = "application/problem+json",
          headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
@@ -491,6 +523,14 @@ async fn accept(app: &App, request: Request) -> Result<Uuid, ApiError> {
     let (client, _) = identify(app, &request)?;
     let headers = request.headers();
     let key = idempotency_key(headers)?;
+    // Before the body is read: a queued order costs no parsing. A ticket is bound to the order
+    // its Idempotency-Key names, so it admits that order (and its idempotent retries) only.
+    if let Some(room) = &app.waiting_room {
+        let order = key
+            .as_ref()
+            .map(|key| idempotency::order_id_for(&client, key));
+        room.admit(&client, order, headers).await?;
+    }
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType);
     }
