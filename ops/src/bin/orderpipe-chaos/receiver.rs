@@ -1,0 +1,54 @@
+//! The webhook receiver: every delivery, signature checked, logged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub(crate) struct Delivery {
+    pub(crate) event_id: Uuid,
+    pub(crate) order_id: Uuid,
+    pub(crate) kind: String,
+}
+
+#[derive(Clone)]
+pub(crate) struct Receiver {
+    pub(crate) secret: Arc<String>,
+    pub(crate) log: Arc<Mutex<Vec<Delivery>>>,
+    pub(crate) bad: Arc<AtomicU64>,
+}
+
+pub(crate) async fn hook(
+    State(receiver): State<Receiver>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let signature = headers
+        .get(orderpipe_processors::notifications::SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !orderpipe_processors::notifications::verify(receiver.secret.as_bytes(), &body, signature) {
+        receiver.bad.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::UNAUTHORIZED;
+    }
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let field = |name: &str| json[name].as_str().and_then(|s| s.parse::<Uuid>().ok());
+    match (field("event_id"), field("order_id"), json["kind"].as_str()) {
+        (Some(event_id), Some(order_id), Some(kind)) => {
+            receiver.log.lock().unwrap().push(Delivery {
+                event_id,
+                order_id,
+                kind: kind.to_string(),
+            });
+            StatusCode::NO_CONTENT
+        }
+        _ => {
+            receiver.bad.fetch_add(1, Ordering::Relaxed);
+            StatusCode::BAD_REQUEST
+        }
+    }
+}
