@@ -17,7 +17,8 @@
 //! - [`rebuild`](mod@rebuild): [`rebuild()`] every view from offset 0 into another keyspace;
 //!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`).
 //! - [`switch`]: which keyspace the query APIs serve (`active_views`), switched without downtime.
-//! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]).
+//! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]); `api/` holds a file per
+//!   route family and `problems.rs` (answers, RFC 7807 problems, parameters).
 //! - [`stock_stream`]: live stock over server-sent events (one shared watcher per watched SKU)
 //!   and the write notices that wake watchers and long-polls when a projector of this process
 //!   wrote ([`stock_stream::subscribe_writes`]).
