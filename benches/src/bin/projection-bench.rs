@@ -40,7 +40,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use uuid::Uuid;
 
-/// The projector's cap on statements per unlogged batch (`projections/src/store.rs`).
+/// The projector's cap on statements per unlogged batch (`projections/src/store/writer.rs`).
 const MAX_BATCH_STATEMENTS: usize = 64;
 
 /// Projector rebuild rows/s vs raw CQL writes of the same rows.
