@@ -27,6 +27,6 @@ pub mod stock;
 pub use kafka::ensure_topics;
 pub use runner::{
     spawn_stage, ChangelogRecord, Config, DeadLetter, Effects, Error, Input, OutputRecord,
-    ProcessingMode, Stage, StageHandle, DLQ_HEADERS,
+    ProcessingMode, Stage, StageHandle, DLQ_HEADERS, STUCK_EXIT_CODE,
 };
 pub use shared::{ConfigError, RetryPolicy};

@@ -11,6 +11,8 @@
 //! - `restore`: a stage's state from its changelog partitions.
 //! - `recover`: after a failed batch, put back the partitions it may have touched.
 //! - `contexts`: the Kafka client callbacks (rebalances, lag, failed deliveries).
+//! - `watchdog`: ends the process when a transactional call blocks past its limit (librdkafka
+//!   does not enforce every timeout), so that its supervisor restarts it.
 
 mod config;
 mod contexts;
@@ -19,6 +21,7 @@ mod recover;
 mod restore;
 mod run;
 mod stage;
+mod watchdog;
 mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +37,7 @@ pub use error::Error;
 /// partition and offset), for tools that inspect or redrive dead letters.
 pub use orderpipe_runtime::kafka::dlq::HEADERS as DLQ_HEADERS;
 pub use stage::{ChangelogRecord, DeadLetter, Effects, Input, OutputRecord, Stage};
+pub use watchdog::STUCK_EXIT_CODE;
 
 use crate::kafka;
 use contexts::{RunnerContext, StageConsumer};
@@ -105,6 +109,12 @@ pub fn spawn_stage(
         ready: ready.clone(),
         shutdown,
         assigned: Default::default(),
+        watchdog: watchdog::Watchdog::spawn(
+            name,
+            run::STUCK_CALL_LIMIT,
+            std::time::Duration::from_secs(1),
+            watchdog::Watchdog::exit_process(),
+        ),
     };
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()

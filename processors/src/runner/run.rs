@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::contexts::{GroupEvent, StageConsumer, StageProducer};
 use super::recover::{Failed, Failure, Scope};
+use super::watchdog::Watchdog;
 use super::{Config, Effects, Error, Input, ProcessingMode, Stage};
 use crate::metrics;
 
@@ -31,6 +32,9 @@ use crate::metrics;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Timeout of transactional calls and of waiting for deliveries.
 pub(super) const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one transactional call may block before the watchdog ends the process: its own
+/// timeout plus a margin (librdkafka does not enforce every timeout; see `watchdog`).
+pub(super) const STUCK_CALL_LIMIT: Duration = Duration::from_secs(60);
 /// How long a changelog restore may take before the stage gives up (and the process restarts).
 pub(super) const RESTORE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest pause between attempts after consecutive failed batches.
@@ -52,6 +56,8 @@ pub(crate) struct Runner {
     pub(crate) ready: Arc<AtomicBool>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) assigned: BTreeSet<i32>,
+    /// Ends the process when a transactional call blocks past its limit (librdkafka#5456).
+    pub(crate) watchdog: Watchdog,
 }
 
 impl Runner {

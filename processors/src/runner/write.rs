@@ -71,14 +71,18 @@ impl Runner {
         effects: &Effects,
         offsets: &TopicPartitionList,
     ) -> Result<(), Failure> {
-        self.producer
-            .begin_transaction()
-            .map_err(|e| self.classify(e))?;
+        {
+            let _call = self.watchdog.call("begin_transaction");
+            self.producer
+                .begin_transaction()
+                .map_err(|e| self.classify(e))?;
+        }
         let result = self.send_all(effects).and_then(|()| {
             if offsets.count() > 0 {
                 let group = self.consumer.group_metadata().ok_or_else(|| {
                     Failure::Abortable("no consumer group metadata yet".to_owned())
                 })?;
+                let _call = self.watchdog.call("send_offsets_to_transaction");
                 self.producer
                     .send_offsets_to_transaction(offsets, &group, TXN_TIMEOUT)
                     .map_err(|e| self.classify(e))?;
@@ -92,6 +96,7 @@ impl Runner {
                 // reports are only served by polling this producer: serve them first, or abort
                 // times out (30 s) and the producer is rebuilt for nothing.
                 let _ = self.drain();
+                let _call = self.watchdog.call("abort_transaction");
                 if let Err(err) = self.producer.abort_transaction(TXN_TIMEOUT) {
                     return Err(match self.classify(err) {
                         Failure::Fenced => Failure::Fenced,
@@ -111,6 +116,7 @@ impl Runner {
             .map_err(|e| Failure::Abortable(format!("waiting for deliveries: {e}")))?;
         let mut attempts = 0;
         loop {
+            let _call = self.watchdog.call("commit_transaction");
             match self.producer.commit_transaction(TXN_TIMEOUT) {
                 Ok(()) => return Ok(()),
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && attempts < 3 => {
