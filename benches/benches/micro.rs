@@ -9,9 +9,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use orderpipe_processors::saga::decide;
 use orderpipe_processors::stock::core::{LineId, ReserveRequest, SkuState};
-use orderpipe_schemas::{
-    NewOrder, OrderEnvelope, OrderEvent, StockAdjustment, StockLineReserved,
-};
+use orderpipe_schemas::{NewOrder, OrderEnvelope, OrderEvent, StockAdjustment, StockLineReserved};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -34,7 +32,12 @@ fn order_json() -> String {
 fn placed_envelope() -> OrderEnvelope {
     let order: NewOrder = serde_json::from_str(&order_json()).expect("valid order");
     let id = Uuid::now_v7();
-    OrderEnvelope::new(id, OrderEvent::OrderPlaced(order.into_order_placed()), None, id)
+    OrderEnvelope::new(
+        id,
+        OrderEvent::OrderPlaced(order.into_order_placed()),
+        None,
+        id,
+    )
 }
 
 fn envelope(c: &mut Criterion) {
@@ -42,7 +45,9 @@ fn envelope(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     let placed = placed_envelope();
     let bytes = placed.encode();
-    group.bench_function("encode_order_placed", |b| b.iter(|| black_box(&placed).encode()));
+    group.bench_function("encode_order_placed", |b| {
+        b.iter(|| black_box(&placed).encode())
+    });
     group.bench_function("decode_order_placed", |b| {
         b.iter(|| OrderEnvelope::decode(black_box(&bytes)).expect("decodes"))
     });

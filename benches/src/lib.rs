@@ -106,7 +106,10 @@ pub mod report {
             }
             Ok(v) => {
                 out.insert(key.into(), Value::Null);
-                out.insert(format!("{key}_why"), json!(format!("not a finite number: {v}")));
+                out.insert(
+                    format!("{key}_why"),
+                    json!(format!("not a finite number: {v}")),
+                );
             }
             Err(why) => {
                 out.insert(key.into(), Value::Null);
@@ -191,7 +194,8 @@ pub mod report {
 
         #[test]
         fn vm_hwm_is_read_in_mib() {
-            let status = "Name:\torderpipe\nVmPeak:\t  999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
+            let status =
+                "Name:\torderpipe\nVmPeak:\t  999 kB\nVmHWM:\t  204800 kB\nVmRSS:\t 1 kB\n";
             assert_eq!(parse_vm_hwm_mb(status), Some(200.0));
             assert_eq!(parse_vm_hwm_mb("Name: x\n"), None);
         }
@@ -201,7 +205,10 @@ pub mod report {
             let doc = Ok(json!({"a": {"b": 2}}));
             assert_eq!(number_at(&doc, "/a/b"), Ok(2.0));
             assert!(number_at(&doc, "/a/c").unwrap_err().contains("/a/c"));
-            assert_eq!(number_at(&Err("skipped".into()), "/a"), Err("skipped".into()));
+            assert_eq!(
+                number_at(&Err("skipped".into()), "/a"),
+                Err("skipped".into())
+            );
         }
     }
 }

@@ -51,7 +51,9 @@ fn bin_dir() -> PathBuf {
 
 #[test]
 fn tiny_run_writes_every_report_key() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     let out = tempfile::tempdir().expect("temp dir");
     let bins = bin_dir();
     let orderpipe = bins.join("orderpipe");
@@ -65,11 +67,17 @@ fn tiny_run_writes_every_report_key() {
         .expect("benches/run starts");
     assert!(status.success(), "benches/run --tiny failed: {status}");
 
-    let text = std::fs::read_to_string(out.path().join("report.json")).expect("report.json written");
+    let text =
+        std::fs::read_to_string(out.path().join("report.json")).expect("report.json written");
     let report: Value = serde_json::from_str(&text).expect("report.json is JSON");
-    assert!(out.path().join("summary.txt").exists(), "summary.txt written");
+    assert!(
+        out.path().join("summary.txt").exists(),
+        "summary.txt written"
+    );
     for key in REQUIRED {
-        let value = report.get(*key).unwrap_or_else(|| panic!("{key} missing:\n{text}"));
+        let value = report
+            .get(*key)
+            .unwrap_or_else(|| panic!("{key} missing:\n{text}"));
         match value {
             Value::Number(_) => {}
             Value::Null => {
@@ -83,11 +91,19 @@ fn tiny_run_writes_every_report_key() {
         }
     }
     for key in ALWAYS {
-        assert!(report[*key].is_number(), "{key} has no figure: {:?}", report.get(format!("{key}_why")));
+        assert!(
+            report[*key].is_number(),
+            "{key} has no figure: {:?}",
+            report.get(format!("{key}_why"))
+        );
     }
     if orderpipe.exists() {
         for key in WITH_ORDERPIPE {
-            assert!(report[*key].is_number(), "{key} has no figure: {:?}", report.get(format!("{key}_why")));
+            assert!(
+                report[*key].is_number(),
+                "{key} has no figure: {:?}",
+                report.get(format!("{key}_why"))
+            );
         }
     } else {
         for key in WITH_ORDERPIPE {
@@ -96,7 +112,10 @@ fn tiny_run_writes_every_report_key() {
         }
     }
     for key in ["machine", "versions", "command"] {
-        assert!(report.get(key).is_some_and(|v| !v.is_null()), "{key} missing");
+        assert!(
+            report.get(key).is_some_and(|v| !v.is_null()),
+            "{key} missing"
+        );
     }
     assert!(report["versions"]["librdkafka"].is_string());
     assert!(report["command"].as_str().unwrap().contains("--tiny"));

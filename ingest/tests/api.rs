@@ -755,17 +755,30 @@ async fn cancel_refuses_bad_ids_bad_paths_and_callers_without_a_key_as_problem_j
     // An id that is not a UUID: 400 invalid-order-id
     let reply = post_cancel(&mut conn, "not-an-order", &a).await;
     assert_eq!(reply.status, 400);
-    assert_eq!(problem(&reply).type_, "urn:orderpipe:problem:invalid-order-id");
+    assert_eq!(
+        problem(&reply).type_,
+        "urn:orderpipe:problem:invalid-order-id"
+    );
     // A path that names no resource: 404
     let reply = conn
-        .send(Method::POST, &format!("/v1/orders/{id}/refund"), &a, full(Bytes::new()))
+        .send(
+            Method::POST,
+            &format!("/v1/orders/{id}/refund"),
+            &a,
+            full(Bytes::new()),
+        )
         .await
         .unwrap();
     assert_eq!(reply.status, 404);
     assert_eq!(problem(&reply).type_, "urn:orderpipe:problem:not-found");
     // Another method: 405
     let reply = conn
-        .send(Method::GET, &format!("/v1/orders/{id}/cancel"), &a, full(Bytes::new()))
+        .send(
+            Method::GET,
+            &format!("/v1/orders/{id}/cancel"),
+            &a,
+            full(Bytes::new()),
+        )
         .await
         .unwrap();
     assert_eq!(reply.status, 405);

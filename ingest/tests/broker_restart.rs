@@ -41,7 +41,11 @@ async fn ingest_recovers_by_itself_when_the_broker_comes_back() {
             break vec![accepted_id(&reply)];
         }
         assert_eq!(reply.status, 503, "{reply:?}");
-        assert!(warm_up.elapsed() < Duration::from_secs(30), "no order acknowledged 30 s after start: {}", broker.log());
+        assert!(
+            warm_up.elapsed() < Duration::from_secs(30),
+            "no order acknowledged 30 s after start: {}",
+            broker.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
 

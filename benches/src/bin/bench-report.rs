@@ -115,7 +115,10 @@ fn e2e_quantile(e2e: &Result<Value, String>, q: f64, name: &str) -> Result<f64, 
 }
 
 fn command_output(program: &str, args: &[&str]) -> Option<String> {
-    let out = std::process::Command::new(program).args(args).output().ok()?;
+    let out = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()?;
     out.status
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -148,23 +151,63 @@ async fn main() -> anyhow::Result<()> {
         "ingest_vs_raw_produce",
         number_at(&ingest, "/ratio_to_baseline/throughput"),
     );
-    figure(&mut out, "ingest_max_orders_per_second", number_at(&max, "/acked_per_second"));
-    figure(&mut out, "ack_rate_orders_per_second", number_at(&ack, "/target_rate"));
-    figure(&mut out, "ack_p50_ms", number_at(&ack, "/ack_latency_ms/p50"));
-    figure(&mut out, "ack_p99_ms", number_at(&ack, "/ack_latency_ms/p99"));
-    figure(&mut out, "ack_p999_ms", number_at(&ack, "/ack_latency_ms/p99_9"));
-    figure(&mut out, "e2e_rate_orders_per_second", number_at(&e2e, "/target_rate"));
+    figure(
+        &mut out,
+        "ingest_max_orders_per_second",
+        number_at(&max, "/acked_per_second"),
+    );
+    figure(
+        &mut out,
+        "ack_rate_orders_per_second",
+        number_at(&ack, "/target_rate"),
+    );
+    figure(
+        &mut out,
+        "ack_p50_ms",
+        number_at(&ack, "/ack_latency_ms/p50"),
+    );
+    figure(
+        &mut out,
+        "ack_p99_ms",
+        number_at(&ack, "/ack_latency_ms/p99"),
+    );
+    figure(
+        &mut out,
+        "ack_p999_ms",
+        number_at(&ack, "/ack_latency_ms/p99_9"),
+    );
+    figure(
+        &mut out,
+        "e2e_rate_orders_per_second",
+        number_at(&e2e, "/target_rate"),
+    );
     figure(&mut out, "e2e_p50_ms", e2e_quantile(&e2e, 0.5, "p50"));
     figure(&mut out, "e2e_p99_ms", e2e_quantile(&e2e, 0.99, "p99"));
-    figure(&mut out, "stock_vs_txn_copy", number_at(&stages, "/ratios/stock_vs_txn_copy"));
-    figure(&mut out, "saga_vs_txn_copy", number_at(&stages, "/ratios/saga_vs_txn_copy"));
-    figure(&mut out, "eos_vs_alo", number_at(&stages, "/ratios/eos_vs_alo"));
+    figure(
+        &mut out,
+        "stock_vs_txn_copy",
+        number_at(&stages, "/ratios/stock_vs_txn_copy"),
+    );
+    figure(
+        &mut out,
+        "saga_vs_txn_copy",
+        number_at(&stages, "/ratios/saga_vs_txn_copy"),
+    );
+    figure(
+        &mut out,
+        "eos_vs_alo",
+        number_at(&stages, "/ratios/eos_vs_alo"),
+    );
     figure(
         &mut out,
         "projection_vs_raw_cql",
         number_at(&projection, "/projection_vs_raw_cql"),
     );
-    figure(&mut out, "rss_mb_all_in_one", number_at(&rss, "/peak_rss_mb"));
+    figure(
+        &mut out,
+        "rss_mb_all_in_one",
+        number_at(&rss, "/peak_rss_mb"),
+    );
     // How many followed orders were seen confirmed: the sample behind e2e_p50/p99.
     figure(
         &mut out,
@@ -239,7 +282,11 @@ async fn main() -> anyhow::Result<()> {
     let summary_path = dir.join("summary.txt");
     std::fs::write(&summary_path, &summary)?;
     print!("{summary}");
-    println!("\nreport: {}\nsummary: {}", json_path.display(), summary_path.display());
+    println!(
+        "\nreport: {}\nsummary: {}",
+        json_path.display(),
+        summary_path.display()
+    );
     Ok(())
 }
 

@@ -331,9 +331,10 @@ async fn baseline(args: &Args, config: &Config, topic: &str) -> anyhow::Result<M
         args.clients
     );
     // Ingest's producer settings, from the one place the benches keep Kafka client settings.
-    let producer: FutureProducer = orderpipe_benches::kafka::ingest_producer(&args.bootstrap, config)
-        .create()
-        .context("creating baseline producer")?;
+    let producer: FutureProducer =
+        orderpipe_benches::kafka::ingest_producer(&args.bootstrap, config)
+            .create()
+            .context("creating baseline producer")?;
     // Warm-up: metadata, producer id, connections to partition leaders.
     let (key, payload) = order_placed(0, 0)?;
     producer

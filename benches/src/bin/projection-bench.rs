@@ -33,10 +33,10 @@ use orderpipe_schemas::{
     StockLineReserved, StockReserved, Topics,
 };
 use orderpipe_testkit::cql::TestKeyspace;
-use scylla::statement::batch::{Batch, BatchType};
-use scylla::value::{CqlValue, Row};
 use orderpipe_testkit::kafka::TestTopics;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::value::{CqlValue, Row};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -143,7 +143,11 @@ fn history(events: usize) -> Vec<Message> {
             }),
         ));
         out.push(levels(&sku, t, i as u64));
-        out.push(order_event(id, t + 1, OrderEvent::StockReserved(StockReserved {})));
+        out.push(order_event(
+            id,
+            t + 1,
+            OrderEvent::StockReserved(StockReserved {}),
+        ));
         out.push(order_event(
             id,
             t + 1,
@@ -171,7 +175,11 @@ fn history(events: usize) -> Vec<Message> {
                     charge_id: format!("ch{i}"),
                 }),
             ));
-            out.push(order_event(id, t + 3, OrderEvent::OrderConfirmed(OrderConfirmed {})));
+            out.push(order_event(
+                id,
+                t + 3,
+                OrderEvent::OrderConfirmed(OrderConfirmed {}),
+            ));
         }
     }
     out.truncate(events);
@@ -198,7 +206,11 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     for chunk in messages.chunks(2000) {
         futures::future::try_join_all(chunk.iter().map(|m| {
-            let topic = if m.stock { &topics.stock } else { &topics.orders };
+            let topic = if m.stock {
+                &topics.stock
+            } else {
+                &topics.orders
+            };
             producer.send(
                 FutureRecord::to(topic).key(&m.key).payload(&m.value),
                 Duration::from_secs(30),
@@ -257,8 +269,9 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?
             .into_rows_result()?;
-        let mut columns: Vec<(String, String, i32)> =
-            described.rows::<(String, String, i32)>()?.collect::<Result<_, _>>()?;
+        let mut columns: Vec<(String, String, i32)> = described
+            .rows::<(String, String, i32)>()?
+            .collect::<Result<_, _>>()?;
         columns.sort_by_key(|c| (c.1 != "partition_key", c.2));
         let names: Vec<String> = columns.iter().map(|c| c.0.clone()).collect();
         let key_len = columns.iter().filter(|c| c.1 == "partition_key").count();
@@ -321,7 +334,10 @@ async fn main() -> anyhow::Result<()> {
             tick.tick().await;
             loop {
                 tick.tick().await;
-                eprintln!("  raw cql: {} of {row_count} rows", written.load(Ordering::Relaxed));
+                eprintln!(
+                    "  raw cql: {} of {row_count} rows",
+                    written.load(Ordering::Relaxed)
+                );
             }
         })
     };

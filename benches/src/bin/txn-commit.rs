@@ -47,7 +47,12 @@ fn producer(bootstrap: &str, transactional_id: Option<&str>) -> anyhow::Result<F
 }
 
 /// Enqueues all N at once (as a stage's batch does), then awaits every acknowledgement.
-async fn send_batch(producer: &FutureProducer, topic: &str, payload: &str, n: usize) -> anyhow::Result<()> {
+async fn send_batch(
+    producer: &FutureProducer,
+    topic: &str,
+    payload: &str,
+    n: usize,
+) -> anyhow::Result<()> {
     let mut deliveries = Vec::with_capacity(n);
     for i in 0..n {
         let key = i.to_string();
@@ -77,7 +82,8 @@ async fn main() -> anyhow::Result<()> {
     let topic = topics.create("txn-commit", 1).await?;
     let payload = "x".repeat(300);
     let txn = producer(&args.bootstrap, Some(&topics.name("txn-commit-producer")))?;
-    txn.init_transactions(TIMEOUT).context("init_transactions")?;
+    txn.init_transactions(TIMEOUT)
+        .context("init_transactions")?;
     let plain = producer(&args.bootstrap, None)?;
     // Warm both producers (connections, producer ids, the transaction coordinator).
     send_batch(&plain, &topic, &payload, 10).await?;

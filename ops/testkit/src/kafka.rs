@@ -4,12 +4,12 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use orderpipe_runtime::kafka;
+use orderpipe_schemas::TopicSpec;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use orderpipe_runtime::kafka;
-use orderpipe_schemas::TopicSpec;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
@@ -52,14 +52,22 @@ pub fn consumer(group: &str, read_committed: bool) -> anyhow::Result<StreamConsu
         .set("enable.auto.commit", "false")
         .set(
             "isolation.level",
-            if read_committed { "read_committed" } else { "read_uncommitted" },
+            if read_committed {
+                "read_committed"
+            } else {
+                "read_uncommitted"
+            },
         )
         .create()
         .context("creating consumer")
 }
 
 /// Receive until `n` messages arrived or `timeout` passed; returns what arrived.
-pub async fn consume_n(consumer: &StreamConsumer, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
+pub async fn consume_n(
+    consumer: &StreamConsumer,
+    n: usize,
+    timeout: Duration,
+) -> Vec<OwnedMessage> {
     let deadline = Instant::now() + timeout;
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
@@ -91,7 +99,10 @@ pub struct TestTopics {
 impl TestTopics {
     /// A fresh, unique prefix on the test broker.
     pub fn new() -> anyhow::Result<Self> {
-        Ok(Self { prefix: format!("t-{}.", crate::unique_suffix()), created: Vec::new() })
+        Ok(Self {
+            prefix: format!("t-{}.", crate::unique_suffix()),
+            created: Vec::new(),
+        })
     }
 
     /// The full name of a topic (or group) under this test's prefix.
@@ -128,7 +139,10 @@ impl Drop for TestTopics {
         let names = std::mem::take(&mut self.created);
         let config = client_config();
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async move {
                 let admin: AdminClient<DefaultClientContext> = config.create().ok()?;
                 let refs: Vec<&str> = names.iter().map(String::as_str).collect();
@@ -142,15 +156,23 @@ impl Drop for TestTopics {
 
 /// Commit-free helper: the high watermark (end offset) of a partition. Asks again for a few
 /// seconds while the partition has no leader yet (a topic created a moment ago).
-pub fn high_watermark(consumer: &StreamConsumer, topic: &str, partition: i32) -> anyhow::Result<i64> {
-    use rdkafka::error::RDKafkaErrorCode::{LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition};
+pub fn high_watermark(
+    consumer: &StreamConsumer,
+    topic: &str,
+    partition: i32,
+) -> anyhow::Result<i64> {
+    use rdkafka::error::RDKafkaErrorCode::{
+        LeaderNotAvailable, NotLeaderForPartition, UnknownTopicOrPartition,
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         match consumer.fetch_watermarks(topic, partition, Duration::from_secs(5)) {
             Ok((_, high)) => return Ok(high),
             Err(err)
-                if matches!(err.rdkafka_error_code(), Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition))
-                    && std::time::Instant::now() < deadline =>
+                if matches!(
+                    err.rdkafka_error_code(),
+                    Some(NotLeaderForPartition | LeaderNotAvailable | UnknownTopicOrPartition)
+                ) && std::time::Instant::now() < deadline =>
             {
                 std::thread::sleep(Duration::from_millis(100));
             }

@@ -40,7 +40,12 @@ pub fn free_port() -> u16 {
         if stale {
             let _ = std::fs::remove_file(&marker);
         }
-        if std::fs::OpenOptions::new().write(true).create_new(true).open(&marker).is_err() {
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_err()
+        {
             continue;
         }
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {

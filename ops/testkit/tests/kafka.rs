@@ -61,7 +61,10 @@ async fn read_committed_sees_committed_transaction_but_not_aborted_one() -> anyh
         .iter()
         .map(|m| kafka::payload_str(m).to_string())
         .collect();
-    assert!(seen.contains(&"aborted".to_string()), "read_uncommitted saw {seen:?}");
+    assert!(
+        seen.contains(&"aborted".to_string()),
+        "read_uncommitted saw {seen:?}"
+    );
     Ok(())
 }
 
@@ -100,7 +103,10 @@ async fn send_offsets_to_transaction_commits_offsets_atomically() -> anyhow::Res
 
     // Then the group's committed offset is the one sent in the transaction
     let committed = consumer.committed(WAIT)?;
-    let offset = committed.find_partition(&input, 0).expect("partition").offset();
+    let offset = committed
+        .find_partition(&input, 0)
+        .expect("partition")
+        .offset();
     assert_eq!(offset, Offset::Offset(5));
     Ok(())
 }
@@ -114,7 +120,13 @@ async fn offsets_for_times_finds_first_record_at_or_after_timestamp() -> anyhow:
     for (i, ts) in [1_000_000i64, 2_000_000, 3_000_000].into_iter().enumerate() {
         let payload = i.to_string();
         producer
-            .send(FutureRecord::to(&topic).key("k").payload(&payload).timestamp(ts), WAIT)
+            .send(
+                FutureRecord::to(&topic)
+                    .key("k")
+                    .payload(&payload)
+                    .timestamp(ts),
+                WAIT,
+            )
             .await
             .map_err(|(err, _)| err)?;
     }
@@ -129,8 +141,14 @@ async fn offsets_for_times_finds_first_record_at_or_after_timestamp() -> anyhow:
     let after_last = consumer.offsets_for_times(past_end, WAIT)?;
 
     // Then the first is the second record (offset 1) and the other is the end of the log
-    assert_eq!(found.find_partition(&topic, 0).unwrap().offset(), Offset::Offset(1));
-    assert_eq!(after_last.find_partition(&topic, 0).unwrap().offset(), Offset::End);
+    assert_eq!(
+        found.find_partition(&topic, 0).unwrap().offset(),
+        Offset::Offset(1)
+    );
+    assert_eq!(
+        after_last.find_partition(&topic, 0).unwrap().offset(),
+        Offset::End
+    );
     Ok(())
 }
 
@@ -144,7 +162,8 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 /// broker after its session timeout and its partitions go to the surviving member: the behaviour
 /// the pipeline's crash tests rely on when a process dies, and that the old testbed broker lacked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned() -> anyhow::Result<()> {
+async fn consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned(
+) -> anyhow::Result<()> {
     if let (Ok(group), Ok(topic)) = (std::env::var(CHILD_GROUP), std::env::var(CHILD_TOPIC)) {
         return run_child_member(&group, &topic).await;
     }
@@ -153,7 +172,11 @@ async fn consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned()
     let topic = topics.create("expiry", 4).await?;
     let group = topics.name("g-expiry");
     let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["--exact", "consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned", "--nocapture"])
+        .args([
+            "--exact",
+            "consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned",
+            "--nocapture",
+        ])
         .env(CHILD_GROUP, &group)
         .env(CHILD_TOPIC, &topic)
         .stdout(std::process::Stdio::piped())
@@ -162,20 +185,30 @@ async fn consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned()
     let (assigned_tx, assigned_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Some(count) = line.strip_prefix("child-assigned ") {
                 let _ = assigned_tx.send(count.trim().parse::<usize>().unwrap_or(0));
             }
         }
     });
     // (wait until the child owns all four before the survivor joins, so the split is certain)
-    wait_for(|| matches!(assigned_rx.try_recv(), Ok(4)), Duration::from_secs(30), "child owns 4 partitions");
+    wait_for(
+        || matches!(assigned_rx.try_recv(), Ok(4)),
+        Duration::from_secs(30),
+        "child owns 4 partitions",
+    );
 
     // and a second member in this process: the group splits the partitions between both
     let survivor = member(&group)?;
     survivor.subscribe(&[&topic])?;
     let split = poll_until_assigned(&survivor, |n| n > 0 && n < 4, Duration::from_secs(30)).await;
-    assert!(split.is_some(), "the survivor never got a share of the partitions");
+    assert!(
+        split.is_some(),
+        "the survivor never got a share of the partitions"
+    );
 
     // When the child is killed with SIGKILL: it never says goodbye
     child.kill()?;
@@ -183,9 +216,18 @@ async fn consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned()
     let killed_at = std::time::Instant::now();
 
     // Then, within the session timeout (plus one rebalance), the survivor owns every partition
-    let all = poll_until_assigned(&survivor, |n| n == 4, SESSION_TIMEOUT + Duration::from_secs(10)).await;
+    let all = poll_until_assigned(
+        &survivor,
+        |n| n == 4,
+        SESSION_TIMEOUT + Duration::from_secs(10),
+    )
+    .await;
     let took = killed_at.elapsed();
-    assert!(all.is_some(), "partitions of the killed member were not reassigned within {:?}", SESSION_TIMEOUT + Duration::from_secs(10));
+    assert!(
+        all.is_some(),
+        "partitions of the killed member were not reassigned within {:?}",
+        SESSION_TIMEOUT + Duration::from_secs(10)
+    );
     println!("reassigned {took:?} after SIGKILL (session timeout {SESSION_TIMEOUT:?})");
     Ok(())
 }
@@ -194,7 +236,10 @@ async fn consumer_killed_with_sigkill_is_expired_and_its_partitions_reassigned()
 fn member(group: &str) -> anyhow::Result<rdkafka::consumer::StreamConsumer> {
     Ok(kafka::client_config()
         .set("group.id", group)
-        .set("session.timeout.ms", SESSION_TIMEOUT.as_millis().to_string())
+        .set(
+            "session.timeout.ms",
+            SESSION_TIMEOUT.as_millis().to_string(),
+        )
         .set("heartbeat.interval.ms", "500")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("enable.auto.commit", "false")
@@ -221,7 +266,10 @@ async fn poll_until_assigned(
 fn wait_for(mut done: impl FnMut() -> bool, within: Duration, what: &str) {
     let deadline = std::time::Instant::now() + within;
     while !done() {
-        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

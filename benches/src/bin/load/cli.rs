@@ -6,7 +6,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "orderpipe-load", about = "Load generator for the orderpipe ingest API")]
+#[command(
+    name = "orderpipe-load",
+    about = "Load generator for the orderpipe ingest API"
+)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,

@@ -55,7 +55,11 @@ pub(crate) struct Ctx {
 }
 
 /// POSTs an order; returns status, Retry-After (seconds) and body.
-pub(crate) async fn post(ctx: &Ctx, body: &Bytes, key: &str) -> anyhow::Result<(u16, Option<u64>, Bytes)> {
+pub(crate) async fn post(
+    ctx: &Ctx,
+    body: &Bytes,
+    key: &str,
+) -> anyhow::Result<(u16, Option<u64>, Bytes)> {
     let request = hyper::Request::post(format!("{}/v1/orders", ctx.args.ingest_url))
         .header("content-type", "application/json")
         .header("idempotency-key", key)
@@ -86,7 +90,10 @@ async fn get_json(
         .context("no answer within the request timeout")??;
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null)))
+    Ok((
+        status,
+        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+    ))
 }
 
 /// Sends one order (retrying after 503/429 and transport errors when `retry`), records its
@@ -137,7 +144,11 @@ pub(crate) async fn one_order(ctx: &Ctx, order: Order, intended: Instant, retry:
     }
     let order_id = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v.get("order_id").and_then(|id| id.as_str()).map(str::to_owned));
+        .and_then(|v| {
+            v.get("order_id")
+                .and_then(|id| id.as_str())
+                .map(str::to_owned)
+        });
     let Some(order_id) = order_id else {
         record_outcome(ctx, "no_order_id_in_202", None, None);
         return;
@@ -157,11 +168,18 @@ pub(crate) async fn one_order(ctx: &Ctx, order: Order, intended: Instant, retry:
         );
         match get_json(ctx, &path, wait + REQUEST_TIMEOUT).await {
             Ok((200, body)) => {
-                let status = body.get("status").and_then(|s| s.as_str()).unwrap_or("").to_owned();
+                let status = body
+                    .get("status")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("")
+                    .to_owned();
                 let seen = intended.elapsed().as_micros() as u64;
                 match status.as_str() {
                     "confirmed" | "rejected" | "cancelled" => {
-                        let reason = body.get("reason").and_then(|r| r.as_str()).map(str::to_owned);
+                        let reason = body
+                            .get("reason")
+                            .and_then(|r| r.as_str())
+                            .map(str::to_owned);
                         record_outcome(ctx, &status, Some(seen), reason);
                         return;
                     }

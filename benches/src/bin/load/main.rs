@@ -58,7 +58,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn cleanup(args: CleanupArgs) -> anyhow::Result<()> {
-    ensure!(!args.topic_prefix.is_empty(), "refusing to delete topics without a prefix");
+    ensure!(
+        !args.topic_prefix.is_empty(),
+        "refusing to delete topics without a prefix"
+    );
     std::env::set_var("KAFKA_BOOTSTRAP", &args.kafka_bootstrap);
     let topics = Topics::with_prefix(args.topic_prefix.clone());
     let mut doomed = orderpipe_testkit::kafka::TestTopics::new()?;
@@ -118,9 +121,14 @@ async fn set_stock(args: &LoadArgs, units: u32) -> anyhow::Result<()> {
 
 async fn run(args: LoadArgs) -> anyhow::Result<()> {
     ensure!(args.seconds > 0.0, "--seconds must be positive");
-    ensure!(args.skus > 0 && args.max_lines > 0 && args.max_quantity > 0 && args.customers > 0,
-        "--skus, --max-lines, --max-quantity and --customers must be positive");
-    ensure!(args.mode == Mode::Closed || args.rate > 0.0, "--rate must be positive");
+    ensure!(
+        args.skus > 0 && args.max_lines > 0 && args.max_quantity > 0 && args.customers > 0,
+        "--skus, --max-lines, --max-quantity and --customers must be positive"
+    );
+    ensure!(
+        args.mode == Mode::Closed || args.rate > 0.0,
+        "--rate must be positive"
+    );
     if let Some(units) = args.set_stock {
         set_stock(&args, units).await?;
     }
@@ -152,12 +160,18 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
     ensure!(status == 202, "warm-up order answered {status}");
     if args.e2e_sample > 0.0 {
         // The whole pipeline flows (stages assigned, views written) before the clock starts.
-        let warm = Order { follow: true, ..scenario.order(u64::MAX - 1) };
+        let warm = Order {
+            follow: true,
+            ..scenario.order(u64::MAX - 1)
+        };
         let started = Instant::now();
         one_order(&ctx, warm, started, true).await;
         let tally = ctx.tally.lock().expect("not poisoned");
         ensure!(
-            tally.outcomes.keys().any(|o| o == "confirmed" || o == "rejected" || o == "cancelled"),
+            tally
+                .outcomes
+                .keys()
+                .any(|o| o == "confirmed" || o == "rejected" || o == "cancelled"),
             "warm-up order reached no terminal status in the query API: {:?}",
             tally.outcomes
         );
@@ -177,8 +191,14 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
         tally.outcomes.clear();
         tally.reasons.clear();
     }
-    for counter in [&ctx.live.sent, &ctx.live.acked, &ctx.live.refused, &ctx.live.retries,
-        &ctx.live.transport_errors, &ctx.live.e2e_done] {
+    for counter in [
+        &ctx.live.sent,
+        &ctx.live.acked,
+        &ctx.live.refused,
+        &ctx.live.retries,
+        &ctx.live.transport_errors,
+        &ctx.live.e2e_done,
+    ] {
         counter.store(0, Ordering::Relaxed);
     }
 
@@ -329,7 +349,10 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
     show("e2e confirmed", &tally.e2e_confirmed_us);
     show("e2e rejected", &tally.e2e_rejected_us);
     if !tally.outcomes.is_empty() {
-        println!("  e2e outcomes {:?}, reject reasons {:?}", tally.outcomes, tally.reasons);
+        println!(
+            "  e2e outcomes {:?}, reject reasons {:?}",
+            tally.outcomes, tally.reasons
+        );
     }
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir).ok();

@@ -33,7 +33,9 @@ impl Scenario {
     }
 
     pub(crate) fn order(&mut self, seq: u64) -> Order {
-        let lines_wanted = self.rng.random_range(1..=self.args.max_lines.min(self.args.skus));
+        let lines_wanted = self
+            .rng
+            .random_range(1..=self.args.max_lines.min(self.args.skus));
         let mut skus: Vec<u32> = Vec::new();
         // Distinct SKUs, Zipf-popular; a few redraws then the next free rank.
         while skus.len() < lines_wanted as usize {
@@ -67,7 +69,8 @@ impl Scenario {
             "total_minor": total,
             "payment": {"method": "card", "token": "tok_load"},
         });
-        let follow = self.args.e2e_sample > 0.0 && self.rng.random_bool(self.args.e2e_sample.min(1.0));
+        let follow =
+            self.args.e2e_sample > 0.0 && self.rng.random_bool(self.args.e2e_sample.min(1.0));
         Order {
             seq,
             body: Bytes::from(body.to_string()),

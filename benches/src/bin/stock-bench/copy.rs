@@ -20,7 +20,10 @@ pub(crate) async fn copy(
     transactional: bool,
     payloads: Vec<Vec<u8>>,
 ) -> anyhow::Result<Measured> {
-    eprintln!("{name}: consume -> produce copy of {} messages", payloads.len());
+    eprintln!(
+        "{name}: consume -> produce copy of {} messages",
+        payloads.len()
+    );
     let (_test_topics, topics) = topics_for(name).await?;
     let n = payloads.len();
     load(&args.bootstrap, &topics.stock, "HOT", &payloads).await?;
@@ -37,9 +40,11 @@ pub(crate) async fn copy(
         )
         .create()?;
         let transactional_id = format!("bench-copy-{}", Uuid::new_v4().simple());
-        let producer: BaseProducer =
-            bench_kafka::copy_producer(&bootstrap, transactional.then_some(transactional_id.as_str()))
-                .create()?;
+        let producer: BaseProducer = bench_kafka::copy_producer(
+            &bootstrap,
+            transactional.then_some(transactional_id.as_str()),
+        )
+        .create()?;
         const TIMEOUT: Duration = Duration::from_secs(30);
         // Warm up the producer (metadata, producer id, transaction coordinator) outside the
         // clock, as the stage's producer is (spawn_stage initialises it before consuming).
@@ -66,7 +71,9 @@ pub(crate) async fn copy(
         let mut first = None;
         while copied < n {
             let wait = batch_started.map_or(Duration::from_millis(100), |t| {
-                linger.saturating_sub(t.elapsed()).max(Duration::from_millis(1))
+                linger
+                    .saturating_sub(t.elapsed())
+                    .max(Duration::from_millis(1))
             });
             match consumer.poll(wait) {
                 Some(Ok(message)) => {

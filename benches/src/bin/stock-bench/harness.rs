@@ -13,7 +13,12 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 /// Produce `payloads` keyed by `key` to `topic` and wait for every acknowledgement.
-pub(crate) async fn load(bootstrap: &str, topic: &str, key: &str, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
+pub(crate) async fn load(
+    bootstrap: &str,
+    topic: &str,
+    key: &str,
+    payloads: &[Vec<u8>],
+) -> anyhow::Result<()> {
     let producer: FutureProducer = bench_kafka::loader(bootstrap).create()?;
     let started = Instant::now();
     let mut pending = Vec::with_capacity(payloads.len());
@@ -56,7 +61,12 @@ pub(crate) struct Reader {
 
 impl Reader {
     /// Starts reading `n` messages of `topic`; returns once the reader owns its partitions.
-    pub(crate) fn start(bootstrap: &str, topic: &str, n: usize, label: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(
+        bootstrap: &str,
+        topic: &str,
+        n: usize,
+        label: &str,
+    ) -> anyhow::Result<Self> {
         let reader: BaseConsumer = bench_kafka::output_reader(
             bootstrap,
             &format!("bench-reader-{}", Uuid::new_v4().simple()),

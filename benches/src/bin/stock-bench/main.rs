@@ -150,14 +150,26 @@ async fn main() -> anyhow::Result<()> {
     let rates = |all: &[Measured]| all.iter().map(Measured::rate).collect::<Vec<_>>();
     let (txn_copy, eos, alo) = (medians[1], medians[2], medians[3]);
     let mut ratios = serde_json::Map::new();
-    ratios.insert("stock_vs_txn_copy".into(), json!(eos.rate() / txn_copy.rate()));
+    ratios.insert(
+        "stock_vs_txn_copy".into(),
+        json!(eos.rate() / txn_copy.rate()),
+    );
     ratios.insert("eos_vs_alo".into(), json!(eos.rate() / alo.rate()));
-    ratios.insert("stock_vs_plain_copy".into(), json!(eos.rate() / baseline.rate()));
-    ratios.insert("txn_copy_vs_plain_copy".into(), json!(txn_copy.rate() / baseline.rate()));
+    ratios.insert(
+        "stock_vs_plain_copy".into(),
+        json!(eos.rate() / baseline.rate()),
+    );
+    ratios.insert(
+        "txn_copy_vs_plain_copy".into(),
+        json!(txn_copy.rate() / baseline.rate()),
+    );
     let mut saga_json = serde_json::Value::Null;
     if !args.no_saga {
         let (saga_copy, saga) = (medians[4], medians[5]);
-        ratios.insert("saga_vs_txn_copy".into(), json!(saga.rate() / saga_copy.rate()));
+        ratios.insert(
+            "saga_vs_txn_copy".into(),
+            json!(saga.rate() / saga_copy.rate()),
+        );
         saga_json = json!({
             "txn_copy_messages_per_second": saga_copy.rate(),
             "txn_copy_all_rounds": rates(&samples[4]),

@@ -8,7 +8,8 @@ use orderpipe_processors::saga::SagaStage;
 use orderpipe_processors::stock::{set_stock, StockStage};
 use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode};
 use orderpipe_schemas::{
-    NewOrder, OrderEnvelope, OrderEvent, ReservationRequested, StockAdjustment, StockEnvelope, StockEvent,
+    NewOrder, OrderEnvelope, OrderEvent, ReservationRequested, StockAdjustment, StockEnvelope,
+    StockEvent,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -30,8 +31,13 @@ pub(crate) fn placed(n: usize) -> Vec<Vec<u8>> {
             }))
             .expect("valid order");
             let id = Uuid::now_v7();
-            OrderEnvelope::new(id, OrderEvent::OrderPlaced(order.into_order_placed()), None, id)
-                .encode()
+            OrderEnvelope::new(
+                id,
+                OrderEvent::OrderPlaced(order.into_order_placed()),
+                None,
+                id,
+            )
+            .encode()
         })
         .collect()
 }
@@ -106,7 +112,11 @@ pub(crate) fn requests(n: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
-pub(crate) async fn stock_stage(args: &Args, mode: ProcessingMode, stock: u32) -> anyhow::Result<Measured> {
+pub(crate) async fn stock_stage(
+    args: &Args,
+    mode: ProcessingMode,
+    stock: u32,
+) -> anyhow::Result<Measured> {
     eprintln!(
         "{mode}: stock stage on {} requests for one SKU",
         args.orders
