@@ -63,7 +63,7 @@ fn scraped_names(exposition: &str) -> BTreeSet<String> {
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| {
-            l.split(|c: char| c == '{' || c == ' ')
+            l.split(['{', ' '])
                 .next()
                 .unwrap()
                 .to_owned()
