@@ -212,21 +212,14 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_status() {
     let keyspace = orderpipe_testkit::cql::TestKeyspace::new().await.unwrap();
     let ingest_port = free_port();
     let query_port = free_port();
-    let args = [
-        "--ingest-listen".to_string(),
-        format!("127.0.0.1:{ingest_port}"),
-        "--query-listen".to_string(),
-        format!("127.0.0.1:{query_port}"),
-        "--scylla-nodes".to_string(),
-        orderpipe_testkit::cql::nodes().join(","),
-        "--keyspace".to_string(),
-        keyspace.name().to_string(),
-        "--projections-group".to_string(),
-        format!("{}projections", topics.prefix),
-        // Long-polls of generated `wait` values end within a second.
-        "--query-max-wait".to_string(),
-        "1s".to_string(),
-    ];
+    let mut args = every_component_args(
+        &topics,
+        keyspace.name(),
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        format!("127.0.0.1:{query_port}").parse().unwrap(),
+    );
+    // Long-polls of generated `wait` values end within a second.
+    args.extend(["--query-max-wait".to_string(), "1s".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut pipeline = Orderpipe::run("api-contract", &topics, &args);
     pipeline.wait_ready(Duration::from_secs(90)).await;

@@ -14,7 +14,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    adopt_pipeline_topics, free_port, run_sale, set_stock, wait_projectors_caught_up, Orderpipe,
+    adopt_pipeline_topics, every_component_args, free_port, run_sale, set_stock,
+    wait_projectors_caught_up, Orderpipe,
 };
 use orderpipe_testkit::http::Conn;
 use orderpipe_testkit::kafka::TestTopics;
@@ -183,18 +184,12 @@ async fn the_control_room_follows_a_sale_in_a_browser() {
     adopt_pipeline_topics(&mut topics);
     let keyspace = orderpipe_testkit::cql::TestKeyspace::new().await.unwrap();
     let (ingest_port, query_port) = (free_port(), free_port());
-    let args = [
-        "--ingest-listen".to_string(),
-        format!("127.0.0.1:{ingest_port}"),
-        "--query-listen".to_string(),
-        format!("127.0.0.1:{query_port}"),
-        "--scylla-nodes".to_string(),
-        orderpipe_testkit::cql::nodes().join(","),
-        "--keyspace".to_string(),
-        keyspace.name().to_string(),
-        "--projections-group".to_string(),
-        format!("{}projections", topics.prefix),
-    ];
+    let args = every_component_args(
+        &topics,
+        keyspace.name(),
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        format!("127.0.0.1:{query_port}").parse().unwrap(),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut pipeline = Orderpipe::run("control-room", &topics, &args);
     pipeline.wait_ready(Duration::from_secs(90)).await;

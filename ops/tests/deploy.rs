@@ -62,12 +62,7 @@ fn scraped_names(exposition: &str) -> BTreeSet<String> {
     exposition
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .map(|l| {
-            l.split(['{', ' '])
-                .next()
-                .unwrap()
-                .to_owned()
-        })
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_owned())
         .collect()
 }
 
@@ -149,27 +144,25 @@ async fn every_metric_of_the_dashboard_and_the_alerts_appears_in_a_live_scrape()
     let (gateway_url, stop_gateway) = start_gateway(0.5).await;
     let ingest_port = free_port();
     let query_port = free_port();
-    let args = [
-        "--ingest-listen".to_string(),
-        format!("127.0.0.1:{ingest_port}"),
-        "--query-listen".to_string(),
-        format!("127.0.0.1:{query_port}"),
-        "--scylla-nodes".to_string(),
-        orderpipe_testkit::cql::nodes().join(","),
-        "--keyspace".to_string(),
-        keyspace.name().to_string(),
-        "--payments-gateway".to_string(),
-        "http".to_string(),
-        "--payments-gateway-url".to_string(),
-        gateway_url,
-        "--processor-stats-interval".to_string(),
-        "1s".to_string(),
-        "--projections-stats-interval".to_string(),
-        "1s".to_string(),
-        // The default group is shared by every pipeline on the cluster: this test's own.
-        "--projections-group".to_string(),
-        format!("{}projections", topics.prefix),
-    ];
+    let mut args = every_component_args(
+        &topics,
+        keyspace.name(),
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        format!("127.0.0.1:{query_port}").parse().unwrap(),
+    );
+    args.extend(
+        [
+            "--payments-gateway",
+            "http",
+            "--payments-gateway-url",
+            &gateway_url,
+            "--processor-stats-interval",
+            "1s",
+            "--projections-stats-interval",
+            "1s",
+        ]
+        .map(String::from),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut pipeline = Orderpipe::run("deploy-scrape", &topics, &args);
     pipeline.wait_ready(Duration::from_secs(90)).await;

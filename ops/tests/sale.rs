@@ -503,20 +503,21 @@ async fn views_agree_with_the_topics_after_a_flash_sale() {
     let ingest_port = free_port();
     let query_port = free_port();
     let started = chrono::Utc::now() - chrono::Duration::minutes(1);
-    let args = [
-        "--ingest-listen".to_string(),
-        format!("127.0.0.1:{ingest_port}"),
-        "--query-listen".to_string(),
-        format!("127.0.0.1:{query_port}"),
-        "--scylla-nodes".to_string(),
-        orderpipe_testkit::cql::nodes().join(","),
-        "--keyspace".to_string(),
-        keyspace.name().to_string(),
-        "--payments-gateway".to_string(),
-        "http".to_string(),
-        "--payments-gateway-url".to_string(),
-        gateway_url.clone(),
-    ];
+    let mut args = every_component_args(
+        &topics,
+        keyspace.name(),
+        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
+        format!("127.0.0.1:{query_port}").parse().unwrap(),
+    );
+    args.extend(
+        [
+            "--payments-gateway",
+            "http",
+            "--payments-gateway-url",
+            &gateway_url,
+        ]
+        .map(String::from),
+    );
     let mut pipeline = Orderpipe::run("all", &topics, &refs(&args));
     pipeline.wait_ready(Duration::from_secs(60)).await;
     set_stock(&topics, "HOT-1", 100);

@@ -168,20 +168,11 @@ async fn secrets_never_reach_logs_dead_letters_or_metrics() {
 
     let ingest: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let query: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let args = [
+    let mut args = every_component_args(&topics, keyspace.name(), ingest, query);
+    args.extend([
         // Everything the process logs, at debug (the most a deployment would configure).
         "--log".to_string(),
         "debug".to_string(),
-        "--ingest-listen".to_string(),
-        ingest.to_string(),
-        "--query-listen".to_string(),
-        query.to_string(),
-        "--scylla-nodes".to_string(),
-        orderpipe_testkit::cql::nodes().join(","),
-        "--keyspace".to_string(),
-        keyspace.name().to_string(),
-        "--projections-group".to_string(),
-        format!("{}projections", topics.prefix),
         "--payments-gateway".to_string(),
         "http".to_string(),
         "--payments-gateway-url".to_string(),
@@ -196,7 +187,7 @@ async fn secrets_never_reach_logs_dead_letters_or_metrics() {
         keys_file.to_str().unwrap().to_string(),
         "--admin-key-file".to_string(),
         admin_key_file.to_str().unwrap().to_string(),
-    ];
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut pipeline = Orderpipe::run("secrets", &topics, &args);
     let admin_bearer = format!("Bearer {admin_key}");

@@ -133,6 +133,32 @@ impl Drop for Orderpipe {
 }
 
 /// Every topic `orderpipe run` creates under the test prefix, so TestTopics deletes them after.
+/// Arguments of an `orderpipe run` of every component serving ingest and the query API on
+/// `ingest` and `query`, its views in `keyspace`, and its projector group under the test's prefix
+/// (the default group is shared by every pipeline on the cluster). Tests append their own.
+pub fn every_component_args(
+    topics: &TestTopics,
+    keyspace: &str,
+    ingest: SocketAddr,
+    query: SocketAddr,
+) -> Vec<String> {
+    [
+        "--ingest-listen",
+        &ingest.to_string(),
+        "--query-listen",
+        &query.to_string(),
+        "--scylla-nodes",
+        &orderpipe_testkit::cql::nodes().join(","),
+        "--keyspace",
+        keyspace,
+        "--projections-group",
+        &format!("{}projections", topics.prefix),
+    ]
+    .iter()
+    .map(|arg| arg.to_string())
+    .collect()
+}
+
 pub fn adopt_pipeline_topics(topics: &mut TestTopics) {
     let names = Topics::with_prefix(topics.prefix.clone());
     for spec in names.plan(PARTITIONS, 1) {
