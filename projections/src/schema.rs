@@ -16,7 +16,7 @@ use std::time::Duration;
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::statement::SerialConsistency;
+use scylla::statement::{SerialConsistency, Statement};
 use scylla::value::CqlTimestamp;
 
 use crate::config::{check_keyspace, CqlConfig, Replication};
@@ -190,6 +190,19 @@ pub async fn connect(nodes: &[String], cql: &CqlConfig) -> Result<Arc<Session>, 
     Ok(Arc::new(session))
 }
 
+/// Request timeout of schema changes. A DDL statement is answered once the schema change has
+/// reached the cluster, which on a loaded node (or Cassandra's first changes after start) takes
+/// longer than the reads' timeout: a process starting beside a busy CQL server failed with
+/// "creating keyspace: Request execution exceeded a client timeout of 5000ms".
+const DDL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `text` as a schema-change statement, with [`DDL_TIMEOUT`].
+fn ddl(text: String) -> Statement {
+    let mut statement = Statement::new(text);
+    statement.set_request_timeout(Some(DDL_TIMEOUT));
+    statement
+}
+
 /// Creates the keyspace (with `replication`, when missing) and applies every migration not yet
 /// recorded in `schema_migrations`. Idempotent.
 pub async fn migrate(
@@ -200,20 +213,20 @@ pub async fn migrate(
     check_keyspace(keyspace).map_err(Error::Config)?;
     session
         .query_unpaged(
-            format!(
+            ddl(format!(
                 "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {}",
                 replication.to_cql()
-            ),
+            )),
             &[],
         )
         .await
         .cql("creating keyspace")?;
     session
         .query_unpaged(
-            format!(
+            ddl(format!(
                 "CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations (
                     version int PRIMARY KEY, description text, applied_at timestamp)"
-            ),
+            )),
             &[],
         )
         .await
@@ -261,7 +274,7 @@ pub async fn migrate(
         };
         for statement in migration.statements {
             session
-                .query_unpaged(statement.replace("{ks}", keyspace), &[])
+                .query_unpaged(ddl(statement.replace("{ks}", keyspace)), &[])
                 .await
                 .map_err(|e| failed(&e))?;
         }

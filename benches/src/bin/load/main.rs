@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
+use backon::Retryable as _;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use hyper_util::client::legacy::Client;
@@ -153,11 +154,27 @@ async fn run(args: LoadArgs) -> anyhow::Result<()> {
     let mut scenario = Scenario::new(&args)?;
 
     // Warm-up (not measured): connections, and the ingest's producer is up.
+    // A 503 or 429 here means "not yet" (a fresh broker's transaction coordinator still loading,
+    // the previous step's backlog): ask again, with the same Idempotency-Key, for up to ~30 s.
     let warm = scenario.order(u64::MAX);
-    let (status, _, _) = post(&ctx, &warm.body, &format!("load-{}-warm", ctx.run_id))
-        .await
-        .context("warm-up order")?;
-    ensure!(status == 202, "warm-up order answered {status}");
+    let warm_key = format!("load-{}-warm", ctx.run_id);
+    (|| async {
+        let (status, _, _) = post(&ctx, &warm.body, &warm_key)
+            .await
+            .context("warm-up order")?;
+        ensure!(status == 202, "warm-up order answered {status}");
+        Ok(())
+    })
+    .retry(
+        backon::ConstantBuilder::default()
+            .with_delay(Duration::from_millis(500))
+            .with_max_times(60),
+    )
+    .when(|err: &anyhow::Error| {
+        let text = err.to_string();
+        text.ends_with("answered 503") || text.ends_with("answered 429")
+    })
+    .await?;
     if args.e2e_sample > 0.0 {
         // The whole pipeline flows (stages assigned, views written) before the clock starts.
         let warm = Order {
