@@ -10,18 +10,14 @@
 //! open transaction): a letter is redriven at most once, and a redrive that reports success was
 //! committed.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::HashMap;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use orderpipe_runtime::kafka::{self, dlq as headers};
+use orderpipe_runtime::kafka::dlq as headers;
 use orderpipe_schemas::{NotificationEnvelope, OrderEnvelope, StockEnvelope, Topics};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
-use uuid::Uuid;
 
 use crate::cli::DlqCommand;
 
@@ -161,54 +157,11 @@ pub(crate) fn marker_key(dlq_topic: &str, id: LetterId) -> String {
 /// Every committed record of `topic` up to its end when called (read_committed, manual
 /// assignment: no group is joined or moved). A missing topic reads as empty.
 pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
-    let group = format!("orderpipe-dlq-{}", Uuid::new_v4().simple());
-    let consumer: BaseConsumer = kafka::assigned_reader(bootstrap, "orderpipe-dlq", &group)
-        .set("fetch.wait.max.ms", "50")
-        .create()
-        .context("creating a consumer")?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("reading metadata of {topic}"))?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for t in metadata.topics() {
-        if t.error().is_some() {
-            return Ok(Vec::new());
-        }
-        for partition in t.partitions() {
-            let (_, high) = crate::lag::watermarks(&consumer, topic, partition.id())?;
-            if high > 0 {
-                assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-                ends.insert(partition.id(), high);
-            }
-        }
-    }
     let mut out = Vec::new();
-    if ends.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + READ_TIMEOUT;
-    loop {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => out.push(message.detach()),
-            // The reader reports each partition's end; the positions below say when all are read.
-            Some(Err(KafkaError::PartitionEOF(_))) | None => {}
-            Some(Err(err)) => return Err(err).with_context(|| format!("reading {topic}")),
-        }
-        // Positions move past transaction markers too, so compare positions with the ends.
-        let positions = consumer.position()?;
-        let done = positions.elements().iter().all(|e| match e.offset() {
-            Offset::Offset(position) => ends.get(&e.partition()).is_none_or(|end| position >= *end),
-            _ => false,
-        });
-        if done {
-            return Ok(out);
-        }
-        if Instant::now() > deadline {
-            bail!("reading {topic} did not reach its end within {READ_TIMEOUT:?} (an open transaction?)");
-        }
-    }
+    crate::topic_reader::read_to_end(bootstrap, "orderpipe-dlq", &[topic], READ_TIMEOUT, |m| {
+        out.push(m.detach())
+    })?;
+    Ok(out)
 }
 
 /// The stage's letters, oldest first per partition, each with its redrive marker if any.

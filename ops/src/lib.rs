@@ -7,6 +7,7 @@
 //! - [`run`]: starts the chosen components, waits for a shutdown signal, stops them gracefully.
 //! - [`dlq`]: `orderpipe dlq list|show|redrive` (dead letters, redrive exactly once).
 //! - [`lag`]: `orderpipe lag` (committed vs end offsets, age of the oldest unprocessed record).
+//! - [`topic_reader`]: topics read to their end offsets (behind `verify` and `dlq`).
 //! - [`topics`]: `orderpipe topics create|describe` (the topic plan and its drift).
 //! - [`stock`]: `orderpipe stock adjust|show`.
 //! - [`replay`]: `orderpipe replay` (resumable, from a time or the beginning) and `switch`.
@@ -24,5 +25,6 @@ pub mod prompt;
 pub mod replay;
 pub mod run;
 pub mod stock;
+pub mod topic_reader;
 pub mod topics;
 pub mod verify;

@@ -24,17 +24,13 @@
 //! lag: check them once `orderpipe lag` shows the projectors caught up.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
 use chrono::{DateTime, Utc};
 use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, NotificationKind, OrderEnvelope, OrderEvent,
     StockAdjustment, StockEnvelope, StockEvent, StockLevels, Topics,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
 use serde::Serialize;
 use uuid::Uuid;
@@ -417,96 +413,43 @@ fn distinct<'a, E: orderpipe_schemas::Envelope + 'a>(
 /// their end offsets at the time of the call. Fails when that end is not reached within
 /// `within` (e.g. a transaction left open holds the last stable offset back).
 pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyhow::Result<History> {
-    // Manual assignment, never committed: no live group is joined or moved.
-    let group = format!("orderpipe-verify-{}", Uuid::new_v4().simple());
-    let consumer: BaseConsumer =
-        orderpipe_runtime::kafka::assigned_reader(bootstrap, "orderpipe-verify", &group)
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .context("creating the verify consumer")?;
-    let mut assignment = TopicPartitionList::new();
-    let mut ends: HashMap<(String, i32), i64> = HashMap::new();
-    for topic in [&topics.orders, &topics.stock, &topics.notifications] {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, partition.id(), Duration::from_secs(10))
-                .with_context(|| format!("end offset of {topic}/{}", partition.id()))?;
-            if high > 0 {
-                assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
-                ends.insert((topic.clone(), partition.id()), high);
-            }
-        }
-    }
     let mut history = History::default();
-    if ends.is_empty() {
-        return Ok(history);
-    }
-    consumer.assign(&assignment)?;
-    let deadline = Instant::now() + within;
-    let mut done: BTreeSet<(String, i32)> = BTreeSet::new();
-    while done.len() < ends.len() {
-        if Instant::now() > deadline {
-            bail!("reading the topics did not reach their end within {within:?} (an open transaction?)");
-        }
-        let polled = match consumer.poll(Duration::from_millis(100)) {
-            // The reader reports partition ends; the positions below say when to stop.
-            Some(Err(KafkaError::PartitionEOF(_))) | None => None,
-            Some(Ok(message)) => Some(message),
-            Some(Err(err @ KafkaError::MessageConsumptionFatal(_))) => {
-                return Err(err).context("reading the topics")
-            }
-            // A broker down or restarting (BrokerTransportFailure, AllBrokersDown...) is reported
-            // here too; librdkafka reconnects and the read goes on. The deadline bounds it.
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "reading the topics: transient consumer error");
-                None
-            }
+    let read = [
+        topics.orders.as_str(),
+        topics.stock.as_str(),
+        topics.notifications.as_str(),
+    ];
+    crate::topic_reader::read_to_end(bootstrap, "orderpipe-verify", &read, within, |message| {
+        let payload = message.payload().unwrap_or_default();
+        let place = || {
+            format!(
+                "{}/{}@{}",
+                message.topic(),
+                message.partition(),
+                message.offset()
+            )
         };
-        if let Some(message) = polled {
-            let payload = message.payload().unwrap_or_default();
-            let place = || {
-                format!(
-                    "{}/{}@{}",
-                    message.topic(),
-                    message.partition(),
-                    message.offset()
-                )
-            };
-            if message.topic() == topics.orders {
-                match OrderEnvelope::decode(payload) {
-                    Ok(e) => history.orders.entry(e.order_id).or_default().push(e),
-                    Err(err) => history.undecodable.push(format!("{}: {err}", place())),
-                }
-            } else if message.topic() == topics.stock {
-                match StockEnvelope::decode(payload) {
-                    Ok(e) => history
-                        .stock
-                        .entry(e.sku.clone())
-                        .or_default()
-                        .push(e.event),
-                    Err(err) => history.undecodable.push(format!("{}: {err}", place())),
-                }
-            } else {
-                match NotificationEnvelope::decode(payload) {
-                    Ok(e) => history.notifications.entry(e.order_id).or_default().push(e),
-                    Err(err) => history.undecodable.push(format!("{}: {err}", place())),
-                }
+        if message.topic() == topics.orders {
+            match OrderEnvelope::decode(payload) {
+                Ok(e) => history.orders.entry(e.order_id).or_default().push(e),
+                Err(err) => history.undecodable.push(format!("{}: {err}", place())),
+            }
+        } else if message.topic() == topics.stock {
+            match StockEnvelope::decode(payload) {
+                Ok(e) => history
+                    .stock
+                    .entry(e.sku.clone())
+                    .or_default()
+                    .push(e.event),
+                Err(err) => history.undecodable.push(format!("{}: {err}", place())),
+            }
+        } else {
+            match NotificationEnvelope::decode(payload) {
+                Ok(e) => history.notifications.entry(e.order_id).or_default().push(e),
+                Err(err) => history.undecodable.push(format!("{}: {err}", place())),
             }
         }
-        // Positions move past control records (transaction markers) too, so compare positions.
-        let positions = consumer.position()?;
-        for element in positions.elements() {
-            let key = (element.topic().to_string(), element.partition());
-            if let (Offset::Offset(position), Some(end)) = (element.offset(), ends.get(&key)) {
-                if position >= *end {
-                    done.insert(key);
-                }
-            }
-        }
-    }
+    })?;
     Ok(history)
 }
 
