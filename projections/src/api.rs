@@ -257,16 +257,16 @@ struct AppState {
     shutdown: CancellationToken,
 }
 
-/// A slot of a bounded kind of request (long-polls, stock streams): counted while held, given
-/// back however the request ends; `gauge` follows the count.
-struct Slot {
+/// A slot of a bounded kind of request (long-polls, stock streams, control-room viewers):
+/// counted while held, given back however the request ends; `gauge` follows the count.
+pub(crate) struct Slot {
     count: Arc<AtomicUsize>,
     gauge: fn(f64),
 }
 
 impl Slot {
     /// A slot, or `None` when `max` are already taken.
-    fn acquire(count: &Arc<AtomicUsize>, max: usize, gauge: fn(f64)) -> Option<Self> {
+    pub(crate) fn acquire(count: &Arc<AtomicUsize>, max: usize, gauge: fn(f64)) -> Option<Self> {
         let taken = count
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)

@@ -30,7 +30,7 @@
 mod figures;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,6 +54,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use self::figures::{MetricFigures, Scrape};
+use crate::api::Slot;
 use crate::error::CqlContext;
 use crate::switch::ActiveViews;
 
@@ -249,7 +250,8 @@ async fn stream(Extension(room): Extension<Arc<ControlRoom>>, headers: HeaderMap
     if let Some(refusal) = refusal(&headers) {
         return refusal;
     }
-    let Some(viewer) = Viewer::acquire(&room.viewers, room.config.max_viewers) else {
+    // No gauge of its own: the request counter says how many streams were opened.
+    let Some(viewer) = Slot::acquire(&room.viewers, room.config.max_viewers, |_| {}) else {
         crate::metrics::request("control_room_stream", 503);
         return Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -279,26 +281,6 @@ async fn stream(Extension(room): Extension<Arc<ControlRoom>>, headers: HeaderMap
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
-}
-
-/// One open stream; frees its slot when the stream is dropped.
-struct Viewer(Arc<AtomicUsize>);
-
-impl Viewer {
-    fn acquire(count: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-            .then(|| Viewer(count.clone()))
-    }
-}
-
-impl Drop for Viewer {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 impl ControlRoom {
