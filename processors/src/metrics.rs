@@ -22,6 +22,7 @@
 //! | `orderpipe_notifications_deliveries_total` | counter | | notifications delivered to the sink |
 //! | `orderpipe_notifications_retries_total` | counter | | delivery attempts after a transient failure (retries within a delivery) |
 //! | `orderpipe_notifications_failures_total` | counter | | notifications that could not be delivered after their retries (`notification_failed`) |
+//! | `orderpipe_notifications_waiting` | gauge | | notifications whose receiver failed, waiting to be retried (set each tick) |
 //! | `orderpipe_saga_terminals_total` | counter | outcome, reason | terminal decisions of the saga: `confirmed`, `rejected` (with its reason), `cancelled`; redeliveries not counted |
 //! | `orderpipe_saga_deadlines_total` | counter | phase | orders rejected because their phase deadline passed (`reserving`, `paying`) |
 //!
@@ -148,6 +149,11 @@ pub(crate) fn register_notifications() {
     metrics::counter!("orderpipe_notifications_deliveries_total").increment(0);
     metrics::counter!("orderpipe_notifications_retries_total").increment(0);
     metrics::counter!("orderpipe_notifications_failures_total").increment(0);
+    metrics::gauge!("orderpipe_notifications_waiting").set(0.0);
+}
+
+pub(crate) fn notifications_waiting(n: usize) {
+    metrics::gauge!("orderpipe_notifications_waiting").set(n as f64);
 }
 
 /// A terminal decision of the saga (other events are ignored).

@@ -1,6 +1,7 @@
 //! The notifications stage without a broker: dedup by source event id, records on the
-//! notifications topic, changelog restore, failures recorded, state tombstoned after the
-//! retention without ever delivering a late duplicate afresh.
+//! notifications topic, changelog restore, failures recorded, a receiver that is down retried
+//! from tick until it answers or the retry window ends, state tombstoned after the retention
+//! without ever delivering a late duplicate afresh.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -99,15 +100,19 @@ fn process(
         .collect();
     let mut out = Effects::new();
     stage.process(&inputs, &mut out);
-    let records = out
-        .outputs()
+    let records = notification_records(&out);
+    (out, records)
+}
+
+/// The notifications-topic records of `out`.
+fn notification_records(out: &Effects) -> Vec<NotificationEnvelope> {
+    out.outputs()
         .iter()
         .map(|o| {
             assert_eq!(o.topic, "notifications");
             NotificationEnvelope::decode(&o.payload).unwrap()
         })
-        .collect();
-    (out, records)
+        .collect()
 }
 
 #[test]
@@ -231,7 +236,9 @@ fn a_failed_delivery_is_recorded_with_its_attempts() {
     let rt = runtime();
     let sink = Arc::new(Recorder::default());
     *sink.failing.lock().unwrap() = true;
-    let mut stage = NotificationsStage::new(Topics::default(), sink, rt.handle().clone(), policy());
+    // No retry window: given up after the attempts within the batch
+    let mut stage = NotificationsStage::new(Topics::default(), sink, rt.handle().clone(), policy())
+        .with_retry_for(Duration::ZERO);
     let id = Uuid::now_v7();
     // No order_placed seen (e.g. the stage started after it): the customer is "unknown"
     let confirmed = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
@@ -266,7 +273,7 @@ fn plan_is_pure_and_dedups_by_event_id() {
             outcome: Outcome::Sent { attempts: 1 },
             at: None,
         }],
-        last_event_at: None,
+        ..NotifyState::default()
     };
     assert!(
         matches!(plan(Some(&state), &confirmed), Plan::Repeat(h) if h.event_id == confirmed.event_id)
@@ -443,4 +450,244 @@ fn a_late_duplicate_of_a_forgotten_notification_is_dead_lettered_not_sent_again(
     assert!(out.dead_letters().is_empty());
     assert_eq!(records.len(), 2);
     assert_eq!(sink.delivered.lock().unwrap().len(), 2);
+}
+
+fn confirmed(order_id: Uuid) -> OrderEnvelope {
+    order_event(order_id, OrderEvent::OrderConfirmed(OrderConfirmed {}))
+}
+
+fn refunded(order_id: Uuid) -> OrderEnvelope {
+    order_event(
+        order_id,
+        OrderEvent::Refunded(Refunded {
+            amount_minor: 500,
+            currency: "EUR".into(),
+        }),
+    )
+}
+
+fn kinds(records: &[NotificationEnvelope]) -> Vec<&'static str> {
+    records.iter().map(|r| r.event.event_type()).collect()
+}
+
+#[test]
+fn a_receiver_down_for_a_while_gets_the_notification_later_instead_of_a_failure() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    );
+    let t0 = Utc::now();
+    let id = Uuid::now_v7();
+    let confirmation = confirmed(id);
+    // Given a receiver that is down when the confirmation arrives
+    *sink.failing.lock().unwrap() = true;
+    let (out, records) = process(&mut stage, &[&placed(id), &confirmation]);
+    // Then nothing is recorded yet (neither requested nor failed), and the notification waits
+    // in the order's state, which is in the changelog
+    assert!(records.is_empty(), "{records:?}");
+    let waiting = &stage.order(id).unwrap().waiting;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (waiting[0].attempts, waiting[0].last_error.as_str()),
+        (3, "receiver down")
+    );
+    let state = out.changelog().last().unwrap().value.clone().unwrap();
+    assert!(String::from_utf8_lossy(&state).contains("receiver down"));
+    assert_eq!(stage.waiting_count(), 1);
+    // And a redelivery of the confirmation does not start a second delivery
+    let (again, repeated) = process(&mut stage, &[&confirmation]);
+    assert!(repeated.is_empty() && again.changelog().is_empty());
+    assert_eq!(stage.waiting_count(), 1);
+    // When the receiver is back, a tick before the retry is due does nothing
+    *sink.failing.lock().unwrap() = false;
+    let early = tick(&mut stage, t0 + chrono::Duration::milliseconds(500));
+    assert!(early.outputs().is_empty());
+    assert!(sink.delivered.lock().unwrap().is_empty());
+    // And the tick after the backoff (4 s after 3 failed attempts) delivers it, once, and
+    // records it as sent with every attempt counted
+    let retried = tick(&mut stage, t0 + chrono::Duration::seconds(5));
+    let records = notification_records(&retried);
+    assert_eq!(
+        kinds(&records),
+        ["notification_requested", "notification_sent"]
+    );
+    let NotificationEvent::NotificationSent(sent) = &records[1].event else {
+        panic!("{records:?}")
+    };
+    assert_eq!((sent.request_id, sent.attempts), (records[0].event_id, 4));
+    assert_eq!(records[0].causation_id, Some(confirmation.event_id));
+    assert_eq!(records[0].correlation_id, confirmation.correlation_id);
+    let delivered = sink.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 1);
+    assert_eq!(
+        (delivered[0].event_id, delivered[0].customer_id.as_str()),
+        (confirmation.event_id, "cust-42")
+    );
+    assert_eq!(stage.waiting_count(), 0);
+    assert_eq!(retried.changelog().len(), 1);
+    // And a later redelivery repeats exactly those records without delivering again
+    let (_, repeated) = process(&mut stage, &[&confirmation]);
+    let ids = |rs: &[NotificationEnvelope]| -> Vec<_> { rs.iter().map(|r| r.event_id).collect() };
+    assert_eq!(ids(&repeated), ids(&records));
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+}
+
+#[test]
+fn later_notifications_of_an_order_wait_behind_an_earlier_one_and_keep_their_order() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    );
+    let t0 = Utc::now();
+    let id = Uuid::now_v7();
+    let (confirmation, refund) = (confirmed(id), refunded(id));
+    *sink.failing.lock().unwrap() = true;
+    let (_, records) = process(&mut stage, &[&placed(id), &confirmation]);
+    assert!(records.is_empty());
+    // Given the receiver is back, a refund of the same order arriving meanwhile is not sent
+    // ahead of the confirmation: it queues behind it
+    *sink.failing.lock().unwrap() = false;
+    let (_, records) = process(&mut stage, &[&refund]);
+    assert!(records.is_empty(), "{records:?}");
+    assert!(sink.delivered.lock().unwrap().is_empty());
+    let waiting = &stage.order(id).unwrap().waiting;
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|w| (w.notification.event_id, w.attempts))
+            .collect::<Vec<_>>(),
+        [(confirmation.event_id, 3), (refund.event_id, 0)]
+    );
+    // When the retry is due, both go out in the order they happened
+    let retried = tick(&mut stage, t0 + chrono::Duration::seconds(5));
+    let delivered: Vec<Uuid> = sink
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|n| n.event_id)
+        .collect();
+    assert_eq!(delivered, [confirmation.event_id, refund.event_id]);
+    let records = notification_records(&retried);
+    assert_eq!(
+        kinds(&records),
+        [
+            "notification_requested",
+            "notification_sent",
+            "notification_requested",
+            "notification_sent"
+        ]
+    );
+    let attempts: Vec<u32> = records
+        .iter()
+        .filter_map(|r| match &r.event {
+            NotificationEvent::NotificationSent(s) => Some(s.attempts),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(attempts, [4, 1]);
+    assert_eq!(stage.waiting_count(), 0);
+}
+
+#[test]
+fn a_notification_is_given_up_only_when_its_retry_window_is_over() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let mut stage = NotificationsStage::new(
+        Topics::default(),
+        sink.clone(),
+        rt.handle().clone(),
+        policy(),
+    )
+    .with_retry_for(Duration::from_secs(60));
+    let t0 = Utc::now();
+    tick(&mut stage, t0);
+    let id = Uuid::now_v7();
+    *sink.failing.lock().unwrap() = true;
+    let (_, records) = process(&mut stage, &[&confirmed(id)]);
+    assert!(records.is_empty());
+    // Within the window every due retry fails again and the notification keeps waiting, each
+    // retry after a longer backoff
+    let mut attempts = 3;
+    for after in [5, 15, 35] {
+        let out = tick(&mut stage, t0 + chrono::Duration::seconds(after));
+        assert!(out.outputs().is_empty(), "retry at +{after}s");
+        attempts += 1;
+        assert_eq!(stage.order(id).unwrap().waiting[0].attempts, attempts);
+    }
+    assert_eq!(attempts, 6);
+    // A tick before the next backoff (after 6 failures: 30 s, the longest) tries nothing
+    let out = tick(&mut stage, t0 + chrono::Duration::seconds(50));
+    assert!(out.outputs().is_empty());
+    assert_eq!(stage.order(id).unwrap().waiting[0].attempts, 6);
+    // After the window, the next failed attempt records the failure with every attempt
+    let out = tick(&mut stage, t0 + chrono::Duration::seconds(65));
+    let records = notification_records(&out);
+    assert_eq!(
+        kinds(&records),
+        ["notification_requested", "notification_failed"]
+    );
+    let NotificationEvent::NotificationFailed(failed) = &records[1].event else {
+        panic!("{records:?}")
+    };
+    assert_eq!(
+        (failed.attempts, failed.reason.as_str()),
+        (7, "receiver down")
+    );
+    assert_eq!(stage.waiting_count(), 0);
+    assert!(sink.delivered.lock().unwrap().is_empty());
+}
+
+#[test]
+fn waiting_notifications_survive_a_restart_and_are_retried_at_its_first_tick() {
+    let rt = runtime();
+    let sink = Arc::new(Recorder::default());
+    let new_stage = || {
+        NotificationsStage::new(
+            Topics::default(),
+            sink.clone(),
+            rt.handle().clone(),
+            policy(),
+        )
+    };
+    let mut stage = new_stage();
+    let id = Uuid::now_v7();
+    let confirmation = confirmed(id);
+    *sink.failing.lock().unwrap() = true;
+    let (out, _) = process(&mut stage, &[&placed(id), &confirmation]);
+    // Given an instance that stopped with a notification waiting, a new one restores it
+    let mut restarted = new_stage();
+    for r in out.changelog() {
+        restarted
+            .restore(r.partition, &r.key, r.value.as_deref())
+            .unwrap();
+    }
+    assert_eq!(restarted.waiting_count(), 1);
+    // When its first tick comes, the notification is delivered
+    *sink.failing.lock().unwrap() = false;
+    let retried = tick(&mut restarted, Utc::now());
+    assert_eq!(
+        kinds(&notification_records(&retried)),
+        ["notification_requested", "notification_sent"]
+    );
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    // And a partition handed to another instance takes its waiting work with it
+    let mut revoked = new_stage();
+    for r in out.changelog() {
+        revoked
+            .restore(r.partition, &r.key, r.value.as_deref())
+            .unwrap();
+    }
+    revoked.revoke(1);
+    assert_eq!(revoked.waiting_count(), 0);
+    assert!(tick(&mut revoked, Utc::now()).outputs().is_empty());
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
 }

@@ -76,7 +76,8 @@ pub struct NotificationsArgs {
     /// Longest wait for one delivery attempt.
     #[arg(id = "notifications_timeout", long = "notifications-timeout", env = "ORDERPIPE_NOTIFICATIONS_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
-    /// Delivery attempts per notification before `notification_failed` (1 = no retry).
+    /// Delivery attempts per notification within its batch (1 = no retry); a receiver still
+    /// failing transiently after them is retried later (`--notifications-retry-for`).
     #[arg(
         id = "notifications_attempts",
         long = "notifications-attempts",
@@ -90,6 +91,11 @@ pub struct NotificationsArgs {
     /// Longest delay between two attempts.
     #[arg(id = "notifications_backoff_max", long = "notifications-backoff-max", env = "ORDERPIPE_NOTIFICATIONS_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
+    /// How long a notification whose receiver keeps failing transiently (timeouts, 5xx, 429)
+    /// is retried, with backoff, after its first failure before `notification_failed` is
+    /// recorded (0: give up after `--notifications-attempts`).
+    #[arg(id = "notifications_retry_for", long = "notifications-retry-for", env = "ORDERPIPE_NOTIFICATIONS_RETRY_FOR", default_value = "15min", value_parser = humantime::parse_duration)]
+    pub retry_for: Duration,
     /// Most deliveries in flight at once (per batch; one order's stay sequential).
     #[arg(
         id = "notifications_concurrency",
@@ -117,6 +123,7 @@ impl Default for NotificationsArgs {
             attempts: 5,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
+            retry_for: super::stage::DEFAULT_RETRY_FOR,
             concurrency: 32,
             retention: super::stage::DEFAULT_RETENTION,
         }
@@ -192,6 +199,21 @@ mod tests {
         assert_eq!(defaults.retention, NotificationsArgs::default().retention);
         let set = Cli::try_parse_from(["x", "--notifications-retention", "36h"]).unwrap();
         assert_eq!(set.notifications.retention, Duration::from_secs(36 * 3600));
+    }
+
+    #[test]
+    fn retry_for_defaults_to_fifteen_minutes_and_parses_humantime() {
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            notifications: NotificationsArgs,
+        }
+        let defaults = Cli::try_parse_from(["x"]).unwrap().notifications;
+        assert_eq!(defaults.retry_for, Duration::from_secs(15 * 60));
+        assert_eq!(defaults.retry_for, NotificationsArgs::default().retry_for);
+        let set = Cli::try_parse_from(["x", "--notifications-retry-for", "0s"]).unwrap();
+        assert_eq!(set.notifications.retry_for, Duration::ZERO);
     }
 
     #[test]

@@ -1,24 +1,31 @@
 //! The notifications stage: consumes the orders topic; on a terminal event (`order_confirmed`,
-//! `order_rejected`), a cancellation or a refund, records `notification_requested`, delivers to
-//! the sink with bounded retries, and records `notification_sent` or `notification_failed`.
+//! `order_rejected`), a cancellation or a refund, delivers to the sink and records
+//! `notification_requested` with `notification_sent` or `notification_failed`.
 //!
 //! State per order (memory + `notifications.changelog`, key `order_id`, JSON [`NotifyState`]):
-//! the customer id (from `order_placed`, since terminal events do not carry it) and the source
-//! events already handled with their outcome, so a redelivered terminal event is not sent twice:
-//! its records are repeated (same event ids, derived from the source event) instead.
+//! the customer id (from `order_placed`, since terminal events do not carry it), the source
+//! events already handled with their outcome, so a redelivered terminal event is not sent twice
+//! (its records are repeated instead: same event ids, derived from the source event), and the
+//! notifications still waiting for a receiver that failed.
+//!
+//! Delivery: up to `--notifications-attempts` attempts within the batch. A receiver that still
+//! fails transiently (timeout, 5xx, 429) does not lose the notification: it waits in the order's
+//! state and is retried from [`Stage::tick`] with backoff (1 s doubling to 30 s) until
+//! `--notifications-retry-for` (15 minutes) has passed since it first failed; only then is it
+//! recorded as `notification_failed` (on the topic, with the reason, for a redrive). A permanent
+//! failure (another 4xx) is recorded at once. Later notifications of the same order wait behind
+//! it, so a customer hears about an order in the order things happened.
 //!
 //! At-least-once delivery: the dedup record is written with the batch, after the delivery. A crash
 //! after a delivery and before that write resends on restart; the resend carries the same
-//! `event_id` (and `request_id`), by which receivers deduplicate. A delivery that fails after its
-//! retries is recorded as `notification_failed` (not lost: it is on the topic, with the reason,
-//! for a redrive).
+//! `event_id` (and `request_id`), by which receivers deduplicate.
 //!
 //! Retention: an order's state is tombstoned in `notifications.changelog` once its last event
 //! (the `order_placed` it learnt the customer from, or the last event it notified) happened more
-//! than `--notifications-retention` (7 days) ago, so the changelog's live key count stays bounded
-//! by the orders of one retention. A notification-worthy event that is not in the dedup set and
-//! happened more than about the retention ago may be a late duplicate of a forgotten one: it is
-//! dead-lettered (`stale_event`), never delivered afresh.
+//! than `--notifications-retention` (7 days) ago and nothing of it is waiting, so the changelog's
+//! live key count stays bounded by the orders of one retention. A notification-worthy event that
+//! is not in the dedup set and happened more than about the retention ago may be a late duplicate
+//! of a forgotten one: it is dead-lettered (`stale_event`), never delivered afresh.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -26,210 +33,32 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use futures::{stream, StreamExt};
-use orderpipe_schemas::{
-    NotificationEnvelope, NotificationEvent, NotificationFailed, NotificationKind,
-    NotificationRequested, NotificationSent, OrderEnvelope, OrderEvent, Topics,
-};
-use serde::{Deserialize, Serialize};
+use orderpipe_schemas::{OrderEnvelope, Topics};
 use tokio::runtime::Handle;
 use uuid::Uuid;
 
 use super::config::NotificationsArgs;
+use super::plan::{plan, records, status, Handled, NotifyState, Outcome, Plan, Source, Waiting};
 use super::sink::{deliver_with_retry, Notification, NotificationSink};
 use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
 use crate::shared::derived_event_id;
-use crate::shared::{warn_if_current_thread, ConfigError, RetryPolicy};
-
-/// What the stage keeps per order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NotifyState {
-    /// The customer, once `order_placed` was seen.
-    pub customer_id: Option<String>,
-    /// Orders-topic events already notified, with the outcome (the dedup set).
-    pub handled: Vec<Handled>,
-    /// `occurred_at` of the latest event that changed this state (`order_placed` or a notified
-    /// event): the state is tombstoned once this is older than the retention. State written
-    /// before this field existed: `None`, and the retention counts from its restore.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_event_at: Option<DateTime<Utc>>,
-}
-
-impl NotifyState {
-    /// Records that an event of `at` changed this state.
-    fn touch(&mut self, at: DateTime<Utc>) {
-        self.last_event_at = Some(self.last_event_at.map_or(at, |last| last.max(at)));
-    }
-}
+use crate::shared::{doubling_delay, warn_if_current_thread, ConfigError, RetryPolicy};
 
 /// Default time an order's notification state is kept after its last event.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Default time a notification is retried after its first failed delivery.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(15 * 60);
+
 /// How often state past the retention is looked for.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-/// An orders-topic event that was notified, and how that went.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handled {
-    /// `event_id` of the orders-topic event.
-    pub event_id: Uuid,
-    /// What was notified.
-    pub kind: NotificationKind,
-    /// Delivered or given up.
-    pub outcome: Outcome,
-    /// When the delivery ended: the `occurred_at` of `notification_sent` / `_failed`, kept so
-    /// that a repeat is byte-identical (state written before this field existed: `None`, and the
-    /// source event's time is used).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub at: Option<DateTime<Utc>>,
-}
+/// Wait before the first retry from `tick` of a waiting notification; doubles per failure.
+const RETRY_DELAY_FIRST: Duration = Duration::from_secs(1);
 
-/// How a delivery ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Outcome {
-    /// Delivered after `attempts` attempts.
-    Sent {
-        /// Attempts it took.
-        attempts: u32,
-    },
-    /// Given up after `attempts` attempts.
-    Failed {
-        /// Last error.
-        reason: String,
-        /// Attempts made.
-        attempts: u32,
-    },
-}
-
-/// What to tell the customer about one event (before ids are assigned).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Notice {
-    /// What happened.
-    pub kind: NotificationKind,
-    /// Reject reason, snake_case.
-    pub reason: Option<String>,
-    /// Refunds: amount.
-    pub amount_minor: Option<i64>,
-    /// Refunds: currency.
-    pub currency: Option<String>,
-}
-
-/// What one event means for notifications.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Nothing to do.
-    Nothing,
-    /// Remember the order's customer (`order_placed`): the new state.
-    Remember(NotifyState),
-    /// A new notification to deliver.
-    Notify(Notice),
-    /// Notified before (a redelivery): repeat its records, do not deliver again.
-    Repeat(Handled),
-}
-
-/// The notice an orders-topic event calls for, if any.
-pub fn notice_for(event: &OrderEvent) -> Option<Notice> {
-    let notice = |kind| Notice {
-        kind,
-        reason: None,
-        amount_minor: None,
-        currency: None,
-    };
-    match event {
-        OrderEvent::OrderConfirmed(_) => Some(notice(NotificationKind::OrderConfirmed)),
-        OrderEvent::OrderRejected(r) => Some(Notice {
-            reason: serde_json::to_value(r.reason)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned)),
-            ..notice(NotificationKind::OrderRejected)
-        }),
-        OrderEvent::OrderCancelled(_) => Some(notice(NotificationKind::OrderCancelled)),
-        OrderEvent::Refunded(r) => Some(Notice {
-            amount_minor: Some(r.amount_minor),
-            currency: Some(r.currency.clone()),
-            ..notice(NotificationKind::Refunded)
-        }),
-        _ => None,
-    }
-}
-
-/// Decides what `event` means, given the order's state (pure).
-pub fn plan(state: Option<&NotifyState>, event: &OrderEnvelope) -> Plan {
-    if let OrderEvent::OrderPlaced(placed) = &event.event {
-        if state.is_some_and(|s| s.customer_id.is_some()) {
-            return Plan::Nothing;
-        }
-        let mut new_state = state.cloned().unwrap_or_default();
-        new_state.customer_id = Some(placed.customer_id.clone());
-        new_state.touch(event.occurred_at);
-        return Plan::Remember(new_state);
-    }
-    let Some(notice) = notice_for(&event.event) else {
-        return Plan::Nothing;
-    };
-    let handled = state.and_then(|s| s.handled.iter().find(|h| h.event_id == event.event_id));
-    match handled {
-        Some(handled) => Plan::Repeat(handled.clone()),
-        None => Plan::Notify(notice),
-    }
-}
-
-/// The records of a notification: `notification_requested` (at the source event's time) and its
-/// outcome (at `handled.at`), with event ids derived from the source event: a repeat emits
-/// byte-identical records.
-fn records(
-    source: &OrderEnvelope,
-    customer_id: &str,
-    handled: &Handled,
-) -> [NotificationEnvelope; 2] {
-    let kind = handled.kind;
-    let outcome = &handled.outcome;
-    let id = |index| derived_event_id(NotificationsStage::NAME, source.event_id, index);
-    let mut request = NotificationEnvelope::new(
-        source.order_id,
-        NotificationEvent::NotificationRequested(NotificationRequested {
-            customer_id: customer_id.to_owned(),
-            kind,
-        }),
-        Some(source.event_id),
-        source.correlation_id,
-    );
-    request.event_id = id(0);
-    request.occurred_at = source.occurred_at;
-    let result = match outcome {
-        Outcome::Sent { attempts } => NotificationEvent::NotificationSent(NotificationSent {
-            request_id: request.event_id,
-            attempts: *attempts,
-        }),
-        Outcome::Failed { reason, attempts } => {
-            NotificationEvent::NotificationFailed(NotificationFailed {
-                request_id: request.event_id,
-                reason: reason.clone(),
-                attempts: *attempts,
-            })
-        }
-    };
-    let mut result = NotificationEnvelope::new(
-        source.order_id,
-        result,
-        Some(request.event_id),
-        source.correlation_id,
-    );
-    result.event_id = id(1);
-    result.occurred_at = handled.at.unwrap_or(source.occurred_at);
-    [request, result]
-}
-
-/// Status word of a kind, for the notification body.
-fn status(kind: NotificationKind) -> &'static str {
-    match kind {
-        NotificationKind::OrderConfirmed => "confirmed",
-        NotificationKind::OrderRejected => "rejected",
-        NotificationKind::OrderCancelled => "cancelled",
-        NotificationKind::Refunded => "refunded",
-    }
-}
+/// Longest wait between two retries from `tick`.
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
 
 /// The notifications stage.
 pub struct NotificationsStage {
@@ -237,9 +66,12 @@ pub struct NotificationsStage {
     sink: Arc<dyn NotificationSink>,
     handle: Handle,
     retry: RetryPolicy,
+    retry_for: Duration,
     concurrency: usize,
     retention: Duration,
     partitions: HashMap<i32, HashMap<Uuid, NotifyState>>,
+    /// Orders with waiting notifications, per partition, and when to try them next.
+    retry_at: HashMap<i32, HashMap<Uuid, SystemTime>>,
     /// The `now` of the last tick (the runner ticks after every batch); the wall clock before.
     clock: Option<SystemTime>,
     last_prune: Option<SystemTime>,
@@ -250,6 +82,7 @@ impl std::fmt::Debug for NotificationsStage {
         f.debug_struct("NotificationsStage")
             .field("topics", &self.topics)
             .field("retry", &self.retry)
+            .field("retry_for", &self.retry_for)
             .field("concurrency", &self.concurrency)
             .field("retention", &self.retention)
             .finish_non_exhaustive()
@@ -259,8 +92,32 @@ impl std::fmt::Debug for NotificationsStage {
 /// One delivery to make.
 struct Job {
     partition: i32,
-    source: OrderEnvelope,
+    source: Source,
     notification: Notification,
+}
+
+/// One order's deliveries of a batch, in offset order.
+struct OrderJobs {
+    /// The order already has waiting notifications: these queue behind them.
+    behind_waiting: bool,
+    jobs: Vec<Job>,
+}
+
+/// How a delivery within a batch ended.
+enum Delivered {
+    /// Sent, or given up for good.
+    Done(Outcome),
+    /// Not delivered yet: to be retried from `tick`.
+    Wait { attempts: u32, error: String },
+}
+
+/// What a retry from `tick` did for one order: the notifications it finished and those still
+/// waiting.
+struct Retried {
+    partition: i32,
+    order_id: Uuid,
+    finished: Vec<(Waiting, Outcome)>,
+    still_waiting: Vec<Waiting>,
 }
 
 impl NotificationsStage {
@@ -283,9 +140,11 @@ impl NotificationsStage {
             sink,
             handle,
             retry,
+            retry_for: DEFAULT_RETRY_FOR,
             concurrency: 32,
             retention: DEFAULT_RETENTION,
             partitions: HashMap::new(),
+            retry_at: HashMap::new(),
             clock: None,
             last_prune: None,
         }
@@ -300,7 +159,15 @@ impl NotificationsStage {
         self
     }
 
-    /// At most `n` deliveries in flight per batch.
+    /// Retry a notification the receiver failed transiently for `retry_for` after its first
+    /// failure (default 15 minutes), from `tick`, before recording `notification_failed`.
+    /// `Duration::ZERO`: give up after the attempts within the batch.
+    pub fn with_retry_for(mut self, retry_for: Duration) -> Self {
+        self.retry_for = retry_for;
+        self
+    }
+
+    /// At most `n` deliveries in flight at once (per batch, and orders retried per tick).
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
@@ -314,7 +181,8 @@ impl NotificationsStage {
     ) -> Result<Self, ConfigError> {
         Ok(Self::new(topics, args.sink()?, handle, args.retry())
             .with_concurrency(args.concurrency)
-            .with_retention(args.retention))
+            .with_retention(args.retention)
+            .with_retry_for(args.retry_for))
     }
 
     /// State of `order_id` if this instance holds it.
@@ -325,6 +193,17 @@ impl NotificationsStage {
     /// Orders whose state this instance holds.
     pub fn order_count(&self) -> usize {
         self.partitions.values().map(HashMap::len).sum()
+    }
+
+    /// Notifications waiting for a retry.
+    pub fn waiting_count(&self) -> usize {
+        // Only orders with a retry scheduled have any: cheaper than visiting every order.
+        self.retry_at
+            .iter()
+            .flat_map(|(partition, orders)| orders.keys().map(move |id| (partition, id)))
+            .filter_map(|(partition, id)| self.partitions.get(partition)?.get(id))
+            .map(|state| state.waiting.len())
+            .sum()
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -342,6 +221,180 @@ impl NotificationsStage {
             .checked_sub_signed(retention)
             .map_or(DateTime::<Utc>::MIN_UTC, |t| t + margin)
     }
+
+    /// When a notification that first failed at `now` is given up.
+    fn give_up_at(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        chrono::Duration::from_std(self.retry_for)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    /// Schedules the next retry of `order_id`'s waiting notifications, or forgets it when
+    /// nothing of it waits.
+    fn schedule_retry(&mut self, partition: i32, order_id: Uuid, now: SystemTime) {
+        let first = self
+            .partitions
+            .get(&partition)
+            .and_then(|orders| orders.get(&order_id))
+            .and_then(|state| state.waiting.first());
+        let orders = self.retry_at.entry(partition).or_default();
+        match first {
+            Some(waiting) => {
+                let delay = doubling_delay(RETRY_DELAY_FIRST, RETRY_DELAY_MAX, waiting.attempts);
+                orders.insert(order_id, now + delay);
+            }
+            None => {
+                orders.remove(&order_id);
+            }
+        }
+    }
+
+    /// Writes the state of each of `changed` to the changelog.
+    fn put_states(&self, changed: &[(i32, Uuid)], out: &mut Effects) {
+        for &(partition, order_id) in changed {
+            if let Some(state) = self
+                .partitions
+                .get(&partition)
+                .and_then(|p| p.get(&order_id))
+            {
+                let value = serde_json::to_vec(state).expect("state serializes");
+                out.put(partition, order_id.to_string(), value);
+            }
+        }
+    }
+
+    /// Tries once more the waiting notifications of the orders that are due at `now` (at most
+    /// `concurrency` orders, earliest first, so one tick waits for at most one delivery timeout),
+    /// each order's in turn, stopping at the first that fails again.
+    fn retry_waiting(&mut self, now: SystemTime, out: &mut Effects) {
+        let mut due: Vec<(SystemTime, i32, Uuid)> = self
+            .retry_at
+            .iter()
+            .flat_map(|(&partition, orders)| {
+                orders
+                    .iter()
+                    .filter(|(_, &at)| at <= now)
+                    .map(move |(&order_id, &at)| (at, partition, order_id))
+            })
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        due.sort();
+        due.truncate(self.concurrency);
+        let work: Vec<(i32, Uuid, Vec<Waiting>)> = due
+            .into_iter()
+            .filter_map(|(_, partition, order_id)| {
+                let state = self.partitions.get(&partition)?.get(&order_id)?;
+                Some((partition, order_id, state.waiting.clone()))
+            })
+            .collect();
+        let now_utc = DateTime::<Utc>::from(now);
+        let sink = &self.sink;
+        let retried: Vec<Retried> = self.handle.block_on(
+            stream::iter(work)
+                .map(|(partition, order_id, waiting)| {
+                    let sink = Arc::clone(sink);
+                    async move {
+                        let mut finished = Vec::new();
+                        let mut rest = waiting.into_iter();
+                        let mut still_waiting = Vec::new();
+                        for mut waiting in rest.by_ref() {
+                            waiting.attempts += 1;
+                            let attempts = waiting.attempts;
+                            match sink.deliver(&waiting.notification).await {
+                                Ok(()) => finished.push((waiting, Outcome::Sent { attempts })),
+                                Err(err) if err.retryable && now_utc < waiting.give_up_at => {
+                                    waiting.last_error = err.message;
+                                    still_waiting.push(waiting);
+                                    break;
+                                }
+                                Err(err) => {
+                                    let reason = err.message;
+                                    finished.push((waiting, Outcome::Failed { reason, attempts }));
+                                }
+                            }
+                        }
+                        still_waiting.extend(rest);
+                        Retried {
+                            partition,
+                            order_id,
+                            finished,
+                            still_waiting,
+                        }
+                    }
+                })
+                .buffer_unordered(self.concurrency)
+                .collect(),
+        );
+        let mut changed = Vec::with_capacity(retried.len());
+        for r in retried {
+            let state = self
+                .partitions
+                .entry(r.partition)
+                .or_default()
+                .entry(r.order_id)
+                .or_default();
+            for (waiting, outcome) in r.finished {
+                let n = &waiting.notification;
+                record_delivery(n, &outcome);
+                let handled = Handled {
+                    event_id: n.event_id,
+                    kind: n.kind,
+                    outcome,
+                    at: Some(now_utc),
+                };
+                for record in records(Source::of_waiting(&waiting), &n.customer_id, &handled) {
+                    out.emit_notification(&self.topics.notifications, &record);
+                }
+                state.handled.push(handled);
+                state.touch(n.occurred_at);
+            }
+            state.waiting = r.still_waiting;
+            changed.push((r.partition, r.order_id));
+            self.schedule_retry(r.partition, r.order_id, now);
+        }
+        self.put_states(&changed, out);
+    }
+
+    /// Tombstones state whose last event is older than the retention (at most every minute).
+    fn prune(&mut self, now: SystemTime, out: &mut Effects) {
+        // At least twice per retention, so a short retention (tests) prunes in time.
+        let every = PRUNE_EVERY.min(self.retention / 2);
+        if self
+            .last_prune
+            .is_some_and(|last| now.duration_since(last).unwrap_or_default() < every)
+        {
+            return;
+        }
+        self.last_prune = Some(now);
+        let Some(cutoff) = now.checked_sub(self.retention).map(DateTime::<Utc>::from) else {
+            return;
+        };
+        for (&partition, orders) in &mut self.partitions {
+            orders.retain(|order_id, state| {
+                let keep = !state.waiting.is_empty()
+                    || state.last_event_at.is_none_or(|last| last >= cutoff);
+                if !keep {
+                    out.delete(partition, order_id.to_string());
+                }
+                keep
+            });
+        }
+    }
+}
+
+/// Counts a delivery that ended (sent or given up) and logs a failure.
+fn record_delivery(n: &Notification, outcome: &Outcome) {
+    match outcome {
+        Outcome::Sent { attempts } => metrics::notification_delivery(true, *attempts),
+        Outcome::Failed { reason, attempts } => {
+            tracing::warn!(order_id = %n.order_id, event_id = %n.event_id, error = %reason,
+                attempts, "notification failed");
+            metrics::notification_delivery(false, *attempts);
+        }
+    }
 }
 
 impl Stage for NotificationsStage {
@@ -358,14 +411,22 @@ impl Stage for NotificationsStage {
             return Err("notifications changelog: key is not an order id".to_owned());
         };
         let orders = self.partitions.entry(partition).or_default();
+        let retry_at = self.retry_at.entry(partition).or_default();
         match value.map(serde_json::from_slice::<NotifyState>) {
             None => {
                 orders.remove(&order_id);
+                retry_at.remove(&order_id);
             }
             Some(Ok(mut state)) => {
                 if state.last_event_at.is_none() {
                     // Written before the field existed: count the retention from now.
                     state.last_event_at = Some(Utc::now());
+                }
+                if state.waiting.is_empty() {
+                    retry_at.remove(&order_id);
+                } else {
+                    // Due at the first tick.
+                    retry_at.insert(order_id, SystemTime::UNIX_EPOCH);
                 }
                 orders.insert(order_id, state);
             }
@@ -378,12 +439,13 @@ impl Stage for NotificationsStage {
 
     fn revoke(&mut self, partition: i32) {
         self.partitions.remove(&partition);
+        self.retry_at.remove(&partition);
     }
 
     fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
         // Pass 1, in offset order: decisions. One order's jobs stay in order.
-        let mut jobs: Vec<Vec<Job>> = Vec::new();
-        let mut job_group: HashMap<Uuid, usize> = HashMap::new();
+        let mut groups: Vec<OrderJobs> = Vec::new();
+        let mut group_of: HashMap<Uuid, usize> = HashMap::new();
         let mut scheduled: HashSet<Uuid> = HashSet::new();
         let stale_before = self.stale_before();
         for input in batch {
@@ -412,7 +474,7 @@ impl Stage for NotificationsStage {
                 Plan::Repeat(handled) => {
                     tracing::debug!(order_id = %event.order_id, event_id = %event.event_id,
                         "already notified; repeating its records");
-                    for record in records(&event, &customer_id, &handled) {
+                    for record in records(Source::of(&event), &customer_id, &handled) {
                         out.emit_notification(&self.topics.notifications, &record);
                     }
                 }
@@ -435,6 +497,7 @@ impl Stage for NotificationsStage {
                     if !scheduled.insert(event.event_id) {
                         continue;
                     }
+                    let behind_waiting = state.is_some_and(|s| !s.waiting.is_empty());
                     let notification = Notification {
                         event_id: event.event_id,
                         request_id: derived_event_id(Self::NAME, event.event_id, 0),
@@ -447,52 +510,63 @@ impl Stage for NotificationsStage {
                         currency: notice.currency,
                         occurred_at: event.occurred_at,
                     };
-                    let g = *job_group.entry(event.order_id).or_insert_with(|| {
-                        jobs.push(Vec::new());
-                        jobs.len() - 1
+                    let g = *group_of.entry(event.order_id).or_insert_with(|| {
+                        groups.push(OrderJobs {
+                            behind_waiting,
+                            jobs: Vec::new(),
+                        });
+                        groups.len() - 1
                     });
-                    jobs[g].push(Job {
+                    groups[g].jobs.push(Job {
                         partition: input.partition,
-                        source: event,
+                        source: Source::of(&event),
                         notification,
                     });
                 }
             }
         }
-        if jobs.is_empty() {
+        if groups.is_empty() {
             return;
         }
-        // Pass 2: deliver, orders concurrently, one order's notifications in order.
+        // Pass 2: deliver, orders concurrently, one order's notifications in order; after one
+        // that must wait, the rest of that order's wait too.
         let sink = &self.sink;
         let retry = self.retry;
-        let results: Vec<Vec<(Job, Outcome)>> = self.handle.block_on(
-            stream::iter(jobs)
+        let may_wait = !self.retry_for.is_zero();
+        let results: Vec<Vec<(Job, Delivered)>> = self.handle.block_on(
+            stream::iter(groups)
                 .map(|group| {
                     let sink = Arc::clone(sink);
                     async move {
-                        let mut done = Vec::with_capacity(group.len());
-                        for job in group {
+                        let mut waiting = group.behind_waiting;
+                        let mut done = Vec::with_capacity(group.jobs.len());
+                        for job in group.jobs {
+                            if waiting {
+                                let error = "queued behind an earlier notification".to_owned();
+                                done.push((job, Delivered::Wait { attempts: 0, error }));
+                                continue;
+                            }
                             let delivery =
                                 deliver_with_retry(sink.as_ref(), &job.notification, &retry).await;
-                            metrics::notification_delivery(
-                                delivery.result.is_ok(),
-                                delivery.attempts,
-                            );
-                            let outcome = match delivery.result {
-                                Ok(()) => Outcome::Sent {
-                                    attempts: delivery.attempts,
-                                },
-                                Err(err) => {
-                                    tracing::warn!(order_id = %job.notification.order_id,
+                            let attempts = delivery.attempts;
+                            let delivered = match delivery.result {
+                                Ok(()) => Delivered::Done(Outcome::Sent { attempts }),
+                                Err(err) if err.retryable && may_wait => {
+                                    tracing::info!(order_id = %job.notification.order_id,
                                         event_id = %job.notification.event_id, error = %err,
-                                        attempts = delivery.attempts, "notification failed");
-                                    Outcome::Failed {
-                                        reason: err.message,
-                                        attempts: delivery.attempts,
+                                        attempts, "notification not delivered; retrying later");
+                                    waiting = true;
+                                    Delivered::Wait {
+                                        attempts,
+                                        error: err.message,
                                     }
                                 }
+                                Err(err) => Delivered::Done(Outcome::Failed {
+                                    reason: err.message,
+                                    attempts,
+                                }),
                             };
-                            done.push((job, outcome));
+                            done.push((job, delivered));
                         }
                         done
                     }
@@ -500,65 +574,65 @@ impl Stage for NotificationsStage {
                 .buffered(self.concurrency)
                 .collect(),
         );
-        // Pass 3: record outcomes and the dedup state.
+        // Pass 3: record outcomes, waiting notifications and the dedup state.
+        let now = self.now();
+        let give_up_at = self.give_up_at(now);
         let mut changed: Vec<(i32, Uuid)> = Vec::new();
-        for (job, outcome) in results.into_iter().flatten() {
-            let n = &job.notification;
-            let handled = Handled {
-                event_id: n.event_id,
-                kind: n.kind,
-                outcome,
-                at: Some(Utc::now()),
-            };
-            for record in records(&job.source, &n.customer_id, &handled) {
-                out.emit_notification(&self.topics.notifications, &record);
-            }
+        for (job, delivered) in results.into_iter().flatten() {
+            let n = job.notification;
             let state = self
                 .partitions
                 .entry(job.partition)
                 .or_default()
                 .entry(n.order_id)
                 .or_default();
-            state.handled.push(handled);
+            let order_id = n.order_id;
+            match delivered {
+                Delivered::Done(outcome) => {
+                    record_delivery(&n, &outcome);
+                    let handled = Handled {
+                        event_id: n.event_id,
+                        kind: n.kind,
+                        outcome,
+                        at: Some(Utc::now()),
+                    };
+                    for record in records(job.source, &n.customer_id, &handled) {
+                        out.emit_notification(&self.topics.notifications, &record);
+                    }
+                    state.handled.push(handled);
+                }
+                Delivered::Wait { attempts, error } => {
+                    state.waiting.push(Waiting {
+                        notification: n,
+                        correlation_id: job.source.correlation_id,
+                        attempts,
+                        last_error: error,
+                        give_up_at,
+                    });
+                }
+            }
             state.touch(job.source.occurred_at);
-            if !changed.contains(&(job.partition, n.order_id)) {
-                changed.push((job.partition, n.order_id));
+            if !changed.contains(&(job.partition, order_id)) {
+                changed.push((job.partition, order_id));
             }
         }
-        for (partition, order_id) in changed {
-            if let Some(state) = self
-                .partitions
+        let now = SystemTime::from(now);
+        for &(partition, order_id) in &changed {
+            let scheduled = self
+                .retry_at
                 .get(&partition)
-                .and_then(|p| p.get(&order_id))
-            {
-                let value = serde_json::to_vec(state).expect("state serializes");
-                out.put(partition, order_id.to_string(), value);
+                .is_some_and(|orders| orders.contains_key(&order_id));
+            if !scheduled {
+                self.schedule_retry(partition, order_id, now);
             }
         }
+        self.put_states(&changed, out);
     }
 
     fn tick(&mut self, now: SystemTime, out: &mut Effects) {
         self.clock = Some(now);
-        // At least twice per retention, so a short retention (tests) prunes in time.
-        let every = PRUNE_EVERY.min(self.retention / 2);
-        if self
-            .last_prune
-            .is_some_and(|last| now.duration_since(last).unwrap_or_default() < every)
-        {
-            return;
-        }
-        self.last_prune = Some(now);
-        let Some(cutoff) = now.checked_sub(self.retention).map(DateTime::<Utc>::from) else {
-            return;
-        };
-        for (&partition, orders) in &mut self.partitions {
-            orders.retain(|order_id, state| {
-                let keep = state.last_event_at.is_none_or(|last| last >= cutoff);
-                if !keep {
-                    out.delete(partition, order_id.to_string());
-                }
-                keep
-            });
-        }
+        self.retry_waiting(now, out);
+        self.prune(now, out);
+        metrics::notifications_waiting(self.waiting_count());
     }
 }

@@ -34,7 +34,7 @@ use super::gateway::{ChargeOutcome, GatewayError, PaymentGateway, Refund};
 use crate::metrics;
 use crate::runner::{Effects, Input, Stage};
 use crate::shared::derived_event_id;
-use crate::shared::{warn_if_current_thread, ConfigError};
+use crate::shared::{doubling_delay, warn_if_current_thread, ConfigError};
 
 /// Gateway work of one order that is not finished yet (the `payments.changelog` value).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,8 +114,7 @@ impl Default for RetrySchedule {
 impl RetrySchedule {
     /// The delay after `failures` failed attempts.
     pub fn delay(&self, failures: u32) -> Duration {
-        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
-        self.min_delay.saturating_mul(factor).min(self.max_delay)
+        doubling_delay(self.min_delay, self.max_delay, failures)
     }
 }
 

@@ -9,6 +9,8 @@
 pub mod http;
 pub mod ids;
 
+use std::time::Duration;
+
 use tokio::runtime::Handle;
 
 pub use http::RetryPolicy;
@@ -40,4 +42,12 @@ pub(crate) fn warn_if_current_thread(handle: &Handle, stage: &str) {
             multi-thread runtime"
         );
     }
+}
+
+/// The wait before the next try of work that failed `failures` times in a row (at least once):
+/// `first`, doubling per failure, at most `max`. Stages that keep failed work pending and retry
+/// it from `tick` (payments' gateway calls, notifications' deliveries) pace it with this.
+pub(crate) fn doubling_delay(first: Duration, max: Duration, failures: u32) -> Duration {
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+    first.saturating_mul(factor).min(max)
 }
