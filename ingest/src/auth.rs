@@ -11,12 +11,11 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
 use axum::http::HeaderMap;
 use orderpipe_runtime::auth::{self as keys, Bearer};
 use serde::Deserialize;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, KeyEntryError, KeysError};
 
 /// Client id of every caller when no keys file is configured.
 pub const ANONYMOUS: &str = "anonymous";
@@ -57,30 +56,30 @@ impl std::fmt::Debug for ApiKeys {
 
 impl ApiKeys {
     /// Reads the keys file.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read(path)
-            .with_context(|| format!("reading API keys file {}", path.display()))?;
-        let entries: Vec<KeyEntry> = serde_json::from_slice(&text)
-            .with_context(|| format!("parsing API keys file {}", path.display()))?;
-        Self::from_entries(entries).with_context(|| format!("API keys file {}", path.display()))
+    pub fn load(path: &Path) -> Result<Self, KeysError> {
+        let text = std::fs::read(path).map_err(|err| KeysError::Read(path.into(), err))?;
+        let entries: Vec<KeyEntry> =
+            serde_json::from_slice(&text).map_err(|err| KeysError::Parse(path.into(), err))?;
+        Self::from_entries(entries).map_err(|err| KeysError::Entry(path.into(), err))
     }
 
     /// Builds the table from entries; refuses malformed digests, empty client ids and duplicates.
-    pub fn from_entries(entries: impl IntoIterator<Item = KeyEntry>) -> anyhow::Result<Self> {
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = KeyEntry>,
+    ) -> Result<Self, KeyEntryError> {
         let mut by_digest = HashMap::new();
         for (i, entry) in entries.into_iter().enumerate() {
             if entry.client_id.trim().is_empty() {
-                bail!("entry {i}: empty client_id");
+                return Err(KeyEntryError::EmptyClientId(i));
             }
             let digest = keys::parse_digest_hex(&entry.key_sha256)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("entry {i} ({}): key_sha256", entry.client_id))?;
+                .map_err(|why| KeyEntryError::BadDigest(i, entry.client_id.clone(), why))?;
             let client = Client {
                 id: entry.client_id.into(),
                 disabled: entry.disabled,
             };
             if by_digest.insert(digest, client).is_some() {
-                bail!("entry {i}: the same key is listed twice");
+                return Err(KeyEntryError::DuplicateKey(i));
             }
         }
         Ok(Self { by_digest })

@@ -1,11 +1,16 @@
-//! Every way a request can fail, and its RFC 7807 `application/problem+json` answer. Each variant
-//! says what the caller should do; none carries internal details (broker errors are logged, not sent).
+//! Every way ingest fails, each variant saying what the caller should do. [`ApiError`]: a
+//! request, answered as RFC 7807 `application/problem+json` without internal details (broker
+//! errors are logged, not sent). [`ServerError`] and [`KeysError`]: start-up and serving.
+//! [`StoreError`]: the shared state in CQL, logged and answered 503.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use orderpipe_schemas::FieldError;
+use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -318,6 +323,101 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
+    }
+}
+
+/// Why the server did not start, or stopped serving. The binary prints it and exits; each
+/// variant says what to fix before starting again.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is unusable ([`crate::Config::check`], the waiting room's secret): fix it.
+    #[error("{0}")]
+    Config(String),
+    /// The listen address could not be bound: it is in use or not permitted.
+    #[error("binding {0}")]
+    Bind(SocketAddr, #[source] std::io::Error),
+    /// The API keys file could not be used: fix the file.
+    #[error(transparent)]
+    ApiKeys(#[from] KeysError),
+    /// The waiting room's secret file could not be read: fix its path or permissions.
+    #[error("reading the waiting room secret file {}", .0.display())]
+    SecretFile(PathBuf, #[source] std::io::Error),
+    /// The broker did not create the topics (unreachable or refusing): check it, or start
+    /// without topic creation.
+    #[error("creating topics")]
+    Topics(#[source] orderpipe_runtime::kafka::Error),
+    /// librdkafka refused the producer settings: fix the `--ingest-kafka-option`s.
+    #[error("creating Kafka producer")]
+    Producer(#[source] KafkaError),
+    /// The listener failed while serving: restart.
+    #[error("serving HTTP")]
+    Serve(#[source] std::io::Error),
+    /// The producer's flush at shutdown panicked: orders still queued may be lost (their
+    /// clients got no 202 and retry).
+    #[error("flushing the producer")]
+    Flush(#[source] tokio::task::JoinError),
+}
+
+/// Why the API keys file (the path) was refused at start: fix the file, then start again.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The file could not be read.
+    #[error("reading API keys file {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    /// The file is not a JSON list of entries.
+    #[error("parsing API keys file {}", .0.display())]
+    Parse(PathBuf, #[source] serde_json::Error),
+    /// An entry of the file is unusable.
+    #[error("API keys file {}", .0.display())]
+    Entry(PathBuf, #[source] KeyEntryError),
+}
+
+/// Why an API key entry (by its position, from 0) is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyEntryError {
+    /// The entry names no client.
+    #[error("entry {0}: empty client_id")]
+    EmptyClientId(usize),
+    /// `key_sha256` of the entry (of the client named) is not a SHA-256 digest in hex: why.
+    #[error("entry {0} ({1}): key_sha256: {2}")]
+    BadDigest(usize, String, String),
+    /// The entry repeats an earlier entry's key.
+    #[error("entry {0}: the same key is listed twice")]
+    DuplicateKey(usize),
+}
+
+/// Why the shared state in CQL (the idempotency store, the waiting room's sequence) did not
+/// answer. Never sent to clients: the request that needed it is answered 503 with Retry-After
+/// and the error is logged; at start the server runs anyway and keeps connecting.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Not connected yet: the background task keeps connecting.
+    #[error("{0} not connected")]
+    NotConnected(&'static str),
+    /// A statement took longer than the ack deadline: it may or may not have been applied.
+    #[error("{0} timed out")]
+    TimedOut(&'static str),
+    /// The driver failed (what was being done, and the driver's error): connecting, creating
+    /// the schema, preparing or executing.
+    #[error("{0}: {1}")]
+    Cql(String, String),
+    /// The answer is not what the statement returns (a column, the row, a value of the type).
+    #[error("{0}")]
+    Unexpected(String),
+    /// Other instances kept moving the waiting room's row: every compare-and-set lost.
+    #[error("the waiting room's row kept changing under {0} attempts")]
+    Contended(u32),
+}
+
+/// Names what a CQL call was doing when it failed.
+pub(crate) trait CqlContext<T> {
+    /// A driver error as [`StoreError::Cql`] with `context`.
+    fn cql(self, context: impl Into<String>) -> Result<T, StoreError>;
+}
+
+impl<T, E: std::fmt::Display> CqlContext<T> for Result<T, E> {
+    fn cql(self, context: impl Into<String>) -> Result<T, StoreError> {
+        self.map_err(|err| StoreError::Cql(context.into(), err.to_string()))
     }
 }
 

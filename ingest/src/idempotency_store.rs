@@ -21,7 +21,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -33,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::error::{CqlContext as _, StoreError};
 use crate::metrics;
 
 /// Name of the table.
@@ -89,14 +89,14 @@ impl CqlStore {
 
     /// Connects, creates the keyspace and table when missing, and prepares the insert; does
     /// nothing once that succeeded. Concurrent calls wait for one attempt.
-    pub async fn connect(&self) -> anyhow::Result<()> {
+    pub async fn connect(&self) -> Result<(), StoreError> {
         self.connected
             .get_or_try_init(|| self.open())
             .await
             .map(|_| ())
     }
 
-    async fn open(&self) -> anyhow::Result<Connected> {
+    async fn open(&self) -> Result<Connected, StoreError> {
         let profile = ExecutionProfile::builder()
             .consistency(Consistency::Quorum)
             .serial_consistency(Some(SerialConsistency::Serial))
@@ -108,7 +108,7 @@ impl CqlStore {
             .default_execution_profile_handle(profile.into_handle())
             .build()
             .await
-            .with_context(|| format!("connecting to CQL nodes {:?}", self.nodes))?;
+            .cql(format!("connecting to CQL nodes {:?}", self.nodes))?;
         let ks = &self.keyspace;
         // DDL may take longer than a request: run it with the driver's default timeout.
         let ddl_profile = ExecutionProfile::builder()
@@ -137,12 +137,12 @@ impl CqlStore {
             session
                 .query_unpaged(statement, &[])
                 .await
-                .with_context(|| format!("{what} {ks}.{TABLE}"))?;
+                .cql(format!("{what} {ks}.{TABLE}"))?;
         }
         session
             .await_schema_agreement()
             .await
-            .context("waiting for schema agreement")?;
+            .cql("waiting for schema agreement")?;
         let mut insert = session
             .prepare(format!(
                 "INSERT INTO {ks}.{TABLE} (client_id, idem_key, fingerprint, order_id) \
@@ -150,7 +150,7 @@ impl CqlStore {
                 self.ttl_secs
             ))
             .await
-            .context("preparing the idempotency insert")?;
+            .cql("preparing the idempotency insert")?;
         insert.set_consistency(Consistency::Quorum);
         insert.set_serial_consistency(Some(SerialConsistency::Serial));
         tracing::info!(nodes = ?self.nodes, keyspace = %ks, "idempotency store connected");
@@ -186,7 +186,7 @@ impl CqlStore {
         key: &str,
         fingerprint: &str,
         order_id: Uuid,
-    ) -> anyhow::Result<Outcome> {
+    ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
         let outcome = self
             .check_inner(client_id, key, fingerprint, order_id)
@@ -209,9 +209,9 @@ impl CqlStore {
         key: &str,
         fingerprint: &str,
         order_id: Uuid,
-    ) -> anyhow::Result<Outcome> {
+    ) -> Result<Outcome, StoreError> {
         let Some(connected) = self.connected.get() else {
-            bail!("idempotency store not connected");
+            return Err(StoreError::NotConnected("idempotency store"));
         };
         let result = tokio::time::timeout(
             self.timeout,
@@ -220,25 +220,26 @@ impl CqlStore {
                 .execute_unpaged(&connected.insert, (client_id, key, fingerprint, order_id)),
         )
         .await
-        .context("idempotency insert timed out")?
-        .context("idempotency insert")?;
-        let rows = result
-            .into_rows_result()
-            .context("idempotency insert result")?;
+        .map_err(|_| StoreError::TimedOut("idempotency insert"))?
+        .cql("idempotency insert")?;
+        let rows = result.into_rows_result().cql("idempotency insert result")?;
         let specs = rows.column_specs();
         let column = |name: &str| {
-            specs
-                .get_by_name(name)
-                .map(|(i, _)| i)
-                .with_context(|| format!("no {name} column in the LWT result"))
+            specs.get_by_name(name).map(|(i, _)| i).ok_or_else(|| {
+                StoreError::Unexpected(format!("no {name} column in the LWT result"))
+            })
         };
         let applied_at = column("[applied]")?;
-        let row: Row = rows.first_row().context("idempotency insert result")?;
+        let row: Row = rows.first_row().cql("idempotency insert result")?;
         let mut columns = row.columns;
         match columns.get(applied_at).cloned().flatten() {
             Some(CqlValue::Boolean(true)) => return Ok(Outcome::New),
             Some(CqlValue::Boolean(false)) => {}
-            other => bail!("unexpected [applied] value {other:?}"),
+            other => {
+                return Err(StoreError::Unexpected(format!(
+                    "unexpected [applied] value {other:?}"
+                )))
+            }
         }
         let fingerprint_at = column("fingerprint")?;
         match columns.get_mut(fingerprint_at).and_then(Option::take) {
@@ -249,7 +250,9 @@ impl CqlStore {
                     Outcome::OtherBody(stored)
                 })
             }
-            other => bail!("unexpected stored fingerprint {other:?}"),
+            other => Err(StoreError::Unexpected(format!(
+                "unexpected stored fingerprint {other:?}"
+            ))),
         }
     }
 }

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use orderpipe_runtime::kafka;
 use orderpipe_schemas::OrderEnvelope;
 use rdkafka::config::ClientConfig;
@@ -68,9 +67,9 @@ pub(crate) struct Publisher {
 impl Publisher {
     /// A producer for `topic` on `bootstrap`. Does not contact the broker (librdkafka connects
     /// in the background), so this succeeds while the broker is down.
-    pub(crate) fn new(bootstrap: &str, topic: &str, config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn new(bootstrap: &str, topic: &str, config: &Config) -> Result<Self, KafkaError> {
         let client = producer_config(bootstrap, config);
-        let producer = client.create().context("creating Kafka producer")?;
+        let producer = client.create()?;
         // Down until a probe says otherwise, like readiness.
         metrics::broker_up(false);
         Ok(Self {

@@ -5,7 +5,8 @@
 //! Layout:
 //! - [`config`]: [`Config`], the `--ingest-*` flags and `ORDERPIPE_INGEST_*` variables.
 //! - [`server`]: [`Server`] (bind, serve, graceful shutdown), the routes and the request flow.
-//! - [`error`]: [`ApiError`], every refusal as RFC 7807 `application/problem+json`.
+//! - [`error`]: [`ApiError`], every refusal as RFC 7807 `application/problem+json`;
+//!   [`ServerError`] and [`KeysError`] at start-up; [`StoreError`] of the shared CQL state.
 //! - [`auth`]: API keys per client, stored as SHA-256 digests.
 //! - [`ratelimit`]: per-client request rate limit.
 //! - [`idempotency`]: Idempotency-Key validation, derived order ids, body fingerprints seen.
@@ -77,7 +78,7 @@ use orderpipe_schemas::Topics;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, IdempotencyStore};
-pub use error::{ApiError, Problem};
+pub use error::{ApiError, KeysError, Problem, ServerError, StoreError};
 pub use kafka::producer_config;
 pub use server::{Accepted, Server};
 
@@ -89,7 +90,7 @@ pub async fn run(
     topics: Topics,
     listen: SocketAddr,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> Result<(), ServerError> {
     Server::bind(config, kafka_bootstrap, topics, listen)
         .await?
         .serve(shutdown)

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, StatusCode};
@@ -29,7 +28,7 @@ use uuid::Uuid;
 
 use crate::auth::{ApiKeys, ANONYMOUS};
 use crate::config::{Config, IdempotencyStore};
-use crate::error::{ApiError, Problem, WaitingRoomProblem, PROBLEM_JSON};
+use crate::error::{ApiError, Problem, ServerError, WaitingRoomProblem, PROBLEM_JSON};
 use crate::idempotency::{self, IdempotencyKey, RecentKeys};
 use crate::idempotency_store::{CqlStore, Outcome};
 use crate::kafka::Publisher;
@@ -155,10 +154,10 @@ impl Server {
         kafka_bootstrap: &str,
         topics: Topics,
         listen: SocketAddr,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, ServerError> {
         let listener = TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {listen}"))?;
+            .map_err(|err| ServerError::Bind(listen, err))?;
         Self::with_listener(listener, config, kafka_bootstrap, topics).await
     }
 
@@ -172,8 +171,8 @@ impl Server {
         config: Config,
         kafka_bootstrap: &str,
         topics: Topics,
-    ) -> anyhow::Result<Self> {
-        config.check().map_err(anyhow::Error::msg)?;
+    ) -> Result<Self, ServerError> {
+        config.check().map_err(ServerError::Config)?;
         metrics::init();
         let keys = match &config.api_keys_file {
             Some(path) => Some(ApiKeys::load(path)?),
@@ -183,9 +182,11 @@ impl Server {
             let plan = topics.plan(config.topics.partitions, config.topics.replication_factor);
             orderpipe_runtime::kafka::create_topics(kafka_bootstrap, &config.kafka_options, &plan)
                 .await
-                .context("creating topics")?;
+                .map_err(ServerError::Topics)?;
         }
-        let publisher = Arc::new(Publisher::new(kafka_bootstrap, &topics.orders, &config)?);
+        let publisher = Publisher::new(kafka_bootstrap, &topics.orders, &config)
+            .map_err(ServerError::Producer)?;
+        let publisher = Arc::new(publisher);
         let store = match config.idempotency_store {
             IdempotencyStore::Memory => None,
             IdempotencyStore::Cql => {
@@ -241,7 +242,7 @@ impl Server {
 
     /// Serves until `shutdown` is cancelled, then stops accepting, answers every request in
     /// flight (each within the ack deadline), and flushes the producer.
-    pub async fn serve(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn serve(self, shutdown: CancellationToken) -> Result<(), ServerError> {
         let addr = self.local_addr();
         let router = router(
             self.app.clone(),
@@ -263,14 +264,14 @@ impl Server {
         // Not axum::serve: it sets no deadline on the request head (see serve.rs).
         let served = crate::serve::serve(self.listener, router, self.request_timeout, shutdown)
             .await
-            .context("serving HTTP");
+            .map_err(ServerError::Serve);
 
         background.cancel();
         while tasks.join_next().await.is_some() {}
         let publisher = self.app.publisher.clone();
         tokio::task::spawn_blocking(move || publisher.flush_blocking(FLUSH_TIMEOUT))
             .await
-            .context("flushing the producer")?;
+            .map_err(ServerError::Flush)?;
         tracing::info!(%addr, "ingest stopped");
         served
     }

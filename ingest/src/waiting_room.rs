@@ -53,14 +53,13 @@ pub mod ticket;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use axum::http::HeaderMap;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::error::ApiError;
+use crate::error::{ApiError, ServerError, StoreError};
 use crate::metrics;
 use sequence::{RoomState, Sequence, SequenceSettings};
 use ticket::{Refusal, Signer, Ticket};
@@ -181,7 +180,7 @@ impl WaitingRoom {
 
     /// Connects to the sequence (creating keyspace, table and row when missing) and reads the
     /// row; does nothing more once connected.
-    pub async fn connect(&self) -> anyhow::Result<()> {
+    pub async fn connect(&self) -> Result<(), StoreError> {
         let s = &self.settings;
         let sequence = self
             .sequence
@@ -209,10 +208,9 @@ impl WaitingRoom {
                 let count = batch.len() as i64;
                 tokio::time::timeout(self.timeout, sequence.take(count, known))
                     .await
-                    .context("timed out")
-                    .and_then(|taken| taken)
+                    .unwrap_or(Err(StoreError::TimedOut("waiting room numbering")))
             }
-            _ => Err(anyhow::anyhow!("not connected")),
+            _ => Err(StoreError::NotConnected("waiting room")),
         };
         match taken {
             Ok((first, state)) => {
@@ -372,15 +370,13 @@ fn now_ms() -> u64 {
 
 /// Reads the waiting room's secret: the file's content without its trailing newline, or the
 /// value given. At least 32 bytes (a 256-bit HMAC key).
-pub fn load_secret(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+pub fn load_secret(config: &Config) -> Result<Option<Vec<u8>>, ServerError> {
     if config.waiting_room_rate == 0 {
         return Ok(None);
     }
     let secret = match (&config.waiting_room_secret_file, &config.waiting_room_secret) {
         (Some(path), _) => {
-            let text = std::fs::read(path).with_context(|| {
-                format!("reading the waiting room secret file {}", path.display())
-            })?;
+            let text = std::fs::read(path).map_err(|err| ServerError::SecretFile(path.clone(), err))?;
             let end = text
                 .iter()
                 .rposition(|b| !b.is_ascii_whitespace())
@@ -388,13 +384,14 @@ pub fn load_secret(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
             text[..end].to_vec()
         }
         (None, Some(secret)) => secret.expose().as_bytes().to_vec(),
-        (None, None) => anyhow::bail!(
-            "the waiting room needs a secret (--ingest-waiting-room-secret-file or ORDERPIPE_INGEST_WAITING_ROOM_SECRET)"
-        ),
+        (None, None) => return Err(ServerError::Config(
+            "the waiting room needs a secret (--ingest-waiting-room-secret-file or ORDERPIPE_INGEST_WAITING_ROOM_SECRET)".into(),
+        )),
     };
-    anyhow::ensure!(
-        secret.len() >= 32,
-        "the waiting room secret must be at least 32 bytes"
-    );
+    if secret.len() < 32 {
+        return Err(ServerError::Config(
+            "the waiting room secret must be at least 32 bytes".into(),
+        ));
+    }
     Ok(Some(secret))
 }

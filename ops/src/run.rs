@@ -133,7 +133,7 @@ fn start(
                 let server =
                     orderpipe_ingest::Server::bind(config, &bootstrap, topics, listen).await?;
                 started.store(true, Ordering::Relaxed);
-                server.serve(token).await
+                server.serve(token).await.map_err(anyhow::Error::from)
             })
         }
         Component::Projections => {

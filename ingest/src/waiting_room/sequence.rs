@@ -9,13 +9,14 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context as _};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::CqlValue;
+
+use crate::error::{CqlContext as _, StoreError};
 
 /// Name of the table.
 pub const TABLE: &str = "waiting_room";
@@ -109,7 +110,7 @@ pub struct SequenceSettings<'a> {
 impl Sequence {
     /// Connects, creates the keyspace, table and the room's row when missing (the row starts with
     /// a full burst of admissions), and prepares the statements.
-    pub async fn connect(settings: SequenceSettings<'_>) -> anyhow::Result<Self> {
+    pub async fn connect(settings: SequenceSettings<'_>) -> Result<Self, StoreError> {
         let profile = ExecutionProfile::builder()
             .consistency(Consistency::Quorum)
             .serial_consistency(Some(SerialConsistency::Serial))
@@ -121,7 +122,7 @@ impl Sequence {
             .default_execution_profile_handle(profile.into_handle())
             .build()
             .await
-            .with_context(|| format!("connecting to CQL nodes {:?}", settings.nodes))?;
+            .cql(format!("connecting to CQL nodes {:?}", settings.nodes))?;
         let ks = settings.keyspace;
         // DDL may take longer than a request: the driver's default timeout.
         let ddl_profile = ExecutionProfile::builder()
@@ -144,25 +145,25 @@ impl Sequence {
             session
                 .query_unpaged(statement, &[])
                 .await
-                .with_context(|| format!("creating {ks}.{TABLE}"))?;
+                .cql(format!("creating {ks}.{TABLE}"))?;
         }
         session
             .await_schema_agreement()
             .await
-            .context("waiting for schema agreement")?;
+            .cql("waiting for schema agreement")?;
         let insert = session
             .prepare(format!(
                 "INSERT INTO {ks}.{TABLE} (room, next_ticket, admitted_up_to, advanced_at_us) \
                  VALUES (?, 1, ?, ?) IF NOT EXISTS"
             ))
             .await
-            .context("preparing the waiting room insert")?;
+            .cql("preparing the waiting room insert")?;
         let mut read = session
             .prepare(format!(
                 "SELECT next_ticket, admitted_up_to, advanced_at_us FROM {ks}.{TABLE} WHERE room = ?"
             ))
             .await
-            .context("preparing the waiting room read")?;
+            .cql("preparing the waiting room read")?;
         // A SERIAL read sees every compare-and-set that completed (and finishes one in flight).
         read.set_consistency(Consistency::Serial);
         let cas = session
@@ -171,14 +172,14 @@ impl Sequence {
                  WHERE room = ? IF next_ticket = ? AND admitted_up_to = ? AND advanced_at_us = ?"
             ))
             .await
-            .context("preparing the waiting room update")?;
+            .cql("preparing the waiting room update")?;
         session
             .execute_unpaged(
                 &insert,
                 (settings.room, i64::from(settings.burst), now_us()),
             )
             .await
-            .context("creating the waiting room's row")?;
+            .cql("creating the waiting room's row")?;
         tracing::info!(nodes = ?settings.nodes, keyspace = %ks, room = %settings.room, "waiting room connected");
         Ok(Self {
             session,
@@ -192,19 +193,19 @@ impl Sequence {
     }
 
     /// The row as it is now (a SERIAL read).
-    pub async fn read(&self) -> anyhow::Result<RoomState> {
+    pub async fn read(&self) -> Result<RoomState, StoreError> {
         let result = tokio::time::timeout(
             self.timeout,
             self.session.execute_unpaged(&self.read, (&self.room,)),
         )
         .await
-        .context("waiting room read timed out")?
-        .context("waiting room read")?;
-        let rows = result.into_rows_result().context("waiting room read")?;
+        .map_err(|_| StoreError::TimedOut("waiting room read"))?
+        .cql("waiting room read")?;
+        let rows = result.into_rows_result().cql("waiting room read")?;
         let (next, admitted, advanced_at_us): (i64, i64, i64) = rows
             .maybe_first_row()
-            .context("waiting room row")?
-            .context("the waiting room's row is missing")?;
+            .cql("waiting room row")?
+            .ok_or_else(|| StoreError::Unexpected("the waiting room's row is missing".into()))?;
         Ok(RoomState {
             next,
             admitted,
@@ -215,7 +216,7 @@ impl Sequence {
     /// Issues `count` tickets (0: only moves the watermark) on top of `known`, retrying the
     /// compare-and-set on the row as others move it. Returns the first ticket issued and the
     /// state written.
-    pub async fn take(&self, count: i64, known: RoomState) -> anyhow::Result<(i64, RoomState)> {
+    pub async fn take(&self, count: i64, known: RoomState) -> Result<(i64, RoomState), StoreError> {
         let mut current = known;
         for attempt in 0..MAX_ATTEMPTS {
             let wanted = current.advanced(count, now_us(), self.rate, self.burst);
@@ -232,10 +233,10 @@ impl Sequence {
             }
             current = self.read().await?;
         }
-        bail!("the waiting room's row kept changing under {MAX_ATTEMPTS} attempts")
+        Err(StoreError::Contended(MAX_ATTEMPTS))
     }
 
-    async fn compare_and_set(&self, from: &RoomState, to: &RoomState) -> anyhow::Result<bool> {
+    async fn compare_and_set(&self, from: &RoomState, to: &RoomState) -> Result<bool, StoreError> {
         let values = (
             to.next,
             to.admitted,
@@ -250,21 +251,25 @@ impl Sequence {
             self.session.execute_unpaged(&self.cas, values),
         )
         .await
-        .context("waiting room update timed out")?
-        .context("waiting room update")?;
+        .map_err(|_| StoreError::TimedOut("waiting room update"))?
+        .cql("waiting room update")?;
         let rows = result
             .into_rows_result()
-            .context("waiting room update result")?;
+            .cql("waiting room update result")?;
         let (applied_at, _) = rows
             .column_specs()
             .get_by_name("[applied]")
-            .context("no [applied] column in the LWT result")?;
+            .ok_or_else(|| {
+                StoreError::Unexpected("no [applied] column in the LWT result".into())
+            })?;
         let row = rows
             .first_row::<scylla::value::Row>()
-            .context("waiting room update result")?;
+            .cql("waiting room update result")?;
         match row.columns.get(applied_at).cloned().flatten() {
             Some(CqlValue::Boolean(applied)) => Ok(applied),
-            other => bail!("unexpected [applied] value {other:?}"),
+            other => Err(StoreError::Unexpected(format!(
+                "unexpected [applied] value {other:?}"
+            ))),
         }
     }
 }

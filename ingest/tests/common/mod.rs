@@ -8,7 +8,7 @@ pub use orderpipe_testkit::http;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use orderpipe_ingest::{Config, Problem, Server};
+use orderpipe_ingest::{Config, Problem, Server, ServerError};
 use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::Topics;
 use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, TestTopics};
@@ -37,7 +37,7 @@ pub struct TestIngest {
     pub addr: SocketAddr,
     pub topics: Topics,
     pub shutdown: CancellationToken,
-    pub task: JoinHandle<anyhow::Result<()>>,
+    pub task: JoinHandle<Result<(), ServerError>>,
     /// Deletes the test's topics when dropped.
     pub test_topics: Option<TestTopics>,
 }
@@ -80,7 +80,7 @@ impl TestIngest {
     }
 
     /// Stops the server and returns what `serve` returned.
-    pub async fn stop(self) -> anyhow::Result<()> {
+    pub async fn stop(self) -> Result<(), ServerError> {
         self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(15), self.task)
             .await
