@@ -4,7 +4,10 @@
 //!
 //! Layout:
 //! - [`config`]: [`Config`], the `--ingest-*` flags and `ORDERPIPE_INGEST_*` variables.
-//! - [`server`]: [`Server`] (bind, serve, graceful shutdown), the routes and the request flow.
+//! - [`server`]: [`Server`]: start-up, serving with its background tasks, graceful shutdown.
+//! - `router`: the routes, their middleware (body limit, timeout, problem+json, metrics), the
+//!   OpenAPI document ([`openapi`]) and the health routes.
+//! - [`handlers`]: placing and cancelling an order, each request's checks cheapest first.
 //! - [`error`]: [`ApiError`], every refusal as RFC 7807 `application/problem+json`;
 //!   [`ServerError`] and [`KeysError`] at start-up; [`StoreError`] of the shared CQL state.
 //! - [`auth`]: API keys per client, stored as SHA-256 digests.
@@ -62,12 +65,14 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod handlers;
 pub mod idempotency;
 pub mod idempotency_store;
 mod kafka;
 pub mod metrics;
 pub mod ratelimit;
 mod request;
+mod router;
 mod serve;
 pub mod server;
 pub mod waiting_room;
@@ -79,8 +84,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Config, IdempotencyStore};
 pub use error::{ApiError, KeysError, Problem, ServerError, StoreError};
+pub use handlers::Accepted;
 pub use kafka::producer_config;
-pub use server::{Accepted, Server};
+pub use router::openapi;
+pub use server::Server;
 
 /// Runs the ingest API on `listen` until `shutdown` is cancelled: creates missing topics (unless
 /// disabled), serves, then answers what is in flight and flushes the producer.

@@ -13,14 +13,14 @@ fn committed_path() -> PathBuf {
 }
 
 fn document() -> Value {
-    serde_json::to_value(orderpipe_ingest::server::openapi()).unwrap()
+    serde_json::to_value(orderpipe_ingest::openapi()).unwrap()
 }
 
 #[test]
 fn committed_document_is_current() {
     orderpipe_testkit::committed::assert_committed(
         &committed_path(),
-        &orderpipe_runtime::openapi::to_json(&orderpipe_ingest::server::openapi()),
+        &orderpipe_runtime::openapi::to_json(&orderpipe_ingest::openapi()),
         "UPDATE_OPENAPI",
         "UPDATE_OPENAPI=1 cargo nextest run -p orderpipe-ingest --test openapi",
     );
@@ -139,7 +139,7 @@ async fn the_server_serves_its_document() {
     assert_eq!(reply.headers["content-type"], "application/json");
     assert_eq!(
         String::from_utf8(reply.body.to_vec()).unwrap(),
-        orderpipe_runtime::openapi::to_json(&orderpipe_ingest::server::openapi())
+        orderpipe_runtime::openapi::to_json(&orderpipe_ingest::openapi())
     );
     ingest.stop().await.unwrap();
 }
