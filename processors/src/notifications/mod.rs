@@ -7,10 +7,11 @@
 //! - [`config`]: [`NotificationsArgs`] (clap/env) and [`Secret`].
 //! - [`plan`]: what an event means ([`plan()`]), the per-order [`NotifyState`], the records.
 //! - [`stage`]: [`NotificationsStage`], dedup by source event id, at-least-once delivery,
-//!   retries from `tick` while a receiver is down.
+//!   retries from `tick` while a receiver is down (in `retry`).
 
 pub mod config;
 pub mod plan;
+mod retry;
 pub mod sink;
 pub mod stage;
 pub mod webhook;
