@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::http::{chunked, full};
 use common::*;
 use hyper::Method;
-use orderpipe_ingest::auth::sha256_hex;
 use orderpipe_ingest::idempotency::{order_id_for, IdempotencyKey};
 use orderpipe_ingest::Config;
 use orderpipe_schemas::{OrderEnvelope, OrderEvent};
@@ -413,27 +411,17 @@ async fn bad_requests_get_problem_json_and_produce_nothing() {
     ingest.stop().await.expect("clean shutdown");
 }
 
-/// A keys file with an enabled key per client and one disabled key.
-fn keys_file() -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    let entries = json!([
-        {"client_id": "shop-a", "key_sha256": sha256_hex("key-a")},
-        {"client_id": "shop-b", "key_sha256": sha256_hex("key-b"), "disabled": false},
-        {"client_id": "shop-old", "key_sha256": sha256_hex("key-old"), "disabled": true},
-    ]);
-    file.write_all(entries.to_string().as_bytes()).unwrap();
-    file
-}
+/// An enabled key per client and one disabled key.
+const KEYS: &[(&str, &str, bool)] = &[
+    ("shop-a", "key-a", false),
+    ("shop-b", "key-b", false),
+    ("shop-old", "key-old", true),
+];
 
 #[tokio::test]
 async fn idempotency_key_gives_one_order_id_per_client_and_key() {
     // Given ingest with two clients
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let ingest = TestIngest::with_keys(KEYS, test_config()).await;
     let mut conn = ingest.conn();
     let a = [
         ("authorization", "Bearer key-a"),
@@ -495,12 +483,7 @@ async fn idempotency_key_gives_one_order_id_per_client_and_key() {
 #[tokio::test]
 async fn api_keys_are_required_when_configured() {
     // Given ingest with a keys file
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let ingest = TestIngest::with_keys(KEYS, test_config()).await;
     let mut conn = ingest.conn();
 
     // Without a key: 401 naming the scheme
@@ -540,13 +523,14 @@ async fn api_keys_are_required_when_configured() {
 #[tokio::test]
 async fn bursts_beyond_the_rate_limit_get_429_with_retry_after() {
     // Given a limit of 1 request per second with bursts of 3, per client
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        rate_limit_per_second: 1,
-        rate_limit_burst: 3,
-        ..test_config()
-    })
+    let ingest = TestIngest::with_keys(
+        KEYS,
+        Config {
+            rate_limit_per_second: 1,
+            rate_limit_burst: 3,
+            ..test_config()
+        },
+    )
     .await;
     let mut conn = ingest.conn();
     let a = [("x-api-key", "key-a")];
@@ -678,12 +662,7 @@ async fn post_cancel(conn: &mut Conn, id: &str, headers: &[(&str, &str)]) -> com
 #[tokio::test]
 async fn cancel_is_acknowledged_with_202_once_cancellation_requested_is_in_the_orders_topic() {
     // Given ingest with API keys, and an accepted order
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let ingest = TestIngest::with_keys(KEYS, test_config()).await;
     let mut conn = ingest.conn();
     let a = [("authorization", "Bearer key-a")];
     let order_id = accepted_id(&conn.post_order(&a, &order_body()).await);
@@ -742,12 +721,7 @@ async fn cancel_is_acknowledged_with_202_once_cancellation_requested_is_in_the_o
 #[tokio::test]
 async fn cancel_refuses_bad_ids_bad_paths_and_callers_without_a_key_as_problem_json() {
     // Given ingest with API keys
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let ingest = TestIngest::with_keys(KEYS, test_config()).await;
     let mut conn = ingest.conn();
     let a = [("authorization", "Bearer key-a")];
     let id = uuid::Uuid::now_v7().to_string();
@@ -800,13 +774,14 @@ async fn cancel_refuses_bad_ids_bad_paths_and_callers_without_a_key_as_problem_j
 #[tokio::test]
 async fn cancel_shares_the_rate_limit_of_orders() {
     // Given a limit of bursts of 2 per client
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        rate_limit_per_second: 1,
-        rate_limit_burst: 2,
-        ..test_config()
-    })
+    let ingest = TestIngest::with_keys(
+        KEYS,
+        Config {
+            rate_limit_per_second: 1,
+            rate_limit_burst: 2,
+            ..test_config()
+        },
+    )
     .await;
     let mut conn = ingest.conn();
     let a = [("x-api-key", "key-a")];

@@ -10,14 +10,6 @@ use orderpipe_ingest::Config;
 use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::Topics;
 
-/// An address nothing listens on: a port bound and released.
-fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr.to_string()
-}
-
 #[tokio::test]
 async fn unreachable_broker_gets_503_within_the_deadline() {
     // Given ingest whose broker is unreachable (topics cannot be created there: not asked to)

@@ -28,14 +28,6 @@ fn other_body() -> String {
     order.to_string()
 }
 
-/// An address nothing listens on: a port bound and released.
-fn closed_port() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    addr.to_string()
-}
-
 #[tokio::test]
 async fn other_body_is_refused_across_instances_and_restarts() {
     // Given two instances sharing topics and the store's keyspace

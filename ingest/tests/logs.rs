@@ -3,12 +3,9 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use orderpipe_ingest::auth::sha256_hex;
-use orderpipe_ingest::Config;
 use serde_json::json;
 
 /// Everything logged, in memory.
@@ -34,14 +31,8 @@ async fn secrets_never_reach_the_log() {
         .with_env_filter("trace")
         .with_writer(move || writer.clone())
         .init();
-    let mut keys = tempfile::NamedTempFile::new().unwrap();
-    let entries = json!([{"client_id": "shop-a", "key_sha256": sha256_hex("sekret-api-key-1")}]);
-    keys.write_all(entries.to_string().as_bytes()).unwrap();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let keys = [("shop-a", "sekret-api-key-1", false)];
+    let ingest = TestIngest::with_keys(&keys, test_config()).await;
     let mut conn = ingest.conn();
 
     // When orders with a token are accepted and refused, with the key in either header

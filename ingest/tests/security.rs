@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -15,16 +14,12 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-fn keys_file() -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().unwrap();
-    let entries = json!([
-        {"client_id": "shop-a", "key_sha256": sha256_hex("sec-key-a")},
-        {"client_id": "shop-b", "key_sha256": sha256_hex("sec-key-b")},
-        {"client_id": "shop-off", "key_sha256": sha256_hex("sec-key-off"), "disabled": true},
-    ]);
-    file.write_all(entries.to_string().as_bytes()).unwrap();
-    file
-}
+/// An enabled key per client and one disabled key.
+const KEYS: &[(&str, &str, bool)] = &[
+    ("shop-a", "sec-key-a", false),
+    ("shop-b", "sec-key-b", false),
+    ("shop-off", "sec-key-off", true),
+];
 
 /// Sum of the end offsets of the orders topic (2 partitions), asked again while the broker does
 /// not know the just-created topic's partitions yet.
@@ -59,12 +54,7 @@ async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<S
 
 #[tokio::test]
 async fn missing_wrong_and_disabled_keys_are_refused_and_nothing_reaches_the_topic() {
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let ingest = TestIngest::with_keys(KEYS, test_config()).await;
     let mut conn = ingest.conn();
     let cases: [(&[(&str, &str)], u16); 6] = [
         (&[], 401),
@@ -105,13 +95,14 @@ async fn missing_wrong_and_disabled_keys_are_refused_and_nothing_reaches_the_top
 
 #[tokio::test]
 async fn the_rate_limit_is_per_client_one_client_flooding_does_not_limit_another() {
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        rate_limit_per_second: 2,
-        rate_limit_burst: 4,
-        ..test_config()
-    })
+    let ingest = TestIngest::with_keys(
+        KEYS,
+        Config {
+            rate_limit_per_second: 2,
+            rate_limit_burst: 4,
+            ..test_config()
+        },
+    )
     .await;
     let mut a = ingest.conn();
     let mut limited = 0;
@@ -329,12 +320,7 @@ async fn a_flood_of_idle_and_trickling_connections_does_not_stop_healthz() {
 
 #[tokio::test]
 async fn tokens_and_keys_never_appear_in_metrics() {
-    let keys = keys_file();
-    let ingest = TestIngest::start(Config {
-        api_keys_file: Some(keys.path().to_owned()),
-        ..test_config()
-    })
-    .await;
+    let ingest = TestIngest::with_keys(KEYS, test_config()).await;
     let mut conn = ingest.conn();
     let mut order = order_json();
     order["payment"]["token"] = json!("tok_METRIC_SECRET_9");

@@ -57,6 +57,16 @@ fn waiting(reply: &Reply, rate: u64) -> WaitingRoomProblem {
     body
 }
 
+/// Sends the sample order under Idempotency-Key `key` with `ticket`, checks the refusal's status
+/// and problem document, and returns its type.
+async fn refused(conn: &mut Conn, key: &str, ticket: &str, status: u16) -> String {
+    let reply = conn
+        .post_order(&[("idempotency-key", key), (TICKET, ticket)], &order_body())
+        .await;
+    assert_eq!(reply.status, status, "{reply:?}");
+    problem(&reply).type_
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -283,28 +293,14 @@ async fn forged_misused_and_expired_tickets_are_refused() {
     let mut forged = ticket.clone().into_bytes();
     forged[3] ^= 0b10;
     let forged = String::from_utf8(forged).unwrap();
-    let reply = conn
-        .post_order(
-            &[("idempotency-key", "second"), (TICKET, &forged)],
-            &order_body(),
-        )
-        .await;
-    assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(
-        problem(&reply).type_,
+        refused(&mut conn, "second", &forged, 403).await,
         "urn:orderpipe:problem:waiting-room-ticket-invalid"
     );
 
     // When the genuine ticket comes with another order (another Idempotency-Key): 403
-    let reply = conn
-        .post_order(
-            &[("idempotency-key", "third"), (TICKET, &ticket)],
-            &order_body(),
-        )
-        .await;
-    assert_eq!(reply.status, 403, "{reply:?}");
     assert_eq!(
-        problem(&reply).type_,
+        refused(&mut conn, "third", &ticket, 403).await,
         "urn:orderpipe:problem:waiting-room-ticket-invalid"
     );
 
@@ -318,27 +314,13 @@ async fn forged_misused_and_expired_tickets_are_refused() {
         client: "anonymous".into(),
         order: None,
     });
-    let reply = conn
-        .post_order(
-            &[("idempotency-key", "second"), (TICKET, &expired)],
-            &order_body(),
-        )
-        .await;
-    assert_eq!(reply.status, 410, "{reply:?}");
     assert_eq!(
-        problem(&reply).type_,
+        refused(&mut conn, "second", &expired, 410).await,
         "urn:orderpipe:problem:waiting-room-ticket-expired"
     );
 
     // When a header that is no ticket at all arrives: 403
-    let reply = conn
-        .post_order(
-            &[("idempotency-key", "second"), (TICKET, "not-a-ticket")],
-            &order_body(),
-        )
-        .await;
-    assert_eq!(reply.status, 403, "{reply:?}");
-    problem(&reply);
+    refused(&mut conn, "second", "not-a-ticket", 403).await;
 
     // Then none of them produced anything: only the first order is on the topic
     let deadline = Instant::now() + Duration::from_secs(15);

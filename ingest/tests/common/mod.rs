@@ -5,9 +5,11 @@
 
 pub use orderpipe_testkit::http;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use orderpipe_ingest::auth::sha256_hex;
 use orderpipe_ingest::{Config, Problem, Server, ServerError};
 use orderpipe_runtime::kafka::TopicSettings;
 use orderpipe_schemas::Topics;
@@ -53,6 +55,25 @@ impl TestIngest {
         let mut ingest = Self::start_on(config, &bootstrap(), topics).await;
         ingest.test_topics = Some(test_topics);
         ingest
+    }
+
+    /// Starts ingest like [`TestIngest::start`] with an API keys file of `keys`, each
+    /// `(client id, key, disabled)` (the file is read at start).
+    pub async fn with_keys(keys: &[(&str, &str, bool)], config: Config) -> Self {
+        let entries: Vec<Value> = keys
+            .iter()
+            .map(|(client, key, disabled)| {
+                json!({"client_id": client, "key_sha256": sha256_hex(key), "disabled": disabled})
+            })
+            .collect();
+        let mut file = tempfile::NamedTempFile::new().expect("keys file");
+        file.write_all(Value::from(entries).to_string().as_bytes())
+            .expect("keys written");
+        Self::start(Config {
+            api_keys_file: Some(file.path().to_owned()),
+            ..config
+        })
+        .await
     }
 
     /// Starts ingest on port 0 against `bootstrap` with `topics` (no topic cleanup).
@@ -106,6 +127,14 @@ impl TestIngest {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// An address nothing listens on: a port bound and released.
+pub fn closed_port() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
 }
 
 /// A valid order body (total 2 * 1999 + 500 = 4498).
