@@ -44,6 +44,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use backon::{ExponentialBuilder, Retryable as _};
 use orderpipe_runtime::health::{self, Readiness};
 use orderpipe_runtime::problem::{Problem, PROBLEM_JSON};
 use scylla::client::session::Session;
@@ -231,19 +232,19 @@ pub async fn run_query(
         }
     });
     let session = connect(nodes, &config.cql).await?;
-    let mut backoff = Duration::from_millis(200);
-    let api = loop {
-        match QueryApi::new(session.clone(), &config).await {
-            Ok(api) => break api,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff, "query API waits for the views' schema");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let schema_ready = (|| QueryApi::new(session.clone(), &config))
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times(),
+        )
+        .notify(|err, retry_in| {
+            tracing::warn!(error = %err, retry_in = ?retry_in, "query API waits for the views' schema");
+        });
+    let api = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        api = schema_ready => api?,
     };
     let listener = TcpListener::bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "query API listening");

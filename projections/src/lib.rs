@@ -15,7 +15,9 @@
 //!   [`Progress`]; `projector/applier.rs` (decode, plan and write a batch; replays use it too),
 //!   `live.rs` (one projector's loop), `dead_letter.rs`, `clients.rs` (Kafka client setup).
 //! - [`rebuild`](mod@rebuild): [`rebuild()`] every view from offset 0 into another keyspace;
-//!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`).
+//!   [`Replay`] chosen projections from the beginning or a time, resumable (`replay_positions`);
+//!   `rebuild/replay.rs` (plan, then read, apply and record batch by batch),
+//!   `topic_reader.rs` (the replay's consumer), `target_keyspace.rs` (the position record).
 //! - [`switch`]: which keyspace the query APIs serve (`active_views`), switched without downtime.
 //! - [`api`]: the query API ([`QueryApi`], [`serve`], [`run_query`]); `api/` holds a file per
 //!   route family and `problems.rs` (answers, RFC 7807 problems, parameters).
