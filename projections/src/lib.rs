@@ -5,7 +5,7 @@
 //! - [`config`]: [`Config`] (clap `Args`, flattened into `orderpipe run`): keyspace, replication,
 //!   consistency, projector and query settings.
 //! - [`schema`]: [`connect`] (session with the configured execution profile), versioned
-//!   idempotent [`migrate`]ions, the table list.
+//!   idempotent [`migrate`]ions, the table list ([`view_columns`]: their columns).
 //! - `model` (private, pure): write timestamps and the views' types; `model/plan.rs`: which
 //!   writes an event becomes.
 //! - `store` (private): `store/writer.rs` (prepared writes, per-partition unlogged batches),
@@ -118,7 +118,8 @@ pub use rebuild::{
     ReplaySpec, StartOrigin,
 };
 pub use schema::{
-    connect, migrate, parse_nodes, Migration, MigrationReport, MIGRATIONS, VIEW_TABLES,
+    connect, migrate, parse_nodes, view_columns, Migration, MigrationReport, MIGRATIONS,
+    VIEW_TABLES,
 };
 pub use store::dump_views;
 pub use switch::{active_keyspace, switch_active_keyspace};

@@ -151,6 +151,65 @@ pub const VIEW_TABLES: &[&str] = &[
     "sales_by_sku_minute",
 ];
 
+/// Key and value columns of each of [`VIEW_TABLES`] (`WRITETIME` is defined for the values
+/// only); [`crate::dump_views`] selects both, plus the write time of each value.
+pub fn view_columns(table: &str) -> (&'static [&'static str], &'static [&'static str]) {
+    match table {
+        "orders" => (
+            &["order_id", "occurred_at", "event_id"],
+            &[
+                "event_type",
+                "detail",
+                "event_offset",
+                "customer_id",
+                "currency",
+                "total_minor",
+                "line_count",
+                "placed_at",
+                "placed_offset",
+                "reserved_at",
+                "paid_at",
+                "declined_at",
+                "terminal_status",
+                "terminal_reason",
+                "terminal_at",
+                "terminal_offset",
+                "cancelled_at",
+                "refunded_at",
+                "refunded_minor",
+            ],
+        ),
+        "order_lines" => (
+            &["order_id", "line_index"],
+            &["sku", "quantity", "unit_price_minor"],
+        ),
+        "orders_by_customer" => (
+            &["customer_id", "placed_at", "order_id"],
+            &["currency", "total_minor", "line_count"],
+        ),
+        "stock_by_sku" => (
+            &["sku"],
+            &[
+                "available",
+                "reserved",
+                "sold",
+                "per_customer_limit",
+                "updated_at",
+                "event_offset",
+            ],
+        ),
+        "sales_by_minute" => (
+            &["hour", "minute", "order_id"],
+            &["currency", "units", "revenue_minor"],
+        ),
+        "sales_by_sku_minute" => (
+            &["sku", "hour", "minute", "order_id", "line_index"],
+            &["currency", "units", "revenue_minor"],
+        ),
+        _ => (&[], &[]),
+    }
+}
+
 /// What [`migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MigrationReport {

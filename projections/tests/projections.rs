@@ -5,24 +5,21 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{get, wait_caught_up, Producers};
+use common::{get, start_api, start_caught_up, Producers};
 use orderpipe_projections::{
-    connect, dump_views, migrate, rebuild, serve, start_projectors, ProjectorKind, QueryApi,
-    DLQ_STAGE_NAME,
+    connect, dump_views, migrate, rebuild, start_projectors, view_columns, ProjectorKind,
+    DLQ_STAGE_NAME, VIEW_TABLES,
 };
 use orderpipe_runtime::health::Readiness;
-use orderpipe_schemas::{OrderEvent, StockReserved, Topics};
+use orderpipe_schemas::{OrderEvent, StockReserved};
 use orderpipe_testkit::cql::{self, TestKeyspace};
-use orderpipe_testkit::kafka::{self, TestTopics};
+use orderpipe_testkit::kafka;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::Headers;
 use rdkafka::Message;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
-
-const CATCH_UP: Duration = Duration::from_secs(40);
 
 fn event_types(order: &Value) -> Vec<String> {
     order["timeline"]
@@ -42,55 +39,6 @@ fn ids(page: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Non-key columns of every view table (WRITETIME is defined for these only).
-const WRITTEN_COLUMNS: &[(&str, &[&str])] = &[
-    (
-        "orders",
-        &[
-            "event_type",
-            "detail",
-            "event_offset",
-            "customer_id",
-            "currency",
-            "total_minor",
-            "line_count",
-            "placed_at",
-            "placed_offset",
-            "reserved_at",
-            "paid_at",
-            "declined_at",
-            "terminal_status",
-            "terminal_reason",
-            "terminal_at",
-            "terminal_offset",
-            "cancelled_at",
-            "refunded_at",
-            "refunded_minor",
-        ],
-    ),
-    ("order_lines", &["sku", "quantity", "unit_price_minor"]),
-    (
-        "orders_by_customer",
-        &["currency", "total_minor", "line_count"],
-    ),
-    (
-        "stock_by_sku",
-        &[
-            "available",
-            "reserved",
-            "sold",
-            "per_customer_limit",
-            "updated_at",
-            "event_offset",
-        ],
-    ),
-    ("sales_by_minute", &["currency", "units", "revenue_minor"]),
-    (
-        "sales_by_sku_minute",
-        &["currency", "units", "revenue_minor"],
-    ),
-];
-
 /// Reads `WRITETIME` of every written cell of every view and asserts it is positive and below
 /// now + 1 day; returns how many cells it read.
 async fn assert_write_times_in_the_past(
@@ -99,8 +47,8 @@ async fn assert_write_times_in_the_past(
 ) -> anyhow::Result<usize> {
     let limit = (chrono::Utc::now() + chrono::Duration::days(1)).timestamp_micros();
     let mut checked = 0;
-    for (table, columns) in WRITTEN_COLUMNS {
-        for column in *columns {
+    for table in VIEW_TABLES {
+        for column in view_columns(table).1 {
             let rows = session
                 .query_unpaged(
                     format!("SELECT WRITETIME({column}) FROM {keyspace}.{table}"),
@@ -129,11 +77,7 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
     // Given a history on fresh topics: orders confirmed, rejected out of stock, rejected after a
     // declined payment (with a late settlement), a duplicated order_placed, stock snapshots and
     // one poison message
-    let mut test_topics = TestTopics::new()?;
-    test_topics.create("orders", 3).await?;
-    test_topics.create("stock", 2).await?;
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    test_topics.adopt(&topics.dlq(DLQ_STAGE_NAME));
+    let (test_topics, topics) = common::fresh_topics(3, 2).await?;
     let keyspace = TestKeyspace::new().await?;
     let scenario = common::scenario();
     let mut producers = Producers::new(&test_topics)?;
@@ -143,25 +87,12 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
     let config = common::config(keyspace.name(), &test_topics);
     let nodes = cql::nodes();
     let readiness = Readiness::new();
-    let shutdown = CancellationToken::new();
-    let projectors = start_projectors(
-        &config,
-        &kafka::bootstrap(),
-        &nodes,
-        &topics,
-        &readiness,
-        shutdown.clone(),
-    )
-    .await?;
-    wait_caught_up(projectors.progress(), &producers.delivered, CATCH_UP).await?;
+    let (projectors, shutdown) =
+        start_caught_up(&config, &topics, &readiness, &producers.delivered).await?;
     let caught_up = started.elapsed();
 
     let session = connect(&nodes, &config.cql).await?;
-    let api = QueryApi::new(session.clone(), &config).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop_api = CancellationToken::new();
-    let server = tokio::spawn(serve(listener, api, readiness.clone(), stop_api.clone()));
+    let (addr, stop_api, server) = start_api(&config, readiness.clone()).await?;
 
     // Then every order has its status, reason, lines, total and timeline
     let order = |id: Uuid| async move {
@@ -404,17 +335,8 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
     projectors.wait().await?;
     let mut replay = common::config(keyspace.name(), &test_topics);
     replay.projector.batch_max = 3;
-    let shutdown = CancellationToken::new();
-    let projectors = start_projectors(
-        &replay,
-        &kafka::bootstrap(),
-        &nodes,
-        &topics,
-        &Readiness::new(),
-        shutdown.clone(),
-    )
-    .await?;
-    wait_caught_up(projectors.progress(), &producers.delivered, CATCH_UP).await?;
+    let (projectors, shutdown) =
+        start_caught_up(&replay, &topics, &Readiness::new(), &producers.delivered).await?;
     shutdown.cancel();
     projectors.wait().await?;
     // Then no row (and no write timestamp) changed
@@ -447,7 +369,7 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
     );
 
     stop_api.cancel();
-    server.await??;
+    server.await?;
     fresh.drop_keyspace().await?;
     keyspace.drop_keyspace().await?;
     Ok(())
@@ -457,11 +379,7 @@ async fn views_agree_with_the_topics_and_replays_and_rebuilds_change_nothing() -
 async fn query_api_long_polls_and_answers_problems() -> anyhow::Result<()> {
     orderpipe_runtime::telemetry::init("orderpipe_projections=info,warn");
     // Given a placed order and a stocked SKU, projected
-    let mut test_topics = TestTopics::new()?;
-    test_topics.create("orders", 1).await?;
-    test_topics.create("stock", 1).await?;
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    test_topics.adopt(&topics.dlq(DLQ_STAGE_NAME));
+    let (test_topics, topics) = common::fresh_topics(1, 1).await?;
     let keyspace = TestKeyspace::new().await?;
     let order_id = Uuid::now_v7();
     let mut producers = Producers::new(&test_topics)?;
@@ -480,28 +398,9 @@ async fn query_api_long_polls_and_answers_problems() -> anyhow::Result<()> {
         )
         .await?;
     let config = common::config(keyspace.name(), &test_topics);
-    let nodes = cql::nodes();
-    let shutdown = CancellationToken::new();
-    let projectors = start_projectors(
-        &config,
-        &kafka::bootstrap(),
-        &nodes,
-        &topics,
-        &Readiness::new(),
-        shutdown.clone(),
-    )
-    .await?;
-    wait_caught_up(projectors.progress(), &producers.delivered, CATCH_UP).await?;
-    let session = connect(&nodes, &config.cql).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop_api = CancellationToken::new();
-    let server = tokio::spawn(serve(
-        listener,
-        QueryApi::new(session, &config).await?,
-        Readiness::new(),
-        stop_api.clone(),
-    ));
+    let (projectors, shutdown) =
+        start_caught_up(&config, &topics, &Readiness::new(), &producers.delivered).await?;
+    let (addr, stop_api, server) = start_api(&config, Readiness::new()).await?;
 
     // Then the views answer 200
     let order = get(addr, &format!("/v1/orders/{order_id}")).await?;
@@ -639,7 +538,7 @@ async fn query_api_long_polls_and_answers_problems() -> anyhow::Result<()> {
     assert!(t.elapsed() >= Duration::from_millis(300));
 
     stop_api.cancel();
-    server.await??;
+    server.await?;
     shutdown.cancel();
     projectors.wait().await?;
 
@@ -648,7 +547,7 @@ async fn query_api_long_polls_and_answers_problems() -> anyhow::Result<()> {
     let restarted = start_projectors(
         &config,
         &kafka::bootstrap(),
-        &nodes,
+        &cql::nodes(),
         &topics,
         &Readiness::new(),
         shutdown.clone(),

@@ -13,24 +13,17 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{get, wait_caught_up, Produce, Producers};
+use common::{get, start_api, start_caught_up, Produce, Producers};
 use orderpipe_projections::stock_stream::subscribe_writes;
-use orderpipe_projections::{
-    connect, migrate, serve, start_projectors, Config, QueryApi, DLQ_STAGE_NAME,
-};
+use orderpipe_projections::{connect, migrate, Config};
 use orderpipe_runtime::health::Readiness;
-use orderpipe_schemas::{
-    OrderEvent, StockEnvelope, StockEvent, StockLevels, StockReserved, Topics,
-};
+use orderpipe_schemas::{OrderEvent, StockEnvelope, StockEvent, StockLevels, StockReserved};
 use orderpipe_testkit::cql::{self, TestKeyspace};
-use orderpipe_testkit::kafka::{self, TestTopics};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::net::TcpStream;
 use uuid::Uuid;
 
-const CATCH_UP: Duration = Duration::from_secs(40);
 /// Longest a pushed change may take to arrive before the test calls it lost.
 const ARRIVAL: Duration = Duration::from_secs(5);
 
@@ -209,32 +202,11 @@ fn summary(latencies: &mut [Duration]) -> (Duration, Duration, Duration) {
     )
 }
 
-async fn start_api(
-    config: &Config,
-) -> anyhow::Result<(SocketAddr, CancellationToken, tokio::task::JoinHandle<()>)> {
-    let session = connect(&cql::nodes(), &config.cql).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let api = QueryApi::new(session, config).await?;
-    let token = stop.clone();
-    let server = tokio::spawn(async move {
-        serve(listener, api, Readiness::new(), token)
-            .await
-            .expect("query API serves");
-    });
-    Ok((addr, stop, server))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stock_stream_pushes_every_change_resumes_and_is_bounded() -> anyhow::Result<()> {
     orderpipe_runtime::telemetry::init("orderpipe_projections=info,warn");
     // Given a stocked SKU and a placed order, projected by projectors in this process
-    let mut test_topics = TestTopics::new()?;
-    test_topics.create("orders", 1).await?;
-    test_topics.create("stock", 1).await?;
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    test_topics.adopt(&topics.dlq(DLQ_STAGE_NAME));
+    let (test_topics, topics) = common::fresh_topics(1, 1).await?;
     let keyspace = TestKeyspace::new().await?;
     let sku = "SKU-LIVE";
     let order_id = Uuid::now_v7();
@@ -258,18 +230,9 @@ async fn stock_stream_pushes_every_change_resumes_and_is_bounded() -> anyhow::Re
     config.query.stream_heartbeat = Duration::from_millis(300);
     // Far longer than any push takes: a long-poll answered sooner was woken, not polled.
     config.query.poll_interval = Duration::from_secs(5);
-    let shutdown = CancellationToken::new();
-    let projectors = start_projectors(
-        &config,
-        &kafka::bootstrap(),
-        &cql::nodes(),
-        &topics,
-        &Readiness::new(),
-        shutdown.clone(),
-    )
-    .await?;
-    wait_caught_up(projectors.progress(), &producers.delivered, CATCH_UP).await?;
-    let (addr, stop_api, server) = start_api(&config).await?;
+    let (projectors, shutdown) =
+        start_caught_up(&config, &topics, &Readiness::new(), &producers.delivered).await?;
+    let (addr, stop_api, server) = start_api(&config, Readiness::new()).await?;
 
     // When a client subscribes, it gets the current state at once
     let mut first = open(addr, sku, None).await?.expect("a stream");
@@ -473,7 +436,7 @@ async fn stock_stream_polls_writes_of_other_processes() -> anyhow::Result<()> {
         }
     };
     set(20, 0).await?;
-    let (addr, stop_api, server) = start_api(&config).await?;
+    let (addr, stop_api, server) = start_api(&config, Readiness::new()).await?;
 
     // Two subscribers of one SKU share its watcher; both see every change
     let mut a = open(addr, sku, None).await?.expect("a stream");

@@ -1,10 +1,7 @@
 //! `GET /v1/customers/{id}/orders`: a customer's orders, newest first, paged with an opaque
 //! cursor.
 
-use std::collections::HashMap;
-
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use futures::{StreamExt, TryStreamExt};
 use orderpipe_runtime::problem::Problem;
@@ -13,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::orders::status_of;
-use super::problems::{answer, bad_request, params, rfc3339};
+use super::problems::{answer, bad_request, params, rfc3339, QueryString};
 use super::AppState;
 use crate::model::Status;
 use crate::store::StatusRecord;
@@ -90,20 +87,17 @@ pub(crate) fn decode_cursor(cursor: &str) -> Option<(i64, Uuid)> {
 pub(super) async fn get_customer_orders(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: QueryString,
 ) -> Response {
-    let result = match params(query) {
-        Ok(params) => customer_orders(&state, id, &params).await,
-        Err(problem) => Err(problem),
-    };
-    answer("customer_orders", result)
+    answer("customer_orders", customer_orders(&state, id, query).await)
 }
 
 async fn customer_orders(
     state: &AppState,
     customer_id: String,
-    params: &HashMap<String, String>,
+    query: QueryString,
 ) -> Result<CustomerOrdersBody, Problem> {
+    let params = params(query)?;
     let config = &state.api.config;
     let limit = match params.get("limit") {
         None => config.default_page,

@@ -1,18 +1,16 @@
 //! `GET /v1/orders/{id}`: an order, its lines and timeline; with `wait`, a long-poll for a status
 //! change.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::Response;
 use orderpipe_runtime::problem::Problem;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::problems::{answer, bad_request, not_found, params, parse_uuid, rfc3339};
+use super::problems::{answer, bad_request, not_found, params, parse_uuid, rfc3339, QueryString};
 use super::{AppState, Slot};
 use crate::metrics;
 use crate::model::Status;
@@ -162,20 +160,13 @@ pub(super) fn status_of(record: &StatusRecord) -> Status {
 pub(super) async fn get_order(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: QueryString,
 ) -> Response {
-    let result = match params(query) {
-        Ok(params) => order(&state, &id, &params).await,
-        Err(problem) => Err(problem),
-    };
-    answer("order", result)
+    answer("order", order(&state, &id, query).await)
 }
 
-async fn order(
-    state: &AppState,
-    id: &str,
-    params: &HashMap<String, String>,
-) -> Result<OrderBody, Problem> {
+async fn order(state: &AppState, id: &str, query: QueryString) -> Result<OrderBody, Problem> {
+    let params = params(query)?;
     let order_id = parse_uuid("order id", id)?;
     let config = &state.api.config;
     let wait = match params.get("wait") {

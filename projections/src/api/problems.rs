@@ -65,10 +65,11 @@ pub(super) fn rfc3339(ms: i64) -> Option<String> {
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+/// A route's query string as extracted: [`params`] decodes it or makes it a 400 problem.
+pub(super) type QueryString = Result<Query<HashMap<String, String>>, QueryRejection>;
+
 /// The query string, or a 400 problem when it cannot be decoded.
-pub(super) fn params(
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<HashMap<String, String>, Problem> {
+pub(super) fn params(query: QueryString) -> Result<HashMap<String, String>, Problem> {
     query
         .map(|Query(params)| params)
         .map_err(|rejection| bad_request(rejection.body_text()))

@@ -1,16 +1,15 @@
 //! `GET /v1/sales`: sales per minute and in total, summed from the sales rows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::Response;
 use orderpipe_runtime::problem::Problem;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::problems::{answer, bad_request, params, parse_time, rfc3339};
+use super::problems::{answer, bad_request, params, parse_time, rfc3339, QueryString};
 use super::AppState;
 
 /// Sales of one minute, or the totals (confirmed orders).
@@ -101,18 +100,12 @@ pub(crate) fn aggregate(rows: &[crate::store::SaleRecord]) -> (Vec<SalesFigures>
          headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ),
 )]
-pub(super) async fn get_sales(
-    State(state): State<AppState>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
-    let result = match params(query) {
-        Ok(params) => sales(&state, &params).await,
-        Err(problem) => Err(problem),
-    };
-    answer("sales", result)
+pub(super) async fn get_sales(State(state): State<AppState>, query: QueryString) -> Response {
+    answer("sales", sales(&state, query).await)
 }
 
-async fn sales(state: &AppState, params: &HashMap<String, String>) -> Result<SalesBody, Problem> {
+async fn sales(state: &AppState, query: QueryString) -> Result<SalesBody, Problem> {
+    let params = &params(query)?;
     let from = parse_time("from", params)?;
     let to = parse_time("to", params)?;
     if from > to {

@@ -7,65 +7,7 @@ use scylla::value::Row;
 
 use super::PAGE_SIZE;
 use crate::error::{CqlContext, Error};
-use crate::schema::VIEW_TABLES;
-
-/// Key and value columns of each view table; dumps select both plus `writetime` of each value.
-fn table_columns(table: &str) -> (&'static [&'static str], &'static [&'static str]) {
-    match table {
-        "orders" => (
-            &["order_id", "occurred_at", "event_id"],
-            &[
-                "event_type",
-                "detail",
-                "event_offset",
-                "customer_id",
-                "currency",
-                "total_minor",
-                "line_count",
-                "placed_at",
-                "placed_offset",
-                "reserved_at",
-                "paid_at",
-                "declined_at",
-                "terminal_status",
-                "terminal_reason",
-                "terminal_at",
-                "terminal_offset",
-                "cancelled_at",
-                "refunded_at",
-                "refunded_minor",
-            ],
-        ),
-        "order_lines" => (
-            &["order_id", "line_index"],
-            &["sku", "quantity", "unit_price_minor"],
-        ),
-        "orders_by_customer" => (
-            &["customer_id", "placed_at", "order_id"],
-            &["currency", "total_minor", "line_count"],
-        ),
-        "stock_by_sku" => (
-            &["sku"],
-            &[
-                "available",
-                "reserved",
-                "sold",
-                "per_customer_limit",
-                "updated_at",
-                "event_offset",
-            ],
-        ),
-        "sales_by_minute" => (
-            &["hour", "minute", "order_id"],
-            &["currency", "units", "revenue_minor"],
-        ),
-        "sales_by_sku_minute" => (
-            &["sku", "hour", "minute", "order_id", "line_index"],
-            &["currency", "units", "revenue_minor"],
-        ),
-        _ => (&[], &[]),
-    }
-}
+use crate::schema::{view_columns, VIEW_TABLES};
 
 /// Every row of every view table in `keyspace`, each rendered as one line of text with its
 /// cells' write timestamps, sorted: two dumps are equal exactly when the views hold the same
@@ -76,7 +18,7 @@ pub async fn dump_views(
 ) -> Result<Vec<(String, Vec<String>)>, Error> {
     let mut out = Vec::new();
     for table in VIEW_TABLES {
-        let (keys, values) = table_columns(table);
+        let (keys, values) = view_columns(table);
         let mut columns: Vec<String> = keys.iter().chain(values).map(|c| c.to_string()).collect();
         columns.extend(values.iter().map(|c| format!("writetime({c})")));
         let mut statement = scylla::statement::Statement::new(format!(

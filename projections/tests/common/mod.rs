@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: a synthetic event history, producing it (plain and
-//! transactional, as ingest and the processors do), projector settings, waiting for the
-//! projectors to catch up, and a minimal HTTP/1.1 GET client.
+//! transactional, as ingest and the processors do), fresh topics, projector settings, starting
+//! the projectors (until caught up) and the query API, and a minimal HTTP/1.1 GET client.
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::BTreeMap;
@@ -8,19 +8,28 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
-use orderpipe_projections::{Config, Progress};
+use orderpipe_projections::{
+    connect, serve, start_projectors, Config, Progress, Projectors, QueryApi, DLQ_STAGE_NAME,
+};
+use orderpipe_runtime::health::Readiness;
 use orderpipe_schemas::{
     OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, OrderRejected,
     PaymentDeclined, PaymentRef, PaymentRequested, PaymentSettled, Refunded, RejectReason,
     StockEnvelope, StockEvent, StockLevels, StockLineRejected, StockLineReserved,
     StockRejectReason, StockRejected, StockReserved, Topics,
 };
+use orderpipe_testkit::cql;
 use orderpipe_testkit::kafka::{self, TestTopics};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub const WAIT: Duration = Duration::from_secs(10);
+/// Longest the projectors may take to catch up with what a test produced.
+pub const CATCH_UP: Duration = Duration::from_secs(40);
 
 /// One message to produce: topic kind, key, value, and whether a processor (transactional
 /// producer) or ingest (plain idempotent producer) writes it.
@@ -363,6 +372,58 @@ pub fn config(keyspace: &str, topics: &TestTopics) -> Config {
     config.projector.progress_interval = Duration::from_secs(1);
     config.query.poll_interval = Duration::from_millis(50);
     config
+}
+
+/// Fresh `orders` and `stock` topics with these partition counts; the projectors' dead-letter
+/// topic is deleted with them.
+pub async fn fresh_topics(orders: i32, stock: i32) -> anyhow::Result<(TestTopics, Topics)> {
+    let mut test_topics = TestTopics::new()?;
+    test_topics.create("orders", orders).await?;
+    test_topics.create("stock", stock).await?;
+    let topics = Topics::with_prefix(test_topics.prefix.clone());
+    test_topics.adopt(&topics.dlq(DLQ_STAGE_NAME));
+    Ok((test_topics, topics))
+}
+
+/// Starts the projectors and waits until they have caught up with `delivered`; cancel the
+/// token, then wait for the projectors, to stop them.
+pub async fn start_caught_up(
+    config: &Config,
+    topics: &Topics,
+    readiness: &Readiness,
+    delivered: &BTreeMap<(String, i32), i64>,
+) -> anyhow::Result<(Projectors, CancellationToken)> {
+    let shutdown = CancellationToken::new();
+    let projectors = start_projectors(
+        config,
+        &kafka::bootstrap(),
+        &cql::nodes(),
+        topics,
+        readiness,
+        shutdown.clone(),
+    )
+    .await?;
+    wait_caught_up(projectors.progress(), delivered, CATCH_UP).await?;
+    Ok((projectors, shutdown))
+}
+
+/// Serves the query API on a port-0 listener until the token is cancelled.
+pub async fn start_api(
+    config: &Config,
+    readiness: Readiness,
+) -> anyhow::Result<(SocketAddr, CancellationToken, JoinHandle<()>)> {
+    let session = connect(&cql::nodes(), &config.cql).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let api = QueryApi::new(session, config).await?;
+    let token = stop.clone();
+    let server = tokio::spawn(async move {
+        serve(listener, api, readiness, token)
+            .await
+            .expect("query API serves");
+    });
+    Ok((addr, stop, server))
 }
 
 /// Waits until the projectors committed past every delivered offset.
