@@ -157,12 +157,20 @@ fn free_port() -> u16 {
 /// `n` consecutive free ports (Kafka nodes take KAFKA_PORT, KAFKA_PORT+1, ...), from 30000-32767:
 /// below Linux's ephemeral range (32768-60999), so that no outgoing connection takes the port of
 /// a broker or component while it is down between a kill and its restart (a seed-41 run lost a
-/// broker that way), and above the 20000-29999 the test harness hands out.
+/// broker that way), and above the 20000-29999 the test harness hands out. A port is never handed
+/// out twice: "free now" alone let two components draw the same one before either listened (a
+/// seed-41 run's notifications could never start, its admin port was ingest-1's).
 fn free_ports(n: u16) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let mut rng = StdRng::from_os_rng();
     loop {
         let base = rng.random_range(30_000..32_768 - n);
-        if (base..base + n).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+        let ports = base..base + n;
+        if ports.clone().all(|p| {
+            !handed_out.contains(&p) && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+        }) {
+            handed_out.extend(ports);
             return base;
         }
     }
@@ -217,7 +225,13 @@ async fn run(args: SaleArgs, soak: bool) -> anyhow::Result<bool> {
             .script("up", &["--brokers", &testbed.brokers.to_string()])
             .await?;
     }
-    let result = sale(&args, soak, &bin, &logs, testbed.as_ref(), started_up).await;
+    // Interrupted (Ctrl-C, SIGTERM): dropping the sale drops its processes, which kills them, and
+    // the private testbed is stopped below, so nothing of the run is left behind.
+    let interrupted = orderpipe_runtime::shutdown::on_signal();
+    let result = tokio::select! {
+        result = sale(&args, soak, &bin, &logs, testbed.as_ref(), started_up) => result,
+        () = interrupted.cancelled() => Err(anyhow::anyhow!("interrupted: stopped every component")),
+    };
     if let Some(testbed) = &testbed {
         say("stopping the private testbed");
         if let Err(err) = testbed.script("down", &[]).await {
