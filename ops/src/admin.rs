@@ -1,7 +1,7 @@
 //! Admin commands of the `orderpipe` binary (everything but `run`).
 
 use anyhow::Context;
-use orderpipe_processors::payments::{gateway_sim, GatewaySimArgs};
+use orderpipe_gateway_sim::GatewaySimArgs;
 use orderpipe_schemas::{StockAdjustment, Topics};
 use tokio_util::sync::CancellationToken;
 
@@ -38,7 +38,7 @@ pub async fn gateway_sim(args: GatewaySimArgs, shutdown: CancellationToken) -> a
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    gateway_sim::serve(listener, std::sync::Arc::new(args.gateway()), shutdown).await?;
+    orderpipe_gateway_sim::serve(listener, std::sync::Arc::new(args.gateway()), shutdown).await?;
     Ok(())
 }
 

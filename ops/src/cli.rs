@@ -41,7 +41,7 @@ pub enum Command {
     /// downtime: they re-read the choice every `--query-keyspace-check-interval`. Asks first.
     Switch(SwitchArgs),
     /// Run the payment gateway simulator over HTTP (for `--payments-gateway http` in tests and demos).
-    GatewaySim(orderpipe_processors::payments::GatewaySimArgs),
+    GatewaySim(orderpipe_gateway_sim::GatewaySimArgs),
     /// Audit the pipeline's invariants from the topics (read_committed): one terminal state per
     /// order, nothing held or charged for orders that did not go through, no double charge, one
     /// notification per outcome, no SKU oversold; with `--views KEYSPACE`, views equal to what the

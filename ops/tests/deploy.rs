@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use orderpipe_processors::payments::gateway_sim;
+use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
 use orderpipe_testkit::kafka::{self, TestTopics};
 use rdkafka::producer::FutureRecord;

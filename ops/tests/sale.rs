@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use orderpipe_processors::payments::gateway_sim;
+use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
 use orderpipe_processors::ProcessingMode;
 use orderpipe_schemas::RejectReason;

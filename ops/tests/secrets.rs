@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
-use orderpipe_processors::payments::gateway_sim;
+use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
 use orderpipe_testkit::http::Conn;
 use orderpipe_testkit::kafka::{self, TestTopics};

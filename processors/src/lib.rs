@@ -8,8 +8,8 @@
 //! - [`metrics`]: every metric the processors record, with their names.
 //! - [`stock`]: per-SKU stock reservation (pure decisions in [`stock::core`], the stage, admin).
 //! - [`saga`]: the per-order state machine (pure [`saga::decide()`]) and its stage.
-//! - [`payments`]: the payment gateway trait, simulated and HTTP gateways, the gateway simulator
-//!   server, and the payments stage.
+//! - [`payments`]: the payment gateway trait, simulated and HTTP gateways, and the payments stage
+//!   (the simulator's HTTP server is the `orderpipe-gateway-sim` crate: no web server here).
 //! - [`notifications`]: sinks (log, signed webhook) and the notifications stage.
 //! - [`shared`]: what several stages use: outbound HTTP and [`RetryPolicy`], derived event ids,
 //!   [`ConfigError`].

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
+use orderpipe_gateway_sim::GatewaySimArgs;
 use orderpipe_processors::notifications::{NotificationsArgs, SinkKind};
-use orderpipe_processors::payments::{GatewayKind, GatewaySimArgs, PaymentsArgs};
+use orderpipe_processors::payments::{GatewayKind, PaymentsArgs};
 use orderpipe_processors::Config;
 
 #[derive(Debug, Parser)]

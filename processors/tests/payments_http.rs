@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
+use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::contract::{ChargeRequest, FaultsRequest, StatsResponse};
 use orderpipe_processors::payments::{
-    gateway_sim, BreakerConfig, BreakerState, ChargeOutcome, GatewayError, HttpGateway,
-    HttpGatewayConfig, PaymentGateway, Refund, SimConfig, SimulatedGateway,
+    BreakerConfig, BreakerState, ChargeOutcome, GatewayError, HttpGateway, HttpGatewayConfig,
+    PaymentGateway, Refund, SimConfig, SimulatedGateway,
 };
 use orderpipe_processors::shared::http::http_client;
 use orderpipe_processors::RetryPolicy;

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::contract::StatsResponse;
 use orderpipe_processors::payments::{
-    gateway_sim, HttpGateway, HttpGatewayConfig, PaymentsStage, SimConfig, SimulatedGateway,
+    HttpGateway, HttpGatewayConfig, PaymentsStage, SimConfig, SimulatedGateway,
 };
 use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode};
 use orderpipe_schemas::{

@@ -176,7 +176,7 @@ impl PaymentsArgs {
 }
 
 /// Parses a rate in `0.0..=1.0`.
-pub(crate) fn parse_rate(s: &str) -> Result<f64, String> {
+pub fn parse_rate(s: &str) -> Result<f64, String> {
     let rate: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
     if (0.0..=1.0).contains(&rate) {
         Ok(rate)

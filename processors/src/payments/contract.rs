@@ -1,5 +1,5 @@
-//! The HTTP contract between [`super::HttpGateway`] and a gateway (the simulator in
-//! [`super::gateway_sim`] speaks it). JSON bodies; every mutating call carries
+//! The HTTP contract between [`super::HttpGateway`] and a gateway (the simulator of the
+//! `orderpipe-gateway-sim` crate speaks it). JSON bodies; every mutating call carries
 //! `Idempotency-Key: <order_id>`, and the key, not the body, decides what a repeat returns.
 //!
 //! - `POST /v1/charges`, body [`ChargeRequest`] -> `200` [`ChargeResponse`]

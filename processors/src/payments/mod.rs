@@ -1,5 +1,5 @@
-//! Payments: the [`PaymentGateway`] trait, its simulated and HTTP implementations, the gateway
-//! simulator's HTTP server, and the payments stage.
+//! Payments: the [`PaymentGateway`] trait, its simulated and HTTP implementations, and the payments
+//! stage. The simulator's HTTP server is the `orderpipe-gateway-sim` crate (ops/gateway-sim).
 //!
 //! Layout:
 //! - [`gateway`]: the trait, [`Charge`], [`Refund`], [`GatewayError`].
@@ -7,7 +7,6 @@
 //! - [`contract`]: the HTTP contract (`POST /v1/charges`, `POST /v1/refunds`, stats, faults).
 //! - [`http_gateway`]: [`HttpGateway`], the client (timeout, retries with backoff, breaker).
 //! - [`breaker`]: [`CircuitBreaker`], a small state machine.
-//! - [`gateway_sim`]: the simulator as an axum server ([`gateway_sim::serve`]).
 //! - [`config`]: [`PaymentsArgs`] (clap/env).
 //! - [`stage`]: the stage, [`PaymentsStage`].
 //!
@@ -39,7 +38,6 @@ pub mod breaker;
 pub mod config;
 pub mod contract;
 pub mod gateway;
-pub mod gateway_sim;
 pub mod http_gateway;
 pub mod simulated;
 pub mod stage;
@@ -47,7 +45,6 @@ pub mod stage;
 pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{GatewayKind, PaymentsArgs};
 pub use gateway::{Charge, ChargeOutcome, GatewayError, PaymentGateway, Refund};
-pub use gateway_sim::GatewaySimArgs;
 pub use http_gateway::{HttpGateway, HttpGatewayConfig};
 pub use simulated::{
     LedgerCharge, LedgerRequest, OrderLedger, OrderStats, RequestOutcome, SimConfig,

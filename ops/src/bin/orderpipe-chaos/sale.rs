@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_ops::verify::{History, Window};
-use orderpipe_processors::payments::gateway_sim;
 use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
 use orderpipe_schemas::{StockAdjustment, Topics};
 use tokio::task::JoinHandle;

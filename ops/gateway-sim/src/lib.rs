@@ -1,9 +1,15 @@
-//! The gateway simulator as an HTTP server: a [`SimulatedGateway`] behind the contract of
-//! [`super::contract`], so a test (or `orderpipe`'s ops command) can run the gateway in a process
-//! of its own and count charges across processor crashes. Test hooks: `GET /v1/charges/stats`
-//! and `POST /v1/faults` (fail the next N requests with a status). With an admin key
-//! (`--admin-key`, `--admin-key-file`), `POST /v1/faults` refuses requests without it: it
-//! changes what the gateway answers everybody.
+//! The payment gateway simulator as an HTTP server: a [`SimulatedGateway`] behind the contract of
+//! [`orderpipe_processors::payments::contract`], so a test (or `orderpipe gateway-sim`) can run the
+//! gateway in a process of its own and count charges across processor crashes. A crate of its own
+//! so that the processors library, whose payments stage is only a client of a gateway, carries no
+//! web server. Test hooks: `GET /v1/charges/stats` and `POST /v1/faults` (fail the next N requests
+//! with a status). With an admin key (`--admin-key`, `--admin-key-file`), `POST /v1/faults` refuses
+//! requests without it: it changes what the gateway answers everybody.
+//!
+//! Layout:
+//! - [`GatewaySimArgs`]: the clap/env options of `orderpipe gateway-sim`.
+//! - [`router`]: the routes; [`serve`]: them on a listener until shutdown.
+#![warn(missing_docs)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,16 +22,15 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-use super::contract::{
+use orderpipe_processors::payments::config::parse_rate;
+use orderpipe_processors::payments::contract::{
     ChargeRequest, ChargeResponse, ErrorResponse, FaultsRequest, RefundRequest, RefundResponse,
     StatsResponse, CHARGES_PATH, FAULTS_PATH, IDEMPOTENCY_KEY, REFUNDS_PATH, STATS_PATH,
 };
-use super::gateway::PaymentGateway as _;
-use super::simulated::{SimConfig, SimulatedGateway};
+use orderpipe_processors::payments::{PaymentGateway as _, SimConfig, SimulatedGateway};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Options of a standalone gateway simulator (for the ops binary's `gateway-sim` command).
 #[derive(Debug, Clone, clap::Args)]
@@ -42,7 +47,7 @@ pub struct GatewaySimArgs {
     #[arg(id = "gateway_sim_latency", long = "gateway-sim-latency", env = "ORDERPIPE_GATEWAY_SIM_LATENCY", default_value = "0ms", value_parser = humantime::parse_duration)]
     pub latency: Duration,
     /// Share of orders declined, 0.0 to 1.0.
-    #[arg(id = "gateway_sim_decline_rate", long = "gateway-sim-decline-rate", env = "ORDERPIPE_GATEWAY_SIM_DECLINE_RATE", default_value_t = 0.0, value_parser = super::config::parse_rate)]
+    #[arg(id = "gateway_sim_decline_rate", long = "gateway-sim-decline-rate", env = "ORDERPIPE_GATEWAY_SIM_DECLINE_RATE", default_value_t = 0.0, value_parser = parse_rate)]
     pub decline_rate: f64,
     /// Seed of the decline decision (same seed, same declines).
     #[arg(
@@ -82,8 +87,8 @@ struct AppState {
     faults_served: Arc<AtomicU64>,
 }
 
-/// The simulator's routes (see [`super::contract`]); `POST /v1/faults` behind the process's
-/// admin key, if one is installed ([`orderpipe_runtime::auth::set_admin_key`]).
+/// The simulator's routes (see [`orderpipe_processors::payments::contract`]); `POST /v1/faults`
+/// behind the process's admin key, if one is installed ([`orderpipe_runtime::auth::set_admin_key`]).
 pub fn router(gateway: Arc<SimulatedGateway>) -> Router {
     let state = AppState {
         gateway,
