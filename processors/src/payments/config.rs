@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::breaker::BreakerConfig;
 use super::gateway::PaymentGateway;
 use super::http_gateway::{HttpGateway, HttpGatewayConfig};
+use super::pending::RetrySchedule;
 use super::simulated::{SimConfig, SimulatedGateway};
-use super::stage::RetrySchedule;
 use crate::shared::{ConfigError, RetryPolicy};
 
 /// Which gateway the payments stage talks to.

@@ -8,6 +8,7 @@
 //! - [`http_gateway`]: [`HttpGateway`], the client (timeout, retries with backoff, breaker).
 //! - [`breaker`]: [`CircuitBreaker`], a small state machine.
 //! - [`config`]: [`PaymentsArgs`] (clap/env).
+//! - [`pending`]: unfinished gateway work ([`PendingOp`], the changelog value) and its backoff.
 //! - [`stage`]: the stage, [`PaymentsStage`].
 //!
 //! No double charge: every gateway call carries the order id as its idempotency key, and the
@@ -39,6 +40,7 @@ pub mod config;
 pub mod contract;
 pub mod gateway;
 pub mod http_gateway;
+pub mod pending;
 pub mod simulated;
 pub mod stage;
 
@@ -46,8 +48,9 @@ pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
 pub use config::{GatewayKind, PaymentsArgs};
 pub use gateway::{Charge, ChargeOutcome, GatewayError, PaymentGateway, Refund};
 pub use http_gateway::{HttpGateway, HttpGatewayConfig};
+pub use pending::{Cause, PendingOp, RetrySchedule};
 pub use simulated::{
     LedgerCharge, LedgerRequest, OrderLedger, OrderStats, RequestOutcome, SimConfig,
     SimulatedGateway, Totals,
 };
-pub use stage::{is_for_payments, Cause, PaymentsStage, PendingOp, RetrySchedule};
+pub use stage::{is_for_payments, PaymentsStage};
