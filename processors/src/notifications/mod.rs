@@ -5,7 +5,7 @@
 //! - [`sink`]: [`NotificationSink`], the [`Notification`] body, [`LogSink`], delivery with retries.
 //! - [`webhook`]: [`WebhookSink`] (HMAC-SHA256 signed), and [`webhook::verify`] for receivers.
 //! - [`config`]: [`NotificationsArgs`] (clap/env) and [`Secret`].
-//! - [`plan`]: what an event means ([`plan()`]), the per-order [`NotifyState`], the records.
+//! - [`plan`](mod@plan): what an event means ([`plan()`]), the per-order [`NotifyState`], the records.
 //! - [`stage`]: [`NotificationsStage`], dedup by source event id, at-least-once delivery,
 //!   retries from `tick` while a receiver is down (in `retry`).
 
