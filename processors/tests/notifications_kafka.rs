@@ -2,6 +2,8 @@
 //! processing mode: terminal events are delivered once (a redelivered event is not resent),
 //! signed, and recorded as requested + sent on the notifications topic.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,19 +12,18 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use common::broker::{Env, Running};
+use common::hook::{serve_hook, signed};
 use orderpipe_processors::notifications::{
-    verify, Notification, NotificationsArgs, NotificationsStage, Secret, SinkKind, SIGNATURE_HEADER,
+    Notification, NotificationsArgs, NotificationsStage, Secret, SinkKind,
 };
-use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode};
+use orderpipe_processors::{Config, ProcessingMode};
 use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, OrderConfirmed, OrderEnvelope, OrderEvent, OrderLine,
-    OrderPlaced, OrderRejected, PaymentRef, RejectReason, Topics,
+    OrderPlaced, OrderRejected, PaymentRef, RejectReason,
 };
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
-use rdkafka::consumer::Consumer;
+use orderpipe_testkit::kafka::consume_n;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -35,11 +36,7 @@ both_modes!(terminal_events_are_delivered_once_and_recorded);
 type Received = Arc<Mutex<HashMap<Uuid, Vec<Notification>>>>;
 
 async fn hook(State(received): State<Received>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !verify(SECRET.as_bytes(), &body, signature) {
+    if !signed(SECRET, &headers, &body) {
         return StatusCode::UNAUTHORIZED;
     }
     let n: Notification = serde_json::from_slice(&body).unwrap();
@@ -75,24 +72,15 @@ fn placed(order_id: Uuid, customer: &str) -> OrderEnvelope {
 }
 
 async fn terminal_events_are_delivered_once_and_recorded(mode: ProcessingMode) {
-    let mut test_topics = TestTopics::new().unwrap();
-    test_topics.create("orders", 2).await.unwrap();
-    test_topics.create("notifications", 2).await.unwrap();
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for created in ensure_topics(&bootstrap(), &topics, NotificationsStage::NAME, 2)
-        .await
-        .unwrap()
-    {
-        test_topics.adopt(&created);
-    }
+    let env = Env::new(
+        &[("orders", 2), ("notifications", 2)],
+        &[NotificationsStage::NAME],
+        2,
+    )
+    .await;
 
     let received: Received = Arc::default();
-    let app = axum::Router::new()
-        .route("/hook", post(hook))
-        .with_state(received.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = serve_hook(post(hook), received.clone()).await;
 
     let args = NotificationsArgs {
         sink: SinkKind::Webhook,
@@ -101,21 +89,11 @@ async fn terminal_events_are_delivered_once_and_recorded(mode: ProcessingMode) {
         ..NotificationsArgs::default()
     };
     let stage =
-        NotificationsStage::from_args(&args, topics.clone(), tokio::runtime::Handle::current())
+        NotificationsStage::from_args(&args, env.topics.clone(), tokio::runtime::Handle::current())
             .unwrap();
-    let shutdown = CancellationToken::new();
-    let handle = spawn_stage(
-        Box::new(stage),
-        &Config::with_mode(mode),
-        &bootstrap(),
-        &topics,
-        shutdown.clone(),
-    )
-    .unwrap();
+    let running = Running::start(Box::new(stage), &Config::with_mode(mode), &env.topics);
 
-    let reader = consumer(&test_topics.name("reader"), true).unwrap();
-    reader.subscribe(&[&topics.notifications]).unwrap();
-    let producer = producer().unwrap();
+    let reader = env.reader(&env.topics.notifications);
     let (x, y) = (Uuid::now_v7(), Uuid::now_v7());
     let confirmed = OrderEnvelope::new(x, OrderEvent::OrderConfirmed(OrderConfirmed {}), None, x);
     let rejected = OrderEnvelope::new(
@@ -127,23 +105,14 @@ async fn terminal_events_are_delivered_once_and_recorded(mode: ProcessingMode) {
         y,
     );
     // Given two placed orders, their terminal events, and a redelivery of one of them
-    for e in [
+    env.send_orders([
         &placed(x, "cust-x"),
         &placed(y, "cust-y"),
         &confirmed,
         &rejected,
         &confirmed,
-    ] {
-        producer
-            .send(
-                FutureRecord::to(&topics.orders)
-                    .key(&e.key())
-                    .payload(&e.encode()),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    ])
+    .await;
 
     // Then the notifications topic records a request and a sent per terminal event (the
     // redelivered event repeats its records with the same ids, without delivering again)
@@ -179,6 +148,5 @@ async fn terminal_events_are_delivered_once_and_recorded(mode: ProcessingMode) {
         ("cust-y", Some("limit_exceeded"), y)
     );
 
-    shutdown.cancel();
-    handle.wait().await.unwrap();
+    running.stop().await.unwrap();
 }

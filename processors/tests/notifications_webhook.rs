@@ -1,5 +1,7 @@
 //! The webhook sink against a local axum receiver that checks the HMAC signature.
 
+mod common;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -8,9 +10,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use common::hook::{serve_hook, signed};
 use orderpipe_processors::notifications::{
-    deliver_with_retry, verify, Notification, NotificationSink, Secret, WebhookConfig, WebhookSink,
-    EVENT_ID_HEADER, SIGNATURE_HEADER,
+    deliver_with_retry, Notification, NotificationSink, Secret, WebhookConfig, WebhookSink,
+    EVENT_ID_HEADER,
 };
 use orderpipe_processors::RetryPolicy;
 use orderpipe_schemas::NotificationKind;
@@ -36,11 +39,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
             return StatusCode::from_u16(fail.1).unwrap();
         }
     }
-    let signature = headers
-        .get(SIGNATURE_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !verify(SECRET.as_bytes(), &body, signature) {
+    if !signed(SECRET, &headers, &body) {
         return StatusCode::UNAUTHORIZED;
     }
     let notification: Notification = serde_json::from_slice(&body).unwrap();
@@ -54,12 +53,7 @@ async fn hook(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Sta
 
 async fn start_receiver() -> (String, Receiver) {
     let receiver = Receiver::default();
-    let app = axum::Router::new()
-        .route("/hook", post(hook))
-        .with_state(receiver.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let url = serve_hook(post(hook), receiver.clone()).await;
     (url, receiver)
 }
 

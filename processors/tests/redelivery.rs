@@ -10,65 +10,35 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::broker::{all_stages, Env, Running};
 use common::order;
-use orderpipe_processors::notifications::{LogSink, NotificationsStage};
-use orderpipe_processors::payments::{PaymentsStage, SimConfig, SimulatedGateway};
-use orderpipe_processors::saga::SagaStage;
-use orderpipe_processors::stock::{set_stock, StockStage};
-use orderpipe_processors::RetryPolicy;
-use orderpipe_processors::{
-    ensure_topics, spawn_stage, Config, ProcessingMode, Stage, StageHandle,
-};
-use orderpipe_schemas::{
-    NotificationEnvelope, NotificationEvent, OrderEnvelope, OrderEvent, StockAdjustment, Topics,
-};
-use orderpipe_testkit::kafka::{
-    bootstrap, consume_n, consumer, high_watermark, producer, TestTopics,
-};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use orderpipe_processors::payments::{SimConfig, SimulatedGateway};
+use orderpipe_processors::{Config, ProcessingMode};
+use orderpipe_schemas::{NotificationEnvelope, NotificationEvent, OrderEnvelope, OrderEvent};
+use orderpipe_testkit::kafka::{consume_n, consumer, high_watermark};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureRecord;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
 
-fn start_all(
-    topics: &Topics,
-    gateway: &Arc<SimulatedGateway>,
-    group_suffix: Option<&str>,
-    shutdown: &CancellationToken,
-) -> Vec<StageHandle> {
-    let handle = tokio::runtime::Handle::current();
-    let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(StockStage::new(topics.clone())),
-        Box::new(SagaStage::new(topics.clone())),
-        Box::new(PaymentsStage::new(
-            topics.clone(),
-            gateway.clone(),
-            handle.clone(),
-        )),
-        Box::new(NotificationsStage::new(
-            topics.clone(),
-            Arc::new(LogSink),
-            handle,
-            RetryPolicy::default(),
-        )),
-    ];
-    stages
-        .into_iter()
-        .map(|stage| {
+/// All four stages at least once; in groups of their own, suffixed `group_suffix`, if given.
+fn start_all(env: &Env, gateway: &Arc<SimulatedGateway>, group_suffix: Option<&str>) -> Running {
+    Running::start_all(
+        all_stages(&env.topics, gateway.clone()),
+        &env.topics,
+        |stage| {
             let mut config = Config::with_mode(ProcessingMode::AtLeastOnce);
             if let Some(suffix) = group_suffix {
                 // A fresh group: the stage reads every input again from offset 0.
                 config.kafka_options.push((
                     "group.id".to_owned(),
-                    format!("{}orderpipe-{}-{suffix}", topics.prefix(), stage.name()),
+                    format!("{}orderpipe-{}-{suffix}", env.topics.prefix(), stage.name()),
                 ));
             }
-            spawn_stage(stage, &config, &bootstrap(), topics, shutdown.clone()).unwrap()
-        })
-        .collect()
+            config
+        },
+    )
 }
 
 /// Sum of the end offsets of `topics`.
@@ -98,13 +68,8 @@ async fn settle(reader: &StreamConsumer, topics: &[&str], quiet: Duration, max: 
     }
 }
 
-async fn read_all(test_topics: &TestTopics, topic: &str) -> Vec<OwnedMessage> {
-    let reader = consumer(
-        &test_topics.name(&format!("all-{}", Uuid::new_v4().simple())),
-        true,
-    )
-    .unwrap();
-    reader.subscribe(&[topic]).unwrap();
+async fn read_all(env: &Env, topic: &str) -> Vec<OwnedMessage> {
+    let reader = env.reader(topic);
     let mut all = Vec::new();
     loop {
         let got = consume_n(&reader, 10_000, Duration::from_secs(3)).await;
@@ -117,30 +82,8 @@ async fn read_all(test_topics: &TestTopics, topic: &str) -> Vec<OwnedMessage> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redelivered_sale_repeats_every_event_byte_for_byte() {
-    let mut test_topics = TestTopics::new().unwrap();
-    for topic in ["orders", "stock", "notifications"] {
-        test_topics.create(topic, PARTITIONS).await.unwrap();
-    }
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for stage in ["stock", "saga", "payments", "notifications"] {
-        for created in ensure_topics(&bootstrap(), &topics, stage, PARTITIONS)
-            .await
-            .unwrap()
-        {
-            test_topics.adopt(&created);
-        }
-    }
-    for (sku, quantity) in [("HOT", 6u32), ("COLD", 20)] {
-        set_stock(
-            &bootstrap(),
-            &topics,
-            sku,
-            StockAdjustment::Set { quantity },
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    let env = Env::for_all_stages(PARTITIONS).await;
+    env.stock_up(&[("HOT", 6), ("COLD", 20)]).await;
     let gateway = Arc::new(SimulatedGateway::new(SimConfig {
         decline_rate: 0.2,
         seed: 5,
@@ -148,8 +91,7 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
     }));
 
     // Given a sale of 30 orders handled at least once by all four stages
-    let shutdown = CancellationToken::new();
-    let running = start_all(&topics, &gateway, None, &shutdown);
+    let running = start_all(&env, &gateway, None);
     let orders: Vec<OrderEnvelope> = (0..30)
         .map(|i| {
             let id = Uuid::now_v7();
@@ -160,23 +102,12 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
             }
         })
         .collect();
-    let producer = producer().unwrap();
-    for o in &orders {
-        producer
-            .send(
-                FutureRecord::to(&topics.orders)
-                    .key(&o.key())
-                    .payload(&o.encode()),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
-    let watch = consumer(&test_topics.name("watch"), true).unwrap();
+    env.send_orders(&orders).await;
+    let watch = consumer(&env.test_topics.name("watch"), true).unwrap();
     let all_topics = [
-        topics.orders.as_str(),
-        topics.stock.as_str(),
-        topics.notifications.as_str(),
+        env.topics.orders.as_str(),
+        env.topics.stock.as_str(),
+        env.topics.notifications.as_str(),
     ];
     settle(
         &watch,
@@ -185,14 +116,10 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
         Duration::from_secs(120),
     )
     .await;
-    shutdown.cancel();
-    for stage in running {
-        stage.wait().await.unwrap();
-    }
+    running.stop().await.unwrap();
 
     // When every stage gets all its inputs again (fresh groups, state restored)
-    let shutdown = CancellationToken::new();
-    let running = start_all(&topics, &gateway, Some("again"), &shutdown);
+    let running = start_all(&env, &gateway, Some("again"));
     settle(
         &watch,
         &all_topics,
@@ -200,10 +127,7 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
         Duration::from_secs(180),
     )
     .await;
-    shutdown.cancel();
-    for stage in running {
-        stage.wait().await.unwrap();
-    }
+    running.stop().await.unwrap();
 
     // Then no event id names two different byte strings, on any topic
     let mut notified: HashMap<Uuid, HashSet<Uuid>> = HashMap::new();
@@ -211,7 +135,7 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
     for topic in all_topics {
         let mut seen: HashMap<Uuid, Vec<u8>> = HashMap::new();
         let mut repeats = 0;
-        for m in read_all(&test_topics, topic).await {
+        for m in read_all(&env, topic).await {
             let bytes = m.payload().unwrap_or_default().to_vec();
             let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
             let id: Uuid = value["event_id"].as_str().unwrap().parse().unwrap();
@@ -225,13 +149,13 @@ async fn redelivered_sale_repeats_every_event_byte_for_byte() {
             } else {
                 seen.insert(id, bytes.clone());
             }
-            if topic == topics.notifications {
+            if topic == env.topics.notifications {
                 let e = NotificationEnvelope::decode(&bytes).unwrap();
                 if matches!(e.event, NotificationEvent::NotificationRequested(_)) {
                     notified.entry(e.order_id).or_default().insert(e.event_id);
                 }
             }
-            if topic == topics.orders {
+            if topic == env.topics.orders {
                 let e = OrderEnvelope::decode(&bytes).unwrap();
                 if matches!(
                     e.event,

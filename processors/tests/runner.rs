@@ -3,17 +3,17 @@
 //! the partitions it touched (both modes); setup refuses a changelog that is not co-partitioned
 //! with the input, and missing topics.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orderpipe_processors::{
-    ensure_topics, spawn_stage, Config, Effects, Error, Input, ProcessingMode, Stage,
-};
+use common::broker::{Env, Running};
+use orderpipe_processors::{spawn_stage, Config, Effects, Error, Input, ProcessingMode, Stage};
 use orderpipe_schemas::Topics;
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, payload_str, producer, TestTopics};
-use rdkafka::consumer::Consumer;
+use orderpipe_testkit::kafka::{bootstrap, consume_n, payload_str};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
@@ -52,26 +52,14 @@ impl Stage for Shout {
     }
 }
 
-async fn setup(input_partitions: i32, changelog_partitions: i32) -> (TestTopics, Topics) {
-    setup_stage("shout", input_partitions, changelog_partitions).await
-}
-
-async fn setup_stage(
-    stage: &str,
-    input_partitions: i32,
-    changelog_partitions: i32,
-) -> (TestTopics, Topics) {
-    let mut test_topics = TestTopics::new().unwrap();
-    test_topics.create("in", input_partitions).await.unwrap();
-    test_topics.create("out", 1).await.unwrap();
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for created in ensure_topics(&bootstrap(), &topics, stage, changelog_partitions)
-        .await
-        .unwrap()
-    {
-        test_topics.adopt(&created);
-    }
-    (test_topics, topics)
+/// Topics `in` (`input_partitions`) and `out` (1), and `stage`'s with `changelog_partitions`.
+async fn setup(stage: &str, input_partitions: i32, changelog_partitions: i32) -> Env {
+    Env::new(
+        &[("in", input_partitions), ("out", 1)],
+        &[stage],
+        changelog_partitions,
+    )
+    .await
 }
 
 use orderpipe_testkit::both_modes;
@@ -79,25 +67,20 @@ use orderpipe_testkit::both_modes;
 both_modes!(panicking_message_is_dead_lettered_and_the_partition_moves_on);
 
 async fn panicking_message_is_dead_lettered_and_the_partition_moves_on(mode: ProcessingMode) {
-    let (test_topics, topics) = setup(1, 1).await;
-    let shutdown = CancellationToken::new();
-    let handle = spawn_stage(
+    let env = setup("shout", 1, 1).await;
+    let stage = Running::start(
         Box::new(Shout {
-            topics: topics.clone(),
+            topics: env.topics.clone(),
         }),
         &Config::with_mode(mode),
-        &bootstrap(),
-        &topics,
-        shutdown.clone(),
-    )
-    .unwrap();
+        &env.topics,
+    );
 
     // Given a message that makes the stage panic, and one it refuses, among good ones
-    let producer = producer().unwrap();
     for word in ["a", "b", "boom", "c", "bad", "d"] {
-        producer
+        env.producer
             .send(
-                FutureRecord::to(&test_topics.name("in"))
+                FutureRecord::to(&env.test_topics.name("in"))
                     .key("k")
                     .payload(word),
                 WAIT,
@@ -107,8 +90,7 @@ async fn panicking_message_is_dead_lettered_and_the_partition_moves_on(mode: Pro
     }
 
     // Then the good ones come out, in order, once each (with at-least-once: at least once)
-    let out = consumer(&test_topics.name("reader-out"), true).unwrap();
-    out.subscribe(&[&test_topics.name("out")]).unwrap();
+    let out = env.reader(&env.test_topics.name("out"));
     let got = consume_n(&out, 4, WAIT).await;
     let words: Vec<&str> = got.iter().map(payload_str).collect();
     assert_eq!(words, ["A", "B", "C", "D"]);
@@ -117,8 +99,7 @@ async fn panicking_message_is_dead_lettered_and_the_partition_moves_on(mode: Pro
     }
 
     // And both poison messages are dead letters with their reason
-    let dlq = consumer(&test_topics.name("reader-dlq"), true).unwrap();
-    dlq.subscribe(&[&topics.dlq("shout")]).unwrap();
+    let dlq = env.reader(&env.topics.dlq("shout"));
     let dead = consume_n(&dlq, 2, WAIT).await;
     let reasons: Vec<(String, String)> = dead
         .iter()
@@ -141,22 +122,21 @@ async fn panicking_message_is_dead_lettered_and_the_partition_moves_on(mode: Pro
             ("bad".to_owned(), "bad_word".to_owned())
         ]
     );
-    shutdown.cancel();
-    handle.wait().await.unwrap();
+    stage.stop().await.unwrap();
 }
 
 #[tokio::test]
 async fn setup_refuses_a_changelog_not_copartitioned_with_the_input() {
     // Given an input with 2 partitions and a changelog with 1
-    let (_test_topics, topics) = setup(2, 1).await;
+    let env = setup("shout", 2, 1).await;
     // Then the stage does not start, and says why
     let err = spawn_stage(
         Box::new(Shout {
-            topics: topics.clone(),
+            topics: env.topics.clone(),
         }),
         &Config::default(),
         &bootstrap(),
-        &topics,
+        &env.topics,
         CancellationToken::new(),
     )
     .err()
@@ -174,7 +154,7 @@ async fn setup_refuses_a_changelog_not_copartitioned_with_the_input() {
     );
 
     // And with no changelog topic at all, it names the missing topic
-    let bare = Topics::with_prefix(format!("{}bare.", topics.prefix()));
+    let bare = Topics::with_prefix(format!("{}bare.", env.topics.prefix()));
     let err = spawn_stage(
         Box::new(Shout {
             topics: bare.clone(),
@@ -254,26 +234,21 @@ both_modes!(a_failed_batch_restores_only_the_partitions_it_touched);
 
 async fn a_failed_batch_restores_only_the_partitions_it_touched(mode: ProcessingMode) {
     // Given a stage holding state in 4 partitions
-    let (test_topics, topics) = setup_stage("tally", 4, 4).await;
+    let env = setup("tally", 4, 4).await;
     let calls = Arc::new(Mutex::new(Calls::default()));
     let failed = Arc::new(AtomicBool::new(false));
-    let shutdown = CancellationToken::new();
-    let handle = spawn_stage(
+    let stage = Running::start(
         Box::new(Tally {
-            topics: topics.clone(),
+            topics: env.topics.clone(),
             calls: calls.clone(),
             failed: failed.clone(),
         }),
         &Config::with_mode(mode),
-        &bootstrap(),
-        &topics,
-        shutdown.clone(),
-    )
-    .unwrap();
-    let producer = producer().unwrap();
+        &env.topics,
+    );
     let send = |partition: i32, word: &'static str| {
-        let producer = producer.clone();
-        let topic = test_topics.name("in");
+        let producer = env.producer.clone();
+        let topic = env.test_topics.name("in");
         async move {
             producer
                 .send(
@@ -290,8 +265,7 @@ async fn a_failed_batch_restores_only_the_partitions_it_touched(mode: Processing
     for p in 0..4 {
         send(p, "a").await;
     }
-    let out = consumer(&test_topics.name("reader-out"), true).unwrap();
-    out.subscribe(&[&test_topics.name("out")]).unwrap();
+    let out = env.reader(&env.test_topics.name("out"));
     assert_eq!(consume_n(&out, 4, WAIT).await.len(), 4);
     let before = std::mem::take(&mut *calls.lock().unwrap());
     assert!(before.revokes.is_empty(), "{before:?}");
@@ -318,6 +292,5 @@ async fn a_failed_batch_restores_only_the_partitions_it_touched(mode: Processing
         send(p, "b").await;
     }
     assert_eq!(consume_n(&out, 4, WAIT).await.len(), 4);
-    shutdown.cancel();
-    handle.wait().await.unwrap();
+    stage.stop().await.unwrap();
 }

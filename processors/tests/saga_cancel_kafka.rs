@@ -10,20 +10,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::order;
-use orderpipe_processors::payments::{PaymentsStage, SimConfig, SimulatedGateway};
-use orderpipe_processors::saga::SagaStage;
-use orderpipe_processors::stock::{set_stock, StockStage};
-use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, Stage};
-use orderpipe_schemas::{
-    CancellationRequested, OrderEnvelope, OrderEvent, StockAdjustment, StockEnvelope, StockEvent,
-    StockLevels, Topics,
-};
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use common::broker::{order_stages, Env, Running};
+use common::{cancellation, order, types};
+use orderpipe_processors::payments::{SimConfig, SimulatedGateway};
+use orderpipe_processors::{Config, ProcessingMode};
+use orderpipe_schemas::{OrderEnvelope, StockEnvelope, StockEvent, StockLevels};
+use orderpipe_testkit::kafka::consume_n;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
@@ -35,26 +29,7 @@ both_modes!(a_cancelled_order_releases_its_stock_and_its_charge_is_refunded);
 
 /// What ingest writes for `POST /v1/orders/{id}/cancel`.
 fn cancel(order_id: Uuid) -> OrderEnvelope {
-    OrderEnvelope::new(
-        order_id,
-        OrderEvent::CancellationRequested(CancellationRequested {
-            client_id: "checkout".into(),
-        }),
-        None,
-        order_id,
-    )
-}
-
-async fn send(producer: &FutureProducer, topic: &str, event: &OrderEnvelope) {
-    producer
-        .send(
-            FutureRecord::to(topic)
-                .key(&event.key())
-                .payload(&event.encode()),
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+    OrderEnvelope::new(order_id, cancellation(), None, order_id)
 }
 
 /// Reads the orders topic into `seen` until `pred` holds.
@@ -76,13 +51,6 @@ async fn until(
     }
 }
 
-fn types(events: &[OrderEnvelope]) -> Vec<(Uuid, &'static str)> {
-    events
-        .iter()
-        .map(|e| (e.order_id, e.event_type()))
-        .collect()
-}
-
 /// Distinct events (by id: at-least-once may repeat one) of `order` with `event_type`.
 fn count(events: &[OrderEnvelope], order: Uuid, event_type: &str) -> usize {
     events
@@ -94,68 +62,32 @@ fn count(events: &[OrderEnvelope], order: Uuid, event_type: &str) -> usize {
 }
 
 async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: ProcessingMode) {
-    let mut test_topics = TestTopics::new().unwrap();
-    for topic in ["orders", "stock"] {
-        test_topics.create(topic, PARTITIONS).await.unwrap();
-    }
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for stage in ["stock", "saga", "payments"] {
-        for created in ensure_topics(&bootstrap(), &topics, stage, PARTITIONS)
-            .await
-            .unwrap()
-        {
-            test_topics.adopt(&created);
-        }
-    }
-    for (sku, quantity) in [("CX-A", 5u32), ("CX-B", 3)] {
-        set_stock(
-            &bootstrap(),
-            &topics,
-            sku,
-            StockAdjustment::Set { quantity },
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    let env = Env::new(
+        &[("orders", PARTITIONS), ("stock", PARTITIONS)],
+        &["stock", "saga", "payments"],
+        PARTITIONS,
+    )
+    .await;
+    env.stock_up(&[("CX-A", 5), ("CX-B", 3)]).await;
     // Every gateway call takes 2 s: the charge of the order is in flight when it is cancelled.
     let gateway = Arc::new(SimulatedGateway::new(SimConfig {
         latency: Duration::from_secs(2),
         ..SimConfig::default()
     }));
-    let handle = tokio::runtime::Handle::current();
-    let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(StockStage::new(topics.clone())),
-        Box::new(SagaStage::new(topics.clone())),
-        Box::new(PaymentsStage::new(topics.clone(), gateway.clone(), handle)),
-    ];
-    let shutdown = CancellationToken::new();
-    let running: Vec<_> = stages
-        .into_iter()
-        .map(|stage| {
-            spawn_stage(
-                stage,
-                &Config::with_mode(mode),
-                &bootstrap(),
-                &topics,
-                shutdown.clone(),
-            )
-            .unwrap()
-        })
-        .collect();
-    let reader = consumer(&test_topics.name("orders-reader"), true).unwrap();
-    reader.subscribe(&[&topics.orders]).unwrap();
-    let producer = producer().unwrap();
+    let running = Running::start_all(
+        order_stages(&env.topics, gateway.clone()),
+        &env.topics,
+        |_| Config::with_mode(mode),
+    );
+    let reader = env.reader(&env.topics.orders);
 
     // Given order A (2 x CX-A, 1 x CX-B) and order B (1 x CX-A)
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    send(
-        &producer,
-        &topics.orders,
+    env.send_orders([
         &order(a, &[("CX-A", 2), ("CX-B", 1)]),
-    )
+        &order(b, &[("CX-A", 1)]),
+    ])
     .await;
-    send(&producer, &topics.orders, &order(b, &[("CX-A", 1)])).await;
     let mut seen = Vec::new();
 
     // When A is cancelled once its payment is requested (reserved, charge on its way)
@@ -163,10 +95,10 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
         count(s, a, "payment_requested") == 1
     })
     .await;
-    send(&producer, &topics.orders, &cancel(a)).await;
+    env.send_orders([&cancel(a)]).await;
     // And B is cancelled after it was confirmed
     until(&reader, &mut seen, |s| count(s, b, "order_confirmed") == 1).await;
-    send(&producer, &topics.orders, &cancel(b)).await;
+    env.send_orders([&cancel(b)]).await;
 
     // Then A ends cancelled and its charge is refunded; B stays confirmed
     until(&reader, &mut seen, |s| {
@@ -223,8 +155,7 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
             },
         ),
     ];
-    let levels_reader = consumer(&test_topics.name("stock-reader"), true).unwrap();
-    levels_reader.subscribe(&[&topics.stock]).unwrap();
+    let levels_reader = env.reader(&env.topics.stock);
     let mut latest: HashMap<String, StockLevels> = HashMap::new();
     let mut releases = 0;
     let deadline = Instant::now() + WAIT;
@@ -246,8 +177,5 @@ async fn a_cancelled_order_releases_its_stock_and_its_charge_is_refunded(mode: P
     }
     assert!(releases >= 2, "both lines of A released: {releases}");
 
-    shutdown.cancel();
-    for stage in running {
-        stage.wait().await.unwrap();
-    }
+    running.stop().await.unwrap();
 }

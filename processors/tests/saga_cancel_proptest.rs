@@ -5,14 +5,15 @@
 //! a terminal event the payments stage refunds). A cancellation that arrives before the order is
 //! decided always wins; one that arrives after changes nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{cancellation, line_answer, line_sku, payment_settled, placed_lines};
 use orderpipe_processors::payments::is_for_payments;
 use orderpipe_processors::saga::{decide, OrderState, Output, OutputEnvelope, Verdict};
 use orderpipe_schemas::{
-    CancellationRequested, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentDeclined,
-    PaymentRef, PaymentSettled, StockEvent, StockLineRejected, StockLineReserved,
-    StockRejectReason,
+    OrderEnvelope, OrderEvent, PaymentDeclined, StockEvent, StockRejectReason,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -80,45 +81,14 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn event(order_id: Uuid, case: &Case, step: Option<&Step>) -> OrderEnvelope {
-    let sku = |i: usize| format!("SKU-{i}");
     let e = match step {
-        None => OrderEvent::OrderPlaced(OrderPlaced {
-            customer_id: "c".into(),
-            currency: "EUR".into(),
-            lines: (0..case.reserved.len())
-                .map(|i| OrderLine {
-                    sku: sku(i),
-                    quantity: i as u32 + 1,
-                    unit_price_minor: 100,
-                })
-                .collect(),
-            total_minor: 100,
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "t".into(),
-            },
-        }),
-        Some(Step::Answer(i)) if case.reserved[*i] => {
-            OrderEvent::StockLineReserved(StockLineReserved {
-                sku: sku(*i),
-                line_index: *i as u32,
-                quantity: *i as u32 + 1,
-            })
-        }
-        Some(Step::Answer(i)) => OrderEvent::StockLineRejected(StockLineRejected {
-            sku: sku(*i),
-            line_index: *i as u32,
-            quantity: *i as u32 + 1,
-            reason: StockRejectReason::OutOfStock,
-        }),
-        Some(Step::Cancel) => OrderEvent::CancellationRequested(CancellationRequested {
-            client_id: "checkout".into(),
-        }),
-        Some(Step::Settled) => OrderEvent::PaymentSettled(PaymentSettled {
-            amount_minor: 100,
-            currency: "EUR".into(),
-            charge_id: "ch".into(),
-        }),
+        None => placed_lines(case.reserved.len()),
+        Some(Step::Answer(i)) => line_answer(
+            *i,
+            (!case.reserved[*i]).then_some(StockRejectReason::OutOfStock),
+        ),
+        Some(Step::Cancel) => cancellation(),
+        Some(Step::Settled) => payment_settled(),
         Some(Step::Declined) => OrderEvent::PaymentDeclined(PaymentDeclined {
             reason: "insufficient_funds".into(),
         }),
@@ -210,7 +180,7 @@ proptest! {
             per_line.get(&(sku.to_owned(), kind)).copied().unwrap_or(0)
         };
         for (i, reserved) in case.reserved.iter().enumerate() {
-            let sku = format!("SKU-{i}");
+            let sku = line_sku(i);
             prop_assert_eq!(count(&sku, "reserve"), 1);
             let (releases, sales) = if confirmed { (0, 1) } else { (u32::from(*reserved), 0) };
             prop_assert_eq!(count(&sku, "release"), releases, "line {}", i);

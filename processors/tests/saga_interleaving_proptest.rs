@@ -21,18 +21,20 @@
 //!   order or to a terminal event the payments stage refunds or voids; a confirmation only
 //!   follows a settled charge.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::{cancellation, line_answer, line_sku, payment_settled, placed_lines};
 use orderpipe_processors::payments::is_for_payments;
 use orderpipe_processors::saga::{
     decide, decide_timeout, OrderState, Output, OutputEnvelope, Timeouts, Verdict,
 };
 use orderpipe_schemas::{
-    CancellationRequested, DeclineReason, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced,
-    PaymentDeclined, PaymentRef, PaymentSettled, RejectReason, StockEvent, StockLineRejected,
-    StockLineReserved, StockRejectReason,
+    DeclineReason, OrderEnvelope, OrderEvent, PaymentDeclined, RejectReason, StockEvent,
+    StockRejectReason,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -122,50 +124,16 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn sku(line: usize) -> String {
-    format!("SKU-{line}")
-}
-
 fn input(order_id: Uuid, case: &Case, step: Option<&Step>, at: DateTime<Utc>) -> OrderEnvelope {
     let event = match step {
-        None => OrderEvent::OrderPlaced(OrderPlaced {
-            customer_id: "c".into(),
-            currency: "EUR".into(),
-            lines: (0..case.reserved.len())
-                .map(|i| OrderLine {
-                    sku: sku(i),
-                    quantity: i as u32 + 1,
-                    unit_price_minor: 100,
-                })
-                .collect(),
-            total_minor: 100,
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "t".into(),
-            },
-        }),
-        Some(Step::Answer(i)) if case.reserved[*i] => {
-            OrderEvent::StockLineReserved(StockLineReserved {
-                sku: sku(*i),
-                line_index: *i as u32,
-                quantity: *i as u32 + 1,
-            })
-        }
-        Some(Step::Answer(i)) => OrderEvent::StockLineRejected(StockLineRejected {
-            sku: sku(*i),
-            line_index: *i as u32,
-            quantity: *i as u32 + 1,
-            reason: StockRejectReason::OutOfStock,
-        }),
-        Some(Step::Cancel) => OrderEvent::CancellationRequested(CancellationRequested {
-            client_id: "checkout".into(),
-        }),
+        None => placed_lines(case.reserved.len()),
+        Some(Step::Answer(i)) => line_answer(
+            *i,
+            (!case.reserved[*i]).then_some(StockRejectReason::OutOfStock),
+        ),
+        Some(Step::Cancel) => cancellation(),
         Some(Step::Payment) => match case.gateway {
-            Gateway::Settles => OrderEvent::PaymentSettled(PaymentSettled {
-                amount_minor: 100,
-                currency: "EUR".into(),
-                charge_id: "ch".into(),
-            }),
+            Gateway::Settles => payment_settled(),
             Gateway::Declines => OrderEvent::PaymentDeclined(PaymentDeclined {
                 reason: DeclineReason::Gateway("insufficient_funds".into()),
             }),
@@ -227,7 +195,7 @@ impl Emitted {
 
 fn stock_count(emitted: &Emitted, line: usize, kind: &str) -> usize {
     emitted.count(|o| match o {
-        Output::Stock { sku: s, event } if *s == sku(line) => matches!(
+        Output::Stock { sku: s, event } if *s == line_sku(line) => matches!(
             (kind, event),
             ("reserve", StockEvent::ReservationRequested(_))
                 | ("release", StockEvent::ReleaseRequested(_))

@@ -2,22 +2,23 @@
 //! through reservation, rejection and payment by hand-made stock/payment answers; duplicates
 //! ignored; a restarted instance restores terminal orders from the changelog.
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::broker::{Env, Running};
+use common::{batch, types};
 use orderpipe_processors::saga::SagaStage;
-use orderpipe_processors::{
-    ensure_topics, spawn_stage, Config, Effects, Input, ProcessingMode, Stage, StageHandle,
-};
+use orderpipe_processors::{Config, Effects, ProcessingMode, Stage};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, PaymentSettled, RejectReason,
-    StockEnvelope, StockEvent, StockLineRejected, StockLineReserved, StockRejectReason, Topics,
+    StockEnvelope, StockEvent, StockLineRejected, StockLineReserved, StockRejectReason,
 };
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use orderpipe_testkit::kafka::consume_n;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
+use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -31,82 +32,22 @@ both_modes!(
     a_restarted_saga_remembers_terminal_orders,
 );
 
-struct Env {
-    test_topics: TestTopics,
-    topics: Topics,
-    producer: FutureProducer,
-}
-
 async fn env() -> Env {
-    let mut test_topics = TestTopics::new().unwrap();
     // One partition: every order's events and the probes that follow them stay in order.
-    test_topics.create("orders", 1).await.unwrap();
-    test_topics.create("stock", 1).await.unwrap();
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for created in ensure_topics(&bootstrap(), &topics, SagaStage::NAME, 1)
-        .await
-        .unwrap()
-    {
-        test_topics.adopt(&created);
-    }
-    Env {
-        test_topics,
-        topics,
-        producer: producer().unwrap(),
-    }
-}
-
-struct Running {
-    handle: StageHandle,
-    shutdown: CancellationToken,
-}
-
-impl Running {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.handle.wait().await.unwrap();
-    }
+    Env::new(&[("orders", 1), ("stock", 1)], &[SagaStage::NAME], 1).await
 }
 
 impl Env {
     fn start(&self, mode: ProcessingMode) -> Running {
-        let shutdown = CancellationToken::new();
         let config = Config {
             stats_interval: Duration::from_secs(1),
             ..Config::with_mode(mode)
         };
-        let handle = spawn_stage(
+        Running::start(
             Box::new(SagaStage::new(self.topics.clone())),
             &config,
-            &bootstrap(),
             &self.topics,
-            shutdown.clone(),
         )
-        .unwrap();
-        Running { handle, shutdown }
-    }
-
-    async fn send(&self, events: &[&OrderEnvelope]) {
-        for event in events {
-            self.producer
-                .send(
-                    FutureRecord::to(&self.topics.orders)
-                        .key(&event.key())
-                        .payload(&event.encode()),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-        }
-    }
-
-    fn reader(&self, topic: &str) -> StreamConsumer {
-        let group = self
-            .test_topics
-            .name(&format!("reader-{}", Uuid::new_v4().simple()));
-        let reader = consumer(&group, true).unwrap();
-        reader.subscribe(&[topic]).unwrap();
-        reader
     }
 }
 
@@ -197,13 +138,6 @@ async fn stock_n(reader: &StreamConsumer, n: usize) -> Vec<StockEnvelope> {
         .collect()
 }
 
-fn types(events: &[OrderEnvelope]) -> Vec<(Uuid, &'static str)> {
-    events
-        .iter()
-        .map(|e| (e.order_id, e.event_type()))
-        .collect()
-}
-
 fn count(events: &[OrderEnvelope], order: Uuid, event_type: &str) -> usize {
     events
         .iter()
@@ -232,7 +166,7 @@ async fn orders_reach_one_terminal_event_through_the_broker(mode: ProcessingMode
 
     // Given order A (2 lines), its duplicate from a client retry, and order B (2 lines)
     let placed_a = placed(a, &["S-1", "S-2"]);
-    env.send(&[
+    env.send_orders([
         &placed_a,
         &placed(a, &["S-1", "S-2"]),
         &placed(b, &["S-1", "S-3"]),
@@ -253,7 +187,7 @@ async fn orders_reach_one_terminal_event_through_the_broker(mode: ProcessingMode
 
     // When A's lines are reserved and B's first line is reserved, second rejected (late answer
     // order: rejection first)
-    env.send(&[
+    env.send_orders([
         &answer(a, 1, "S-2", None),
         &answer(b, 1, "S-3", Some(StockRejectReason::OutOfStock)),
         &answer(a, 0, "S-1", None),
@@ -281,7 +215,7 @@ async fn orders_reach_one_terminal_event_through_the_broker(mode: ProcessingMode
     );
 
     // When A is paid (twice: a duplicate settlement)
-    env.send(&[&settled(a), &settled(a)]).await;
+    env.send_orders([&settled(a), &settled(a)]).await;
     orders_until(&orders_reader, &mut seen, |s| {
         count(s, a, "order_confirmed") > 0
     })
@@ -329,7 +263,7 @@ async fn orders_reach_one_terminal_event_through_the_broker(mode: ProcessingMode
     assert!(
         consume_n(&stock_reader, 1, QUIET).await.is_empty() || mode == ProcessingMode::AtLeastOnce
     );
-    stage.stop().await;
+    stage.stop().await.unwrap();
 }
 
 async fn a_restarted_saga_remembers_terminal_orders(mode: ProcessingMode) {
@@ -341,21 +275,21 @@ async fn a_restarted_saga_remembers_terminal_orders(mode: ProcessingMode) {
 
     // Given order C confirmed by a first instance, which then stops
     let stage = env.start(mode);
-    env.send(&[&placed_c, &answer(c, 0, "R-1", None), &settled(c)])
+    env.send_orders([&placed_c, &answer(c, 0, "R-1", None), &settled(c)])
         .await;
     let mut seen = Vec::new();
     orders_until(&orders_reader, &mut seen, |s| {
         count(s, c, "order_confirmed") > 0
     })
     .await;
-    stage.stop().await;
+    stage.stop().await.unwrap();
     let before = stock_n(&stock_reader, 2).await; // reservation + sale
 
     // When a second instance gets C's order_placed again (the same message, and a client retry
     // with a new event id), a new settlement of C, and then order D
     let stage = env.start(mode);
     let d = Uuid::now_v7();
-    env.send(&[
+    env.send_orders([
         &placed_c,
         &placed(c, &["R-1"]),
         &settled(c),
@@ -387,7 +321,7 @@ async fn a_restarted_saga_remembers_terminal_orders(mode: ProcessingMode) {
             );
         }
     }
-    stage.stop().await;
+    stage.stop().await.unwrap();
 }
 
 /// Issue 9 item 3: an at-least-once saga wrote its state, then died before its outputs and
@@ -401,21 +335,9 @@ async fn a_redelivery_in_batches_of_one_after_a_restore_repeats_the_confirmation
     let inputs = [placed(id, &["A"]), answer(id, 0, "A", None), settled(id)];
     // The state the dead instance wrote: the same stage code, fed the same inputs at offsets 0..2
     let payloads: Vec<Vec<u8>> = inputs.iter().map(OrderEnvelope::encode).collect();
-    let batch: Vec<Input<'_>> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Input {
-            topic: &env.topics.orders,
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            payload: Some(p),
-            timestamp_ms: None,
-        })
-        .collect();
     let mut dead = SagaStage::new(env.topics.clone());
     let mut lost = Effects::new();
-    dead.process(&batch, &mut lost);
+    dead.process(&batch(&env.topics.orders, 0, 0, &payloads), &mut lost);
     let changelog = env.topics.changelog(SagaStage::NAME);
     for record in lost.changelog() {
         env.producer
@@ -430,21 +352,17 @@ async fn a_redelivery_in_batches_of_one_after_a_restore_repeats_the_confirmation
             .unwrap();
     }
     // The inputs are in the topic; none of the outputs made it, no offset was committed
-    env.send(&inputs.iter().collect::<Vec<_>>()).await;
+    env.send_orders(&inputs).await;
     let reader = env.reader(&env.topics.orders);
-    let shutdown = CancellationToken::new();
     let config = Config {
         batch_max_messages: 1,
         ..Config::with_mode(ProcessingMode::AtLeastOnce)
     };
-    let handle = spawn_stage(
+    let stage = Running::start(
         Box::new(SagaStage::new(env.topics.clone())),
         &config,
-        &bootstrap(),
         &env.topics,
-        shutdown.clone(),
-    )
-    .unwrap();
+    );
     let mut seen = Vec::new();
     orders_until(&reader, &mut seen, |s| count(s, id, "order_confirmed") >= 1).await;
     let confirmed = seen
@@ -453,5 +371,5 @@ async fn a_redelivery_in_batches_of_one_after_a_restore_repeats_the_confirmation
         .unwrap();
     assert_eq!(confirmed.causation_id, Some(inputs[2].event_id));
     assert_eq!(count(&seen, id, "payment_requested"), 1);
-    Running { handle, shutdown }.stop().await;
+    stage.stop().await.unwrap();
 }

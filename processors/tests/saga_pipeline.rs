@@ -9,22 +9,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::broker::{all_stages, Env, Running};
 use common::order;
-use orderpipe_processors::notifications::{LogSink, NotificationsStage};
-use orderpipe_processors::payments::{PaymentsStage, SimConfig, SimulatedGateway};
-use orderpipe_processors::saga::SagaStage;
-use orderpipe_processors::stock::{set_stock, StockStage};
-use orderpipe_processors::RetryPolicy;
-use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode, Stage};
+use orderpipe_processors::payments::{SimConfig, SimulatedGateway};
+use orderpipe_processors::{Config, ProcessingMode};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, RejectReason, StockAdjustment, StockEnvelope, StockEvent,
-    StockLevels, Topics,
+    OrderEnvelope, OrderEvent, RejectReason, StockEnvelope, StockEvent, StockLevels,
 };
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
-use rdkafka::consumer::Consumer;
+use orderpipe_testkit::kafka::consume_n;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
@@ -34,67 +27,19 @@ use orderpipe_testkit::both_modes;
 both_modes!(a_small_sale_through_all_stages);
 
 async fn a_small_sale_through_all_stages(mode: ProcessingMode) {
-    let mut test_topics = TestTopics::new().unwrap();
-    for topic in ["orders", "stock", "notifications"] {
-        test_topics.create(topic, PARTITIONS).await.unwrap();
-    }
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for stage in ["stock", "saga", "payments", "notifications"] {
-        for created in ensure_topics(&bootstrap(), &topics, stage, PARTITIONS)
-            .await
-            .unwrap()
-        {
-            test_topics.adopt(&created);
-        }
-    }
-    let stocked = [("HOT", 8u32), ("COLD", 20)];
-    for (sku, quantity) in stocked {
-        set_stock(
-            &bootstrap(),
-            &topics,
-            sku,
-            StockAdjustment::Set { quantity },
-            None,
-        )
-        .await
-        .unwrap();
-    }
+    let env = Env::for_all_stages(PARTITIONS).await;
+    env.stock_up(&[("HOT", 8), ("COLD", 20)]).await;
 
     let gateway = Arc::new(SimulatedGateway::new(SimConfig {
         decline_rate: 0.2,
         seed: 3,
         latency: Duration::from_millis(2),
     }));
-    let handle = tokio::runtime::Handle::current();
-    let stages: Vec<Box<dyn Stage>> = vec![
-        Box::new(StockStage::new(topics.clone())),
-        Box::new(SagaStage::new(topics.clone())),
-        Box::new(PaymentsStage::new(
-            topics.clone(),
-            gateway.clone(),
-            handle.clone(),
-        )),
-        Box::new(NotificationsStage::new(
-            topics.clone(),
-            Arc::new(LogSink),
-            handle,
-            RetryPolicy::default(),
-        )),
-    ];
-    let shutdown = CancellationToken::new();
-    let running: Vec<_> = stages
-        .into_iter()
-        .map(|stage| {
-            spawn_stage(
-                stage,
-                &Config::with_mode(mode),
-                &bootstrap(),
-                &topics,
-                shutdown.clone(),
-            )
-            .unwrap()
-        })
-        .collect();
+    let running = Running::start_all(
+        all_stages(&env.topics, gateway.clone()),
+        &env.topics,
+        |_| Config::with_mode(mode),
+    );
 
     // 40 orders: 30 want one HOT unit (8 in stock), 10 want one HOT and one COLD
     let orders: Vec<OrderEnvelope> = (0..40)
@@ -107,20 +52,8 @@ async fn a_small_sale_through_all_stages(mode: ProcessingMode) {
             }
         })
         .collect();
-    let reader = consumer(&test_topics.name("orders-reader"), true).unwrap();
-    reader.subscribe(&[&topics.orders]).unwrap();
-    let producer = producer().unwrap();
-    for o in &orders {
-        producer
-            .send(
-                FutureRecord::to(&topics.orders)
-                    .key(&o.key())
-                    .payload(&o.encode()),
-                Duration::from_secs(10),
-            )
-            .await
-            .unwrap();
-    }
+    let reader = env.reader(&env.topics.orders);
+    env.send_orders(&orders).await;
 
     // Every order reaches a terminal event; distinct terminal events per order = 1
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -180,8 +113,7 @@ async fn a_small_sale_through_all_stages(mode: ProcessingMode) {
         .filter(|o| confirmed.contains(&o.order_id))
         .filter(|o| matches!(&o.event, OrderEvent::OrderPlaced(p) if p.lines.len() == 2))
         .count() as u64;
-    let levels_reader = consumer(&test_topics.name("stock-reader"), true).unwrap();
-    levels_reader.subscribe(&[&topics.stock]).unwrap();
+    let levels_reader = env.reader(&env.topics.stock);
     let mut latest: HashMap<String, StockLevels> = HashMap::new();
     let want = |stocked: u32, sold: u64| StockLevels {
         available: u64::from(stocked) - sold,
@@ -214,8 +146,5 @@ async fn a_small_sale_through_all_stages(mode: ProcessingMode) {
     assert_eq!(totals.charges, confirmed.len() as u64);
     assert_eq!(totals.orders_charged_twice, 0);
 
-    shutdown.cancel();
-    for stage in running {
-        stage.wait().await.unwrap();
-    }
+    running.stop().await.unwrap();
 }

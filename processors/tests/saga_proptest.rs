@@ -5,12 +5,14 @@
 //! event ids: a redelivered input repeats its outputs with the same ids (a repeat, which
 //! consumers deduplicate, not a second event).
 
+mod common;
+
 use std::collections::BTreeMap;
 
+use common::{line_answer, line_sku, payment_settled, placed_lines};
 use orderpipe_processors::saga::{decide, OrderState, Output, OutputEnvelope, Verdict};
 use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentDeclined, PaymentRef, PaymentSettled,
-    StockEvent, StockLineRejected, StockLineReserved, StockRejectReason,
+    OrderEnvelope, OrderEvent, PaymentDeclined, StockEvent, StockRejectReason,
 };
 use proptest::prelude::*;
 use uuid::Uuid;
@@ -98,42 +100,10 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 fn event(order_id: Uuid, case: &Case, step: &Step) -> OrderEnvelope {
-    let sku = |i: usize| format!("SKU-{i}");
     let e = match step {
-        Step::Placed => OrderEvent::OrderPlaced(OrderPlaced {
-            customer_id: "c".into(),
-            currency: "EUR".into(),
-            lines: (0..case.answers.len())
-                .map(|i| OrderLine {
-                    sku: sku(i),
-                    quantity: i as u32 + 1,
-                    unit_price_minor: 100,
-                })
-                .collect(),
-            total_minor: 100,
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "t".into(),
-            },
-        }),
-        Step::Answer(i) => match case.answers[*i] {
-            None => OrderEvent::StockLineReserved(StockLineReserved {
-                sku: sku(*i),
-                line_index: *i as u32,
-                quantity: *i as u32 + 1,
-            }),
-            Some(reason) => OrderEvent::StockLineRejected(StockLineRejected {
-                sku: sku(*i),
-                line_index: *i as u32,
-                quantity: *i as u32 + 1,
-                reason,
-            }),
-        },
-        Step::Settled => OrderEvent::PaymentSettled(PaymentSettled {
-            amount_minor: 100,
-            currency: "EUR".into(),
-            charge_id: "ch".into(),
-        }),
+        Step::Placed => placed_lines(case.answers.len()),
+        Step::Answer(i) => line_answer(*i, case.answers[*i]),
+        Step::Settled => payment_settled(),
         Step::Declined(reason) => OrderEvent::PaymentDeclined(PaymentDeclined {
             reason: (*reason).into(),
         }),
@@ -214,7 +184,7 @@ proptest! {
         prop_assert_eq!(payment_requests, u32::from(all_reserved));
 
         for (i, answer) in case.answers.iter().enumerate() {
-            let sku = format!("SKU-{i}");
+            let sku = line_sku(i);
             prop_assert_eq!(count(&sku, "reserve"), 1);
             let (releases, sales) = if confirmed {
                 (0, 1)

@@ -1,10 +1,13 @@
 //! The saga stage without a broker: batches in, effects out; changelog restore; dead letters.
 
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use common::batch;
 use orderpipe_processors::saga::{OrderState, SagaStage, Timeouts};
-use orderpipe_processors::{Effects, Input, Stage};
+use orderpipe_processors::{Effects, Stage};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef, RejectReason, StockEnvelope,
     StockEvent, StockLineReserved, Topics,
@@ -59,20 +62,8 @@ fn same(out: &Effects) -> Vec<(String, String, serde_json::Value)> {
 }
 
 fn process(stage: &mut SagaStage, topic: &str, partition: i32, payloads: &[Vec<u8>]) -> Effects {
-    let inputs: Vec<Input<'_>> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Input {
-            topic,
-            partition,
-            offset: i as i64,
-            key: None,
-            payload: Some(p),
-            timestamp_ms: None,
-        })
-        .collect();
     let mut out = Effects::new();
-    stage.process(&inputs, &mut out);
+    stage.process(&batch(topic, partition, 0, payloads), &mut out);
     out
 }
 
@@ -299,20 +290,11 @@ fn process_at(
     first_offset: i64,
     payloads: &[Vec<u8>],
 ) -> Effects {
-    let inputs: Vec<Input<'_>> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Input {
-            topic: "orders",
-            partition,
-            offset: first_offset + i as i64,
-            key: None,
-            payload: Some(p),
-            timestamp_ms: None,
-        })
-        .collect();
     let mut out = Effects::new();
-    stage.process(&inputs, &mut out);
+    stage.process(
+        &batch("orders", partition, first_offset, payloads),
+        &mut out,
+    );
     out
 }
 

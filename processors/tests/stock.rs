@@ -3,24 +3,24 @@
 //! restore, a failed batch that must leave no trace, and (exactly-once only) a zombie instance
 //! fenced by its replacement.
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use orderpipe_processors::stock::{set_stock, StockStage};
-use orderpipe_processors::{
-    ensure_topics, spawn_stage, Config, Effects, Error, Input, ProcessingMode, Stage, StageHandle,
-};
+use common::broker::{Env, Running};
+use orderpipe_processors::stock::StockStage;
+use orderpipe_processors::{Config, Effects, Error, Input, ProcessingMode, Stage};
 use orderpipe_schemas::{
     OrderEnvelope, OrderEvent, ReleaseRequested, ReservationRequested, SaleRequested,
-    StockAdjustment, StockEnvelope, StockEvent, StockLevels, StockRejectReason, Topics,
+    StockAdjustment, StockEnvelope, StockEvent, StockLevels, StockRejectReason,
 };
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use orderpipe_testkit::kafka::consume_n;
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio_util::sync::CancellationToken;
+use rdkafka::producer::FutureRecord;
 use uuid::Uuid;
 
 const PARTITIONS: i32 = 2;
@@ -52,30 +52,15 @@ mod second_instance_takes_over_a_partition_with_its_state {
 }
 
 /// One test's topics: orders and stock (created), stock.changelog and stock.dlq (ensure_topics).
-struct Env {
-    test_topics: TestTopics,
-    topics: Topics,
-    producer: FutureProducer,
-}
-
 async fn env() -> Env {
     // Install the process-wide recorder before any stage records a metric.
     orderpipe_runtime::metrics::handle();
-    let mut test_topics = TestTopics::new().unwrap();
-    test_topics.create("orders", PARTITIONS).await.unwrap();
-    test_topics.create("stock", PARTITIONS).await.unwrap();
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for created in ensure_topics(&bootstrap(), &topics, "stock", PARTITIONS)
-        .await
-        .unwrap()
-    {
-        test_topics.adopt(&created);
-    }
-    Env {
-        test_topics,
-        topics,
-        producer: producer().unwrap(),
-    }
+    Env::new(
+        &[("orders", PARTITIONS), ("stock", PARTITIONS)],
+        &["stock"],
+        PARTITIONS,
+    )
+    .await
 }
 
 fn config(mode: ProcessingMode, instance: &str) -> Config {
@@ -83,25 +68,6 @@ fn config(mode: ProcessingMode, instance: &str) -> Config {
         instance_id: instance.to_owned(),
         stats_interval: Duration::from_secs(1),
         ..Config::with_mode(mode)
-    }
-}
-
-struct Running {
-    handle: StageHandle,
-    shutdown: CancellationToken,
-}
-
-impl Running {
-    fn start(env: &Env, stage: Box<dyn Stage>, config: &Config) -> Self {
-        let shutdown = CancellationToken::new();
-        let handle =
-            spawn_stage(stage, config, &bootstrap(), &env.topics, shutdown.clone()).unwrap();
-        Self { handle, shutdown }
-    }
-
-    async fn stop(self) -> Result<(), Error> {
-        self.shutdown.cancel();
-        self.handle.wait().await
     }
 }
 
@@ -113,14 +79,15 @@ impl Env {
         instance: &str,
         counters: Option<(Arc<AtomicUsize>, Arc<AtomicUsize>)>,
     ) -> Running {
-        let inner = StockStage::new(self.topics.clone());
-        let stage: Box<dyn Stage> = match counters {
-            Some((restored, processed)) => Box::new(Counting {
-                inner,
-                restored,
-                processed,
-            }),
-            None => Box::new(inner),
+        let stage = match counters {
+            Some((restored, processed)) => hooked(
+                self,
+                Counting {
+                    restored,
+                    processed,
+                },
+            ),
+            None => Box::new(StockStage::new(self.topics.clone())),
         };
         let mut config = config(mode, instance);
         // A static member does not leave its group when it stops: its partitions move on only
@@ -128,27 +95,15 @@ impl Env {
         config
             .kafka_options
             .push(("session.timeout.ms".to_owned(), "10000".to_owned()));
-        Running::start(self, stage, &config)
+        Running::start(stage, &config, &self.topics)
     }
 
     fn start(&self, mode: ProcessingMode) -> Running {
         Running::start(
-            self,
             Box::new(StockStage::new(self.topics.clone())),
             &config(mode, "0"),
-        )
-    }
-
-    async fn set_stock(&self, sku: &str, quantity: u32, limit: Option<u32>) {
-        set_stock(
-            &bootstrap(),
             &self.topics,
-            sku,
-            StockAdjustment::Set { quantity },
-            limit,
         )
-        .await
-        .unwrap();
     }
 
     /// Produce stock events (keyed by SKU) and wait for every acknowledgement; returns the
@@ -189,19 +144,6 @@ impl Env {
             .await
             .unwrap();
     }
-
-    /// A read_committed reader of `topic` from the beginning, in a fresh group.
-    fn reader(&self, topic: &str) -> StreamConsumer {
-        let reader = consumer(
-            &self
-                .test_topics
-                .name(&format!("reader-{}", Uuid::new_v4().simple())),
-            true,
-        )
-        .unwrap();
-        reader.subscribe(&[topic]).unwrap();
-        reader
-    }
 }
 
 fn reserve(sku: &str, order: Uuid, line: u32, customer: &str, quantity: u32) -> StockEnvelope {
@@ -217,6 +159,14 @@ fn reserve(sku: &str, order: Uuid, line: u32, customer: &str, quantity: u32) -> 
         None,
         order,
     )
+}
+
+/// A request for one unit of `sku` from each of `customers` customers `c0`, `c1`, ..., each
+/// its own order.
+fn one_unit_each(sku: &str, customers: usize) -> Vec<StockEnvelope> {
+    (0..customers)
+        .map(|i| reserve(sku, Uuid::now_v7(), 0, &format!("c{i}"), 1))
+        .collect()
 }
 
 fn release(sku: &str, order: Uuid, customer: &str, quantity: u32) -> StockEnvelope {
@@ -543,9 +493,7 @@ async fn restart_restores_state_from_the_changelog(mode: ProcessingMode) {
     env.set_stock("R-1", 5, Some(3)).await;
     let reader = env.reader(&env.topics.orders);
     let stock_reader = env.reader(&env.topics.stock);
-    let first: Vec<StockEnvelope> = (0..3)
-        .map(|i| reserve("R-1", Uuid::now_v7(), 0, &format!("c{i}"), 1))
-        .collect();
+    let first = one_unit_each("R-1", 3);
     let stage = env.start(mode);
     env.send(first.clone()).await;
     let before = read_answers(&reader, 3, mode).await;
@@ -554,9 +502,7 @@ async fn restart_restores_state_from_the_changelog(mode: ProcessingMode) {
     // When a new instance starts and gets the same 3 requests again plus 3 new ones
     // (one of them from c0, who already holds a unit: limit 3 is not reached)
     let stage = env.start(mode);
-    let new: Vec<StockEnvelope> = (0..3)
-        .map(|i| reserve("R-1", Uuid::now_v7(), 0, &format!("c{i}"), 1))
-        .collect();
+    let new = one_unit_each("R-1", 3);
     let mut again = first.clone();
     again.extend(new.clone());
     env.send(again).await;
@@ -592,6 +538,52 @@ async fn restart_restores_state_from_the_changelog(mode: ProcessingMode) {
     stage.stop().await.unwrap();
 }
 
+/// What a test adds around the stock stage; [`Hooked`] passes all else on to the stage.
+trait Hooks: Send + 'static {
+    /// Before the stage restores a changelog record.
+    fn restoring(&self) {}
+    /// Before the stage forgets a revoked partition.
+    fn revoking(&self) {}
+    /// Handles `batch` with `inner`, the stock stage (by default: as the stage does).
+    fn process(&mut self, inner: &mut StockStage, batch: &[Input<'_>], out: &mut Effects) {
+        inner.process(batch, out)
+    }
+}
+
+/// The stock stage with a test's [`Hooks`] around it. Its `tick` (line pruning) never runs.
+struct Hooked<H> {
+    inner: StockStage,
+    hooks: H,
+}
+
+impl<H: Hooks> Stage for Hooked<H> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn input_topic(&self) -> String {
+        self.inner.input_topic()
+    }
+    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+        self.hooks.restoring();
+        self.inner.restore(partition, key, value)
+    }
+    fn revoke(&mut self, partition: i32) {
+        self.hooks.revoking();
+        self.inner.revoke(partition)
+    }
+    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+        self.hooks.process(&mut self.inner, batch, out)
+    }
+}
+
+/// A stock stage of `env`'s topics with `hooks` around it.
+fn hooked(env: &Env, hooks: impl Hooks) -> Box<dyn Stage> {
+    Box::new(Hooked {
+        inner: StockStage::new(env.topics.clone()),
+        hooks,
+    })
+}
+
 /// Wraps the stock stage: on the first batch with input, it inserts a made-up 10-unit
 /// reservation into the batch and writes an oversized changelog record (the broker-bound write
 /// fails, as a broker error or a crash would make it) *after* the first half of the batch's real
@@ -600,7 +592,6 @@ async fn restart_restores_state_from_the_changelog(mode: ProcessingMode) {
 /// must drop the batch's in-memory state (the phantom units), restore from the changelog (with
 /// the partial write, if any) and redo the batch, repeating what was already decided.
 struct FailOnce {
-    inner: StockStage,
     sku: String,
     failed: Arc<AtomicBool>,
     revokes: Arc<AtomicUsize>,
@@ -608,23 +599,13 @@ struct FailOnce {
     before_failure: Arc<AtomicUsize>,
 }
 
-impl Stage for FailOnce {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn input_topic(&self) -> String {
-        self.inner.input_topic()
-    }
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
-        self.inner.restore(partition, key, value)
-    }
-    fn revoke(&mut self, partition: i32) {
+impl Hooks for FailOnce {
+    fn revoking(&self) {
         self.revokes.fetch_add(1, Ordering::Relaxed);
-        self.inner.revoke(partition)
     }
-    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+    fn process(&mut self, inner: &mut StockStage, batch: &[Input<'_>], out: &mut Effects) {
         if batch.is_empty() || self.failed.swap(true, Ordering::Relaxed) {
-            return self.inner.process(batch, out);
+            return inner.process(batch, out);
         }
         let phantom_order = Uuid::now_v7();
         let phantom = reserve(&self.sku, phantom_order, 0, "phantom", 10).encode();
@@ -645,11 +626,8 @@ impl Stage for FailOnce {
             },
         );
         let mut effects = Effects::new();
-        self.inner.process(&with_phantom, &mut effects);
-        let held = self
-            .inner
-            .sku(&self.sku)
-            .map_or(0, |s| s.held_by("phantom"));
+        inner.process(&with_phantom, &mut effects);
+        let held = inner.sku(&self.sku).map_or(0, |s| s.held_by("phantom"));
         assert_eq!(held, 10, "the phantom holds its units in memory");
         assert!(effects.dead_letters().is_empty());
         let phantom_key = phantom_order.to_string();
@@ -689,25 +667,22 @@ async fn failed_batch_leaves_no_trace(mode: ProcessingMode) {
     let revokes = Arc::new(AtomicUsize::new(0));
     let before_failure = Arc::new(AtomicUsize::new(0));
     let stage = Running::start(
-        &env,
-        Box::new(FailOnce {
-            inner: StockStage::new(env.topics.clone()),
-            sku: sku.to_owned(),
-            failed: failed.clone(),
-            revokes: revokes.clone(),
-            before_failure: before_failure.clone(),
-        }),
+        hooked(
+            &env,
+            FailOnce {
+                sku: sku.to_owned(),
+                failed: failed.clone(),
+                revokes: revokes.clone(),
+                before_failure: before_failure.clone(),
+            },
+        ),
         &config(mode, "0"),
+        &env.topics,
     );
     let reader = env.reader(&env.topics.orders);
 
     // When 300 one-unit requests arrive
-    env.send(
-        (0..300)
-            .map(|i| reserve(sku, Uuid::now_v7(), 0, &format!("c{i}"), 1))
-            .collect(),
-    )
-    .await;
+    env.send(one_unit_each(sku, 300)).await;
 
     // Then the failure happened, state was dropped and restored, and the phantom's 10 units are
     // not held:
@@ -731,26 +706,13 @@ async fn failed_batch_leaves_no_trace(mode: ProcessingMode) {
 /// Wraps the stock stage: blocks inside its first non-empty batch until released, so that a
 /// second instance can take over meanwhile.
 struct Gate {
-    inner: StockStage,
     entered: Mutex<Option<mpsc::Sender<()>>>,
     release: Mutex<Option<mpsc::Receiver<()>>>,
 }
 
-impl Stage for Gate {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn input_topic(&self) -> String {
-        self.inner.input_topic()
-    }
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
-        self.inner.restore(partition, key, value)
-    }
-    fn revoke(&mut self, partition: i32) {
-        self.inner.revoke(partition)
-    }
-    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
-        self.inner.process(batch, out);
+impl Hooks for Gate {
+    fn process(&mut self, inner: &mut StockStage, batch: &[Input<'_>], out: &mut Effects) {
+        inner.process(batch, out);
         if batch.is_empty() {
             return;
         }
@@ -774,21 +736,18 @@ async fn zombie_instance_is_fenced_and_its_work_redone() {
     let (entered_tx, entered_rx) = mpsc::channel();
     let (release_tx, release_rx) = mpsc::channel();
     let zombie = Running::start(
-        &env,
-        Box::new(Gate {
-            inner: StockStage::new(env.topics.clone()),
-            entered: Mutex::new(Some(entered_tx)),
-            release: Mutex::new(Some(release_rx)),
-        }),
+        hooked(
+            &env,
+            Gate {
+                entered: Mutex::new(Some(entered_tx)),
+                release: Mutex::new(Some(release_rx)),
+            },
+        ),
         &config(mode, "0"),
+        &env.topics,
     );
     let reader = env.reader(&env.topics.orders);
-    env.send(
-        (0..300)
-            .map(|i| reserve(sku, Uuid::now_v7(), 0, &format!("c{i}"), 1))
-            .collect(),
-    )
-    .await;
+    env.send(one_unit_each(sku, 300)).await;
     // Given the first instance stalled inside a batch it decided in memory
     tokio::task::spawn_blocking(move || entered_rx.recv_timeout(WAIT).unwrap())
         .await
@@ -800,7 +759,7 @@ async fn zombie_instance_is_fenced_and_its_work_redone() {
     release_tx.send(()).unwrap();
 
     // Then the zombie stops, fenced, having committed nothing
-    let zombie_result = zombie.handle.wait().await;
+    let zombie_result = zombie.wait().await;
     assert!(
         matches!(zombie_result, Err(Error::Fenced { .. })),
         "{zombie_result:?}"
@@ -821,28 +780,17 @@ async fn zombie_instance_is_fenced_and_its_work_redone() {
 
 /// Counts what a stage instance restores and processes.
 struct Counting {
-    inner: StockStage,
     restored: Arc<AtomicUsize>,
     processed: Arc<AtomicUsize>,
 }
 
-impl Stage for Counting {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn input_topic(&self) -> String {
-        self.inner.input_topic()
-    }
-    fn restore(&mut self, partition: i32, key: &str, value: Option<&[u8]>) -> Result<(), String> {
+impl Hooks for Counting {
+    fn restoring(&self) {
         self.restored.fetch_add(1, Ordering::Relaxed);
-        self.inner.restore(partition, key, value)
     }
-    fn revoke(&mut self, partition: i32) {
-        self.inner.revoke(partition)
-    }
-    fn process(&mut self, batch: &[Input<'_>], out: &mut Effects) {
+    fn process(&mut self, inner: &mut StockStage, batch: &[Input<'_>], out: &mut Effects) {
         self.processed.fetch_add(batch.len(), Ordering::Relaxed);
-        self.inner.process(batch, out)
+        inner.process(batch, out)
     }
 }
 
@@ -874,9 +822,7 @@ async fn second_instance_takes_over_a_partition_with_its_state(mode: ProcessingM
     assert_eq!(skus.len(), 4, "could not place two SKUs on each partition");
     let wave = |n: usize| -> Vec<StockEnvelope> {
         skus.iter()
-            .flat_map(|(sku, _)| {
-                (0..n).map(move |i| reserve(sku, Uuid::now_v7(), 0, &format!("c{i}"), 1))
-            })
+            .flat_map(|(sku, _)| one_unit_each(sku, n))
             .collect()
     };
     let reader = env.reader(&env.topics.orders);
@@ -924,9 +870,9 @@ async fn late_duplicate_of_a_forgotten_line_is_not_decided_afresh(mode: Processi
     let sku = "L-1";
     env.set_stock(sku, 0, None).await;
     let stage = Running::start(
-        &env,
         Box::new(StockStage::new(env.topics.clone()).with_line_retention(Duration::from_secs(2))),
         &config(mode, "0"),
+        &env.topics,
     );
     let reader = env.reader(&env.topics.orders);
     let changelog_reader = env.reader(&env.topics.changelog("stock"));
@@ -1024,7 +970,7 @@ async fn unreadable_changelog_record_stops_the_stage_loudly() {
         // When a stage is assigned that partition
         let stage = env.start(ProcessingMode::ExactlyOnce);
         // Then it stops, saying which record it cannot restore
-        let ended = tokio::time::timeout(WAIT, stage.handle.wait())
+        let ended = tokio::time::timeout(WAIT, stage.wait())
             .await
             .unwrap_or_else(|_| panic!("{what}: the stage kept running on incomplete state"));
         match ended {

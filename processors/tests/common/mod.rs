@@ -1,6 +1,20 @@
-//! Helpers shared by the processors' broker tests.
+//! Helpers shared by the processors' tests.
+//!
+//! Layout:
+//! - this module: the orders the tests send, and the events of the saga properties' orders;
+//! - `broker`: one test's topics on the test broker ([`broker::Env`]), the stages it runs
+//!   ([`broker::Running`]) and the sets of stages a sale goes through;
+//! - `hook`: a local webhook receiver's plumbing.
+#![allow(dead_code, unreachable_pub)]
 
-use orderpipe_schemas::{OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef};
+pub(crate) mod broker;
+pub(crate) mod hook;
+
+use orderpipe_processors::Input;
+use orderpipe_schemas::{
+    CancellationRequested, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef,
+    PaymentSettled, StockLineRejected, StockLineReserved, StockRejectReason,
+};
 use uuid::Uuid;
 
 /// An `order_placed` of `order_id` with `(sku, quantity)` lines at 1,000 minor units each.
@@ -27,4 +41,94 @@ pub(crate) fn order(order_id: Uuid, lines: &[(&str, u32)]) -> OrderEnvelope {
         None,
         order_id,
     )
+}
+
+/// `(order, event type)` of each of `events`: what a failed wait shows.
+pub(crate) fn types(events: &[OrderEnvelope]) -> Vec<(Uuid, &'static str)> {
+    events
+        .iter()
+        .map(|e| (e.order_id, e.event_type()))
+        .collect()
+}
+
+/// `payloads` as one batch of `topic`'s `partition`, at offsets from `first_offset` on.
+pub(crate) fn batch<'a>(
+    topic: &'a str,
+    partition: i32,
+    first_offset: i64,
+    payloads: &'a [Vec<u8>],
+) -> Vec<Input<'a>> {
+    payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Input {
+            topic,
+            partition,
+            offset: first_offset + i as i64,
+            key: None,
+            payload: Some(p),
+            timestamp_ms: None,
+        })
+        .collect()
+}
+
+/// The SKU of line `line` in the saga properties' orders.
+pub(crate) fn line_sku(line: usize) -> String {
+    format!("SKU-{line}")
+}
+
+/// The saga properties' `order_placed`: line `i` of `lines` wants `i + 1` units of
+/// [`line_sku`]`(i)`.
+pub(crate) fn placed_lines(lines: usize) -> OrderEvent {
+    OrderEvent::OrderPlaced(OrderPlaced {
+        customer_id: "c".into(),
+        currency: "EUR".into(),
+        lines: (0..lines)
+            .map(|i| OrderLine {
+                sku: line_sku(i),
+                quantity: i as u32 + 1,
+                unit_price_minor: 100,
+            })
+            .collect(),
+        total_minor: 100,
+        payment: PaymentRef {
+            method: "card".into(),
+            token: "t".into(),
+        },
+    })
+}
+
+/// The stock stage's answer for line `line` of [`placed_lines`]: reserved, or rejected for
+/// `rejected`.
+pub(crate) fn line_answer(line: usize, rejected: Option<StockRejectReason>) -> OrderEvent {
+    let (sku, line_index, quantity) = (line_sku(line), line as u32, line as u32 + 1);
+    match rejected {
+        None => OrderEvent::StockLineReserved(StockLineReserved {
+            sku,
+            line_index,
+            quantity,
+        }),
+        Some(reason) => OrderEvent::StockLineRejected(StockLineRejected {
+            sku,
+            line_index,
+            quantity,
+            reason,
+        }),
+    }
+}
+
+/// The gateway's charge of [`placed_lines`]'s order went through.
+pub(crate) fn payment_settled() -> OrderEvent {
+    OrderEvent::PaymentSettled(PaymentSettled {
+        amount_minor: 100,
+        currency: "EUR".into(),
+        charge_id: "ch".into(),
+    })
+}
+
+/// What ingest writes for `POST /v1/orders/{id}/cancel` from the checkout.
+pub(crate) fn cancellation() -> OrderEvent {
+    OrderEvent::CancellationRequested(CancellationRequested {
+        client_id: "checkout".into(),
+    })
 }
