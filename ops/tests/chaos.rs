@@ -2,7 +2,8 @@
 //! private one-node Kafka testbed (its own directory and ports; the shared broker is never
 //! stopped), every component in its own process, and the fault schedule of seed 42: every
 //! component SIGKILLed and restarted, the broker stopped or killed and restarted (a full outage
-//! with one node), gateway outages. Passes only if every count of the audit is 0.
+//! with one node), gateway outages, a webhook outage. Passes only if every count of the audit
+//! is 0.
 
 use std::process::Command;
 
@@ -65,5 +66,6 @@ fn chaos_flash_sale_seed_42_one_broker_every_count_zero() {
         line("restarts:").contains("1 broker stops + 1 starts"),
         "{stdout}"
     );
+    assert!(line("restarts:").ends_with("1 webhook outages"), "{stdout}");
     let _ = std::fs::remove_dir_all(&work);
 }

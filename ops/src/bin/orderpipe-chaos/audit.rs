@@ -133,7 +133,7 @@ pub(crate) async fn read_history(
 ) -> anyhow::Result<orderpipe_ops::verify::History> {
     let (bootstrap, topics) = (bootstrap.to_string(), topics.clone());
     tokio::task::spawn_blocking(move || {
-        orderpipe_ops::verify::read_history(&bootstrap, &topics, Duration::from_secs(90))
+        orderpipe_ops::verify::read_history(&bootstrap, &[], &topics, Duration::from_secs(90))
     })
     .await?
 }

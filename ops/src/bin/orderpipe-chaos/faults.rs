@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 
 use crate::plan::{Action, Fault};
 use crate::procs::Procs;
+use crate::receiver::Receiver;
 use crate::testbed::Testbed;
 use crate::{http, say};
 
@@ -20,6 +21,7 @@ pub(crate) struct Done {
     pub(crate) broker_starts: u32,
     pub(crate) gateway_faults: u32,
     pub(crate) cql_restarts: u32,
+    pub(crate) webhook_outages: u32,
     pub(crate) errors: Vec<String>,
     pub(crate) log: Vec<String>,
 }
@@ -44,6 +46,7 @@ pub(crate) async fn gateway_fault(gateway: SocketAddr, body: &str) -> anyhow::Re
 pub(crate) async fn apply(
     fault: Fault,
     procs: &Procs,
+    receiver: &Receiver,
     testbed: Option<&Testbed>,
     done: &Mutex<Done>,
     started: Instant,
@@ -119,6 +122,11 @@ pub(crate) async fn apply(
                 testbed.cql_restart().await?;
                 done.lock().unwrap().cql_restarts += 1;
                 note(done, "CQL server back".into());
+            }
+            Action::WebhookOutage { ms } => {
+                receiver.fail_for(Duration::from_millis(ms));
+                done.lock().unwrap().webhook_outages += 1;
+                note(done, format!("webhook answers 503 for {ms} ms"));
             }
         }
         Ok(())

@@ -68,6 +68,8 @@ pub(crate) enum Action {
     GatewayFailNext { n: u32 },
     /// Stop and start the CQL server.
     CqlRestart,
+    /// The webhook receiver answers 503 to every delivery for `ms`.
+    WebhookOutage { ms: u64 },
 }
 
 impl Action {
@@ -79,6 +81,7 @@ impl Action {
             Action::Broker { .. } => "broker".into(),
             Action::GatewayOutage { .. } | Action::GatewayFailNext { .. } => "gateway".into(),
             Action::CqlRestart => "cql".into(),
+            Action::WebhookOutage { .. } => "webhook".into(),
         }
     }
 }
@@ -118,6 +121,9 @@ impl std::fmt::Display for Fault {
                 write!(f, "{at:7.1}s  gateway fails the next {n} requests")
             }
             Action::CqlRestart => write!(f, "{at:7.1}s  restart the CQL server"),
+            Action::WebhookOutage { ms } => {
+                write!(f, "{at:7.1}s  webhook answers 503 for {ms} ms")
+            }
         }
     }
 }
@@ -193,6 +199,13 @@ pub(crate) fn plan(shape: Shape) -> Vec<Fault> {
             action: Action::CqlRestart,
         });
     }
+    // Longer than the notifications stage's attempts within a batch, so deliveries wait and are
+    // retried later. Drawn last: a seed's earlier faults stay what they were before this fault.
+    let ms = rng.random_range(5000..=20000);
+    faults.push(Fault {
+        at_ms: at(&mut rng),
+        action: Action::WebhookOutage { ms },
+    });
     faults.sort_by_key(|f| f.at_ms);
     faults
 }
@@ -251,6 +264,9 @@ mod tests {
                 .count(),
             1
         );
+        assert!(faults
+            .iter()
+            .any(|f| matches!(f.action, Action::WebhookOutage { ms: 5000..=20000 })));
         assert!(faults
             .iter()
             .all(|f| f.at_ms >= 30_000 && f.at_ms <= 225_000));

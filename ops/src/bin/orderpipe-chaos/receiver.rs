@@ -1,7 +1,9 @@
-//! The webhook receiver: every delivery, signature checked, logged.
+//! The webhook receiver: every delivery, signature checked, logged; during an injected outage
+//! every delivery is refused with 503.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -20,6 +22,27 @@ pub(crate) struct Receiver {
     pub(crate) secret: Arc<String>,
     pub(crate) log: Arc<Mutex<Vec<Delivery>>>,
     pub(crate) bad: Arc<AtomicU64>,
+    /// Until when deliveries are refused (an injected outage).
+    pub(crate) down_until: Arc<Mutex<Option<Instant>>>,
+    /// Deliveries refused during outages.
+    pub(crate) refused: Arc<AtomicU64>,
+}
+
+impl Receiver {
+    pub(crate) fn new(secret: String) -> Self {
+        Self {
+            secret: Arc::new(secret),
+            log: Arc::default(),
+            bad: Arc::default(),
+            down_until: Arc::default(),
+            refused: Arc::default(),
+        }
+    }
+
+    /// Refuses every delivery for `duration` from now.
+    pub(crate) fn fail_for(&self, duration: Duration) {
+        *self.down_until.lock().unwrap() = Some(Instant::now() + duration);
+    }
 }
 
 pub(crate) async fn hook(
@@ -27,6 +50,15 @@ pub(crate) async fn hook(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
+    let down = receiver
+        .down_until
+        .lock()
+        .unwrap()
+        .is_some_and(|until| Instant::now() < until);
+    if down {
+        receiver.refused.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     let signature = headers
         .get(orderpipe_processors::notifications::SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -84,8 +84,9 @@ pub(crate) async fn print_report(
     );
     println!("gateway: {} charge requests, {} charges kept, {} refunds, {faults_served} requests failed by injected faults", totals.charge_attempts, totals.charges, totals.refunds);
     println!(
-        "webhook: {} deliveries, {redeliveries} redeliveries of an event id already received",
-        deliveries.len()
+        "webhook: {} deliveries, {redeliveries} redeliveries of an event id already received, {} refused during outages",
+        deliveries.len(),
+        pipeline.receiver.refused.load(std::sync::atomic::Ordering::Relaxed)
     );
     let kills: u32 = done.kills.values().sum();
     println!(
@@ -97,12 +98,13 @@ pub(crate) async fn print_report(
             .join(", ")
     );
     println!(
-        "restarts: {} components, {} broker stops + {} starts, {} gateway faults, {} CQL restarts",
+        "restarts: {} components, {} broker stops + {} starts, {} gateway faults, {} CQL restarts, {} webhook outages",
         done.restarts.values().sum::<u32>(),
         done.broker_stops,
         done.broker_starts,
         done.gateway_faults,
-        done.cql_restarts
+        done.cql_restarts,
+        done.webhook_outages
     );
     println!(
         "supervisor: {} restarts of processes that exited on their own",

@@ -110,11 +110,7 @@ pub(crate) async fn setup<'a>(
         shutdown.clone(),
     ));
     let secret = format!("whsec-chaos-{}", Uuid::new_v4().simple());
-    let receiver = Receiver {
-        secret: Arc::new(secret.clone()),
-        log: Arc::default(),
-        bad: Arc::default(),
-    };
+    let receiver = Receiver::new(secret.clone());
     let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let webhook_addr = hook_listener.local_addr()?;
     let router = axum::Router::new()
@@ -276,11 +272,12 @@ pub(crate) async fn drive(pipeline: &Pipeline<'_>) -> anyhow::Result<Driven> {
     let mut actors = Vec::new();
     for (_, list) in by_actor {
         let (procs, done, testbed) = (procs.clone(), done.clone(), testbed_ptr.clone());
+        let receiver = pipeline.receiver.clone();
         actors.push(tokio::spawn(async move {
             for fault in list {
                 tokio::time::sleep_until((started + Duration::from_millis(fault.at_ms)).into())
                     .await;
-                apply(fault, &procs, testbed.as_deref(), &done, started).await;
+                apply(fault, &procs, &receiver, testbed.as_deref(), &done, started).await;
             }
         }));
     }
