@@ -9,6 +9,8 @@ pub fn init(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(true)
+        // Colours only on a terminal: log files and collectors got raw escape codes before.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // stdout is for command output (`--json` reports must parse); logs go to stderr.
         .with_writer(std::io::stderr)
         .try_init();

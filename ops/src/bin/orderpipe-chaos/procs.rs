@@ -108,13 +108,18 @@ impl Procs {
         }
     }
 
-    /// The last `error:` line of a component's log (why it exited).
+    /// The last error line of a component's log (why it exited): the `error:` line of a failed
+    /// start, a panic, or an `ERROR` event (e.g. the runner's watchdog).
     pub(crate) fn last_error(&self, comp: Comp) -> String {
         std::fs::read_to_string(self.logs.join(format!("{}.log", comp.name())))
             .unwrap_or_default()
             .lines()
             .rev()
-            .find(|l| l.starts_with("error:") || l.contains("panicked at"))
+            .find(|l| {
+                l.starts_with("error:")
+                    || l.contains("panicked at")
+                    || l.contains(" ERROR orderpipe")
+            })
             .unwrap_or("no error line")
             .to_string()
     }
