@@ -415,7 +415,7 @@ impl Stage for NotificationsStage {
                             let delivered = match delivery.result {
                                 Ok(()) => Delivered::Done(Outcome::Sent { attempts }),
                                 Err(err) if err.retryable && may_wait => {
-                                    tracing::info!(order_id = %job.notification.order_id,
+                                    tracing::warn!(order_id = %job.notification.order_id,
                                         event_id = %job.notification.event_id, error = %err,
                                         attempts, "notification not delivered; retrying later");
                                     waiting = true;
