@@ -3,11 +3,14 @@
 //! from tick until it answers or the retry window ends, state tombstoned after the retention
 //! without ever delivering a late duplicate afresh.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use common::{batch, restored, runtime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -16,7 +19,7 @@ use orderpipe_processors::notifications::{
     NotifyState, Outcome, Plan,
 };
 use orderpipe_processors::RetryPolicy;
-use orderpipe_processors::{ChangelogRecord, Effects, Input, Stage};
+use orderpipe_processors::{ChangelogRecord, Effects, Stage};
 use orderpipe_schemas::{
     NotificationEnvelope, NotificationEvent, NotificationKind, OrderConfirmed, OrderEnvelope,
     OrderEvent, OrderPlaced, OrderRejected, PaymentRef, Refunded, RejectReason, Topics,
@@ -43,14 +46,16 @@ impl NotificationSink for Recorder {
     }
 }
 
-/// A multi-thread runtime: the stage drives futures with `Handle::block_on` from its own thread,
-/// which cannot drive a current-thread runtime's timers.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap()
+impl Recorder {
+    /// Makes every delivery fail from now on, or succeed.
+    fn fail(&self, failing: bool) {
+        *self.failing.lock().unwrap() = failing;
+    }
+
+    /// What was delivered so far.
+    fn delivered(&self) -> Vec<Notification> {
+        self.delivered.lock().unwrap().clone()
+    }
 }
 
 fn policy() -> RetryPolicy {
@@ -59,6 +64,19 @@ fn policy() -> RetryPolicy {
         min_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(2),
     }
+}
+
+/// A stage delivering to `sink` with [`policy`], on `rt`.
+fn new_stage(rt: &Runtime, sink: Arc<dyn NotificationSink>) -> NotificationsStage {
+    NotificationsStage::new(Topics::default(), sink, rt.handle().clone(), policy())
+}
+
+/// A runtime, a recording sink, and a stage delivering to it.
+fn setup() -> (Runtime, Arc<Recorder>, NotificationsStage) {
+    let rt = runtime(1);
+    let sink = Arc::new(Recorder::default());
+    let stage = new_stage(&rt, sink.clone());
+    (rt, sink, stage)
 }
 
 fn order_event(order_id: Uuid, event: OrderEvent) -> OrderEnvelope {
@@ -86,20 +104,8 @@ fn process(
     events: &[&OrderEnvelope],
 ) -> (Effects, Vec<NotificationEnvelope>) {
     let payloads: Vec<Vec<u8>> = events.iter().map(|e| e.encode()).collect();
-    let inputs: Vec<Input<'_>> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Input {
-            topic: "orders",
-            partition: 1,
-            offset: i as i64,
-            key: None,
-            payload: Some(p),
-            timestamp_ms: None,
-        })
-        .collect();
     let mut out = Effects::new();
-    stage.process(&inputs, &mut out);
+    stage.process(&batch("orders", 1, 0, &payloads), &mut out);
     let records = notification_records(&out);
     (out, records)
 }
@@ -117,14 +123,7 @@ fn notification_records(out: &Effects) -> Vec<NotificationEnvelope> {
 
 #[test]
 fn a_terminal_event_is_requested_delivered_and_recorded_once() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    );
+    let (rt, sink, mut stage) = setup();
     let id = Uuid::now_v7();
     let rejected = order_event(
         id,
@@ -150,7 +149,7 @@ fn a_terminal_event_is_requested_delivered_and_recorded_once() {
     };
     assert_eq!((sent.request_id, sent.attempts), (records[0].event_id, 1));
     // And the sink got it once, with the reason and the source event id
-    let delivered = sink.delivered.lock().unwrap().clone();
+    let delivered = sink.delivered();
     assert_eq!(delivered.len(), 1);
     assert_eq!(
         (
@@ -166,17 +165,7 @@ fn a_terminal_event_is_requested_delivered_and_recorded_once() {
     assert!(!String::from_utf8_lossy(record.value.as_ref().unwrap()).contains("tok_secret"));
 
     // When a new instance restores the changelog and the event is redelivered, nothing is sent
-    let mut restarted = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    );
-    for r in out.changelog() {
-        restarted
-            .restore(r.partition, &r.key, r.value.as_deref())
-            .unwrap();
-    }
+    let mut restarted = restored(new_stage(&rt, sink.clone()), out.changelog());
     let (again, repeated) = process(&mut restarted, &[&rejected]);
     // Its records are repeated as they were (same ids: a redelivery may have lost them), and
     // the sink is not called again
@@ -185,33 +174,19 @@ fn a_terminal_event_is_requested_delivered_and_recorded_once() {
     };
     assert_eq!(ids(&repeated), ids(&records));
     assert!(again.changelog().is_empty());
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert_eq!(sink.delivered().len(), 1);
 }
 
 #[test]
 fn confirmations_and_refunds_are_notified_too_other_events_are_not() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    );
+    let (_rt, sink, mut stage) = setup();
     let id = Uuid::now_v7();
-    let refunded = order_event(
-        id,
-        OrderEvent::Refunded(Refunded {
-            amount_minor: 500,
-            currency: "EUR".into(),
-        }),
-    );
     let (_, records) = process(
         &mut stage,
         &[
             &placed(id),
-            &order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {})),
-            &refunded,
+            &confirmed(id),
+            &refunded(id),
             &order_event(
                 id,
                 OrderEvent::StockReserved(orderpipe_schemas::StockReserved {}),
@@ -219,7 +194,7 @@ fn confirmations_and_refunds_are_notified_too_other_events_are_not() {
         ],
     );
     assert_eq!(records.len(), 4);
-    let delivered = sink.delivered.lock().unwrap().clone();
+    let delivered = sink.delivered();
     let kinds: Vec<NotificationKind> = delivered.iter().map(|n| n.kind).collect();
     assert_eq!(
         kinds,
@@ -233,15 +208,13 @@ fn confirmations_and_refunds_are_notified_too_other_events_are_not() {
 
 #[test]
 fn a_failed_delivery_is_recorded_with_its_attempts() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    *sink.failing.lock().unwrap() = true;
+    let (_rt, sink, stage) = setup();
+    sink.fail(true);
     // No retry window: given up after the attempts within the batch
-    let mut stage = NotificationsStage::new(Topics::default(), sink, rt.handle().clone(), policy())
-        .with_retry_for(Duration::ZERO);
+    let mut stage = stage.with_retry_for(Duration::ZERO);
     let id = Uuid::now_v7();
     // No order_placed seen (e.g. the stage started after it): the customer is "unknown"
-    let confirmed = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
+    let confirmed = confirmed(id);
     let (_, records) = process(&mut stage, &[&confirmed]);
     let NotificationEvent::NotificationRequested(request) = &records[0].event else {
         panic!()
@@ -260,7 +233,7 @@ fn a_failed_delivery_is_recorded_with_its_attempts() {
 #[test]
 fn plan_is_pure_and_dedups_by_event_id() {
     let id = Uuid::now_v7();
-    let confirmed = order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {}));
+    let confirmed = confirmed(id);
     let Plan::Notify(notice) = plan(None, &confirmed) else {
         panic!()
     };
@@ -290,21 +263,10 @@ fn plan_is_pure_and_dedups_by_event_id() {
 
 #[test]
 fn the_log_sink_delivers() {
-    let rt = runtime();
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        Arc::new(LogSink),
-        rt.handle().clone(),
-        policy(),
-    );
+    let rt = runtime(1);
+    let mut stage = new_stage(&rt, Arc::new(LogSink));
     let id = Uuid::now_v7();
-    let (_, records) = process(
-        &mut stage,
-        &[&order_event(
-            id,
-            OrderEvent::OrderConfirmed(OrderConfirmed {}),
-        )],
-    );
+    let (_, records) = process(&mut stage, &[&confirmed(id)]);
     assert!(matches!(
         records[1].event,
         NotificationEvent::NotificationSent(_)
@@ -333,16 +295,8 @@ fn live_keys(changelog: &[ChangelogRecord]) -> usize {
 
 #[test]
 fn notification_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounded() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let retention = Duration::from_secs(3600);
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    )
-    .with_retention(retention);
+    let (_rt, sink, stage) = setup();
+    let mut stage = stage.with_retention(Duration::from_secs(3600));
     let t0: DateTime<Utc> = Utc::now() - chrono::Duration::days(2);
     let mut changelog = tick(&mut stage, t0).changelog().to_vec();
     let mut peak = 0;
@@ -379,7 +333,7 @@ fn notification_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounde
         peak = peak.max(live_keys(&changelog));
     }
     // Every order was notified once
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1000);
+    assert_eq!(sink.delivered().len(), 1000);
     // At most the orders of one retention (plus a wave) are live, not all 1000
     assert!(peak <= 7 * 25, "peak live keys {peak}");
     assert_eq!(stage.order_count(), live_keys(&changelog));
@@ -391,26 +345,16 @@ fn notification_state_is_tombstoned_after_the_retention_so_live_keys_stay_bounde
 
 #[test]
 fn a_late_duplicate_of_a_forgotten_notification_is_dead_lettered_not_sent_again() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    )
-    .with_retention(Duration::from_secs(3600));
+    let (_rt, sink, stage) = setup();
+    let mut stage = stage.with_retention(Duration::from_secs(3600));
     let t0: DateTime<Utc> = Utc::now() - chrono::Duration::days(2);
     tick(&mut stage, t0);
     let id = Uuid::now_v7();
-    let confirmed = at(
-        order_event(id, OrderEvent::OrderConfirmed(OrderConfirmed {})),
-        t0 + chrono::Duration::seconds(1),
-    );
+    let confirmed = at(confirmed(id), t0 + chrono::Duration::seconds(1));
     // Given an order notified once
     let (_, records) = process(&mut stage, &[&at(placed(id), t0), &confirmed]);
     assert_eq!(records.len(), 2);
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert_eq!(sink.delivered().len(), 1);
     // When the retention is over, its state is tombstoned
     let later = t0 + chrono::Duration::hours(2);
     let pruned = tick(&mut stage, later);
@@ -433,7 +377,7 @@ fn a_late_duplicate_of_a_forgotten_notification_is_dead_lettered_not_sent_again(
         .map(|d| d.reason.as_str())
         .collect();
     assert_eq!(reasons, ["stale_event"]);
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert_eq!(sink.delivered().len(), 1);
     // and a late duplicate of its order_placed is not remembered again
     let (out, _) = process(&mut stage, &[&at(placed(id), t0)]);
     assert!(out.changelog().is_empty() && out.dead_letters().is_empty());
@@ -449,7 +393,7 @@ fn a_late_duplicate_of_a_forgotten_notification_is_dead_lettered_not_sent_again(
     );
     assert!(out.dead_letters().is_empty());
     assert_eq!(records.len(), 2);
-    assert_eq!(sink.delivered.lock().unwrap().len(), 2);
+    assert_eq!(sink.delivered().len(), 2);
 }
 
 fn confirmed(order_id: Uuid) -> OrderEnvelope {
@@ -472,19 +416,12 @@ fn kinds(records: &[NotificationEnvelope]) -> Vec<&'static str> {
 
 #[test]
 fn a_receiver_down_for_a_while_gets_the_notification_later_instead_of_a_failure() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    );
+    let (_rt, sink, mut stage) = setup();
     let t0 = Utc::now();
     let id = Uuid::now_v7();
     let confirmation = confirmed(id);
     // Given a receiver that is down when the confirmation arrives
-    *sink.failing.lock().unwrap() = true;
+    sink.fail(true);
     let (out, records) = process(&mut stage, &[&placed(id), &confirmation]);
     // Then nothing is recorded yet (neither requested nor failed), and the notification waits
     // in the order's state, which is in the changelog
@@ -503,10 +440,10 @@ fn a_receiver_down_for_a_while_gets_the_notification_later_instead_of_a_failure(
     assert!(repeated.is_empty() && again.changelog().is_empty());
     assert_eq!(stage.waiting_count(), 1);
     // When the receiver is back, a tick before the retry is due does nothing
-    *sink.failing.lock().unwrap() = false;
+    sink.fail(false);
     let early = tick(&mut stage, t0 + chrono::Duration::milliseconds(500));
     assert!(early.outputs().is_empty());
-    assert!(sink.delivered.lock().unwrap().is_empty());
+    assert!(sink.delivered().is_empty());
     // And the tick after the backoff (4 s after 3 failed attempts) delivers it, once, and
     // records it as sent with every attempt counted
     let retried = tick(&mut stage, t0 + chrono::Duration::seconds(5));
@@ -521,7 +458,7 @@ fn a_receiver_down_for_a_while_gets_the_notification_later_instead_of_a_failure(
     assert_eq!((sent.request_id, sent.attempts), (records[0].event_id, 4));
     assert_eq!(records[0].causation_id, Some(confirmation.event_id));
     assert_eq!(records[0].correlation_id, confirmation.correlation_id);
-    let delivered = sink.delivered.lock().unwrap().clone();
+    let delivered = sink.delivered();
     assert_eq!(delivered.len(), 1);
     assert_eq!(
         (delivered[0].event_id, delivered[0].customer_id.as_str()),
@@ -533,31 +470,24 @@ fn a_receiver_down_for_a_while_gets_the_notification_later_instead_of_a_failure(
     let (_, repeated) = process(&mut stage, &[&confirmation]);
     let ids = |rs: &[NotificationEnvelope]| -> Vec<_> { rs.iter().map(|r| r.event_id).collect() };
     assert_eq!(ids(&repeated), ids(&records));
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert_eq!(sink.delivered().len(), 1);
 }
 
 #[test]
 fn later_notifications_of_an_order_wait_behind_an_earlier_one_and_keep_their_order() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    );
+    let (_rt, sink, mut stage) = setup();
     let t0 = Utc::now();
     let id = Uuid::now_v7();
     let (confirmation, refund) = (confirmed(id), refunded(id));
-    *sink.failing.lock().unwrap() = true;
+    sink.fail(true);
     let (_, records) = process(&mut stage, &[&placed(id), &confirmation]);
     assert!(records.is_empty());
     // Given the receiver is back, a refund of the same order arriving meanwhile is not sent
     // ahead of the confirmation: it queues behind it
-    *sink.failing.lock().unwrap() = false;
+    sink.fail(false);
     let (_, records) = process(&mut stage, &[&refund]);
     assert!(records.is_empty(), "{records:?}");
-    assert!(sink.delivered.lock().unwrap().is_empty());
+    assert!(sink.delivered().is_empty());
     let waiting = &stage.order(id).unwrap().waiting;
     assert_eq!(
         waiting
@@ -568,13 +498,7 @@ fn later_notifications_of_an_order_wait_behind_an_earlier_one_and_keep_their_ord
     );
     // When the retry is due, both go out in the order they happened
     let retried = tick(&mut stage, t0 + chrono::Duration::seconds(5));
-    let delivered: Vec<Uuid> = sink
-        .delivered
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|n| n.event_id)
-        .collect();
+    let delivered: Vec<Uuid> = sink.delivered().iter().map(|n| n.event_id).collect();
     assert_eq!(delivered, [confirmation.event_id, refund.event_id]);
     let records = notification_records(&retried);
     assert_eq!(
@@ -599,19 +523,12 @@ fn later_notifications_of_an_order_wait_behind_an_earlier_one_and_keep_their_ord
 
 #[test]
 fn a_notification_is_given_up_only_when_its_retry_window_is_over() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let mut stage = NotificationsStage::new(
-        Topics::default(),
-        sink.clone(),
-        rt.handle().clone(),
-        policy(),
-    )
-    .with_retry_for(Duration::from_secs(60));
+    let (_rt, sink, stage) = setup();
+    let mut stage = stage.with_retry_for(Duration::from_secs(60));
     let t0 = Utc::now();
     tick(&mut stage, t0);
     let id = Uuid::now_v7();
-    *sink.failing.lock().unwrap() = true;
+    sink.fail(true);
     let (_, records) = process(&mut stage, &[&confirmed(id)]);
     assert!(records.is_empty());
     // Within the window every due retry fails again and the notification keeps waiting, each
@@ -643,51 +560,31 @@ fn a_notification_is_given_up_only_when_its_retry_window_is_over() {
         (7, "receiver down")
     );
     assert_eq!(stage.waiting_count(), 0);
-    assert!(sink.delivered.lock().unwrap().is_empty());
+    assert!(sink.delivered().is_empty());
 }
 
 #[test]
 fn waiting_notifications_survive_a_restart_and_are_retried_at_its_first_tick() {
-    let rt = runtime();
-    let sink = Arc::new(Recorder::default());
-    let new_stage = || {
-        NotificationsStage::new(
-            Topics::default(),
-            sink.clone(),
-            rt.handle().clone(),
-            policy(),
-        )
-    };
-    let mut stage = new_stage();
+    let (rt, sink, mut stage) = setup();
     let id = Uuid::now_v7();
     let confirmation = confirmed(id);
-    *sink.failing.lock().unwrap() = true;
+    sink.fail(true);
     let (out, _) = process(&mut stage, &[&placed(id), &confirmation]);
     // Given an instance that stopped with a notification waiting, a new one restores it
-    let mut restarted = new_stage();
-    for r in out.changelog() {
-        restarted
-            .restore(r.partition, &r.key, r.value.as_deref())
-            .unwrap();
-    }
+    let mut restarted = restored(new_stage(&rt, sink.clone()), out.changelog());
     assert_eq!(restarted.waiting_count(), 1);
     // When its first tick comes, the notification is delivered
-    *sink.failing.lock().unwrap() = false;
+    sink.fail(false);
     let retried = tick(&mut restarted, Utc::now());
     assert_eq!(
         kinds(&notification_records(&retried)),
         ["notification_requested", "notification_sent"]
     );
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert_eq!(sink.delivered().len(), 1);
     // And a partition handed to another instance takes its waiting work with it
-    let mut revoked = new_stage();
-    for r in out.changelog() {
-        revoked
-            .restore(r.partition, &r.key, r.value.as_deref())
-            .unwrap();
-    }
+    let mut revoked = restored(new_stage(&rt, sink.clone()), out.changelog());
     revoked.revoke(1);
     assert_eq!(revoked.waiting_count(), 0);
     assert!(tick(&mut revoked, Utc::now()).outputs().is_empty());
-    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    assert_eq!(sink.delivered().len(), 1);
 }

@@ -27,13 +27,11 @@ struct Sim {
 }
 
 async fn start_sim(config: SimConfig) -> Sim {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let gateway = Arc::new(SimulatedGateway::new(config));
     let stop = CancellationToken::new();
-    tokio::spawn(gateway_sim::serve(listener, gateway.clone(), stop.clone()));
+    let addr = gateway_sim::spawn(gateway.clone(), stop.clone()).await;
     Sim {
-        url,
+        url: format!("http://{}", addr.unwrap()),
         gateway,
         _stop: stop.drop_guard(),
     }

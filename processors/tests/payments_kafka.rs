@@ -2,23 +2,23 @@
 //! processing mode: charges settle once per order whatever the duplicates, a payment rejection
 //! after a charge is refunded.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::broker::{Env, Running};
+use common::payment_requested as requested;
 use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::contract::StatsResponse;
 use orderpipe_processors::payments::{
     HttpGateway, HttpGatewayConfig, PaymentsStage, SimConfig, SimulatedGateway,
 };
-use orderpipe_processors::{ensure_topics, spawn_stage, Config, ProcessingMode};
-use orderpipe_schemas::{
-    OrderEnvelope, OrderEvent, OrderRejected, PaymentRef, PaymentRequested, RejectReason, Topics,
-};
-use orderpipe_testkit::kafka::{bootstrap, consume_n, consumer, producer, TestTopics};
-use rdkafka::consumer::Consumer;
+use orderpipe_processors::{Config, ProcessingMode};
+use orderpipe_schemas::{OrderEnvelope, OrderEvent, OrderRejected, RejectReason};
+use orderpipe_testkit::kafka::consume_n;
 use rdkafka::message::Message;
-use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -28,79 +28,34 @@ use orderpipe_testkit::both_modes;
 
 both_modes!(charges_once_per_order_and_refunds_payment_rejections);
 
-fn requested(order_id: Uuid, amount_minor: i64) -> OrderEnvelope {
-    OrderEnvelope::new(
-        order_id,
-        OrderEvent::PaymentRequested(PaymentRequested {
-            amount_minor,
-            currency: "EUR".into(),
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "tok".into(),
-            },
-        }),
-        None,
-        order_id,
-    )
-}
-
 async fn charges_once_per_order_and_refunds_payment_rejections(mode: ProcessingMode) {
-    let mut test_topics = TestTopics::new().unwrap();
-    test_topics.create("orders", 2).await.unwrap();
-    let topics = Topics::with_prefix(test_topics.prefix.clone());
-    for created in ensure_topics(&bootstrap(), &topics, PaymentsStage::NAME, 2)
-        .await
-        .unwrap()
-    {
-        test_topics.adopt(&created);
-    }
+    let env = Env::new(&[("orders", 2)], &[PaymentsStage::NAME], 2).await;
+    let topics = &env.topics;
 
     // The gateway runs as an HTTP server (as it would out of process), 20% declines
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let sim = Arc::new(SimulatedGateway::new(SimConfig {
         decline_rate: 0.2,
         seed: 11,
         latency: Duration::from_millis(5),
     }));
     let stop_sim = CancellationToken::new();
-    tokio::spawn(gateway_sim::serve(listener, sim.clone(), stop_sim.clone()));
+    let addr = gateway_sim::spawn(sim.clone(), stop_sim.clone())
+        .await
+        .unwrap();
 
-    let gateway = Arc::new(HttpGateway::new(HttpGatewayConfig::new(url)).unwrap());
+    let config = HttpGatewayConfig::new(format!("http://{addr}"));
+    let gateway = Arc::new(HttpGateway::new(config).unwrap());
     let stage = PaymentsStage::new(topics.clone(), gateway, tokio::runtime::Handle::current());
-    let shutdown = CancellationToken::new();
-    let handle = spawn_stage(
-        Box::new(stage),
-        &Config::with_mode(mode),
-        &bootstrap(),
-        &topics,
-        shutdown.clone(),
-    )
-    .unwrap();
+    let running = Running::start(Box::new(stage), &Config::with_mode(mode), topics);
 
-    let reader = consumer(&test_topics.name("reader"), true).unwrap();
-    reader.subscribe(&[&topics.orders]).unwrap();
-    let producer = producer().unwrap();
-    let send = |e: OrderEnvelope| {
-        let producer = producer.clone();
-        let topic = topics.orders.clone();
-        async move {
-            producer
-                .send(
-                    FutureRecord::to(&topic).key(&e.key()).payload(&e.encode()),
-                    Duration::from_secs(10),
-                )
-                .await
-                .unwrap();
-        }
-    };
+    let reader = env.reader(&topics.orders);
 
     // Given 30 payment requests, 10 of them twice (the saga redelivered them)
     let orders: Vec<Uuid> = (0..30).map(|_| Uuid::now_v7()).collect();
     for (i, id) in orders.iter().enumerate() {
-        send(requested(*id, 1_000 + i as i64)).await;
+        env.send_orders([&requested(*id, 1_000 + i as i64)]).await;
         if i % 3 == 0 {
-            send(requested(*id, 1_000 + i as i64)).await;
+            env.send_orders([&requested(*id, 1_000 + i as i64)]).await;
         }
     }
     // Then every order gets an answer; duplicates get the same answer
@@ -130,14 +85,14 @@ async fn charges_once_per_order_and_refunds_payment_rejections(mode: ProcessingM
     );
 
     // When a settled order is rejected for a payment reason (its answer came too late)
-    send(OrderEnvelope::new(
+    env.send_orders([&OrderEnvelope::new(
         settled[0],
         OrderEvent::OrderRejected(OrderRejected {
             reason: RejectReason::PaymentTimeout,
         }),
         None,
         settled[0],
-    ))
+    )])
     .await;
     // Then it is refunded
     loop {
@@ -174,7 +129,6 @@ async fn charges_once_per_order_and_refunds_payment_rejections(mode: ProcessingM
     };
     assert!(stats.orders.values().all(|o| o.charges <= 1));
 
-    shutdown.cancel();
-    handle.wait().await.unwrap();
+    running.stop().await.unwrap();
     stop_sim.cancel();
 }

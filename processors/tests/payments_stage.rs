@@ -1,46 +1,25 @@
 //! The payments stage without a broker: batches of orders-topic events in, answers out.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use common::{batch, payment_requested as requested, restored, runtime};
 use futures::future::BoxFuture;
 
 use orderpipe_processors::payments::{
     Charge, GatewayError, HttpGateway, HttpGatewayConfig, PaymentGateway, PaymentsStage, PendingOp,
     Refund, RetrySchedule, SimConfig, SimulatedGateway,
 };
-use orderpipe_processors::{ChangelogRecord, Effects, Input, RetryPolicy, Stage};
+use orderpipe_processors::{ChangelogRecord, Effects, RetryPolicy, Stage};
 use orderpipe_schemas::{
     DeclineReason, OrderEnvelope, OrderEvent, OrderRejected, PaymentDeclined, PaymentRef,
-    PaymentRequested, PaymentSettled, Refunded, RejectReason, Topics,
+    PaymentSettled, Refunded, RejectReason, Topics,
 };
 use tokio::runtime::Runtime;
 use uuid::Uuid;
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn requested(order_id: Uuid, amount_minor: i64) -> OrderEnvelope {
-    OrderEnvelope::new(
-        order_id,
-        OrderEvent::PaymentRequested(PaymentRequested {
-            amount_minor,
-            currency: "EUR".into(),
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "tok".into(),
-            },
-        }),
-        None,
-        Uuid::from_u128(7),
-    )
-}
 
 fn rejected(order_id: Uuid, reason: RejectReason) -> OrderEnvelope {
     OrderEnvelope::new(
@@ -53,20 +32,8 @@ fn rejected(order_id: Uuid, reason: RejectReason) -> OrderEnvelope {
 
 fn process(stage: &mut PaymentsStage, events: &[OrderEnvelope]) -> (Effects, Vec<OrderEnvelope>) {
     let payloads: Vec<Vec<u8>> = events.iter().map(OrderEnvelope::encode).collect();
-    let inputs: Vec<Input<'_>> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Input {
-            topic: "orders",
-            partition: 0,
-            offset: i as i64,
-            key: None,
-            payload: Some(p),
-            timestamp_ms: None,
-        })
-        .collect();
     let mut out = Effects::new();
-    stage.process(&inputs, &mut out);
+    stage.process(&batch("orders", 0, 0, &payloads), &mut out);
     let emitted = out
         .outputs()
         .iter()
@@ -84,7 +51,7 @@ fn stage_with(rt: &Runtime, gateway: Arc<dyn PaymentGateway>) -> PaymentsStage {
 
 #[test]
 fn settles_and_a_redelivered_request_does_not_charge_twice() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Arc::new(SimulatedGateway::default());
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
@@ -111,7 +78,7 @@ fn settles_and_a_redelivered_request_does_not_charge_twice() {
 
 #[test]
 fn declines_come_back_with_the_gateway_reason() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Arc::new(SimulatedGateway::new(SimConfig {
         decline_rate: 1.0,
         ..SimConfig::default()
@@ -128,7 +95,7 @@ fn declines_come_back_with_the_gateway_reason() {
 
 #[test]
 fn a_charge_of_an_order_rejected_for_a_payment_reason_is_refunded() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Arc::new(SimulatedGateway::default());
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
@@ -158,7 +125,7 @@ fn a_charge_of_an_order_rejected_for_a_payment_reason_is_refunded() {
 
 #[test]
 fn stock_rejections_and_other_events_make_no_gateway_call() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Arc::new(SimulatedGateway::default());
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
@@ -179,7 +146,7 @@ fn stock_rejections_and_other_events_make_no_gateway_call() {
 
 #[test]
 fn an_unreachable_gateway_declines_only_after_the_retry_window_and_never_dead_letters_a_refund() {
-    let rt = runtime();
+    let rt = runtime(2);
     // A port nothing listens on
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -271,24 +238,9 @@ fn tick(stage: &mut PaymentsStage, at: SystemTime) -> (Effects, Vec<OrderEnvelop
     (out, emitted)
 }
 
-/// Replays `changelog` into a fresh stage, as the runner does after a restart.
-fn restarted(
-    rt: &Runtime,
-    gateway: Arc<dyn PaymentGateway>,
-    changelog: &[ChangelogRecord],
-) -> PaymentsStage {
-    let mut stage = stage_with(rt, gateway);
-    for record in changelog {
-        stage
-            .restore(record.partition, &record.key, record.value.as_deref())
-            .unwrap();
-    }
-    stage
-}
-
 #[test]
 fn a_refund_that_meets_an_open_breaker_is_retried_from_tick_until_confirmed_across_a_restart() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Flaky::new();
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
@@ -316,7 +268,7 @@ fn a_refund_that_meets_an_open_breaker_is_retried_from_tick_until_confirmed_acro
     // When the process restarts (state from the changelog) and the gateway is back
     drop(stage);
     gw.set_down(false);
-    let mut stage = restarted(&rt, gw.clone(), &changelog);
+    let mut stage = restored(stage_with(&rt, gw.clone()), &changelog);
     assert!(matches!(stage.pending(id), Some(PendingOp::Refund { .. })));
     let (out, emitted) = tick(&mut stage, SystemTime::now());
     // Then the refund happens once and is announced, caused by the rejection
@@ -338,13 +290,13 @@ fn a_refund_that_meets_an_open_breaker_is_retried_from_tick_until_confirmed_acro
     let (_, again) = tick(&mut stage, SystemTime::now() + Duration::from_secs(3600));
     assert!(again.is_empty());
     // A restart after that has nothing left to do
-    let stage = restarted(&rt, gw, &changelog);
+    let stage = restored(stage_with(&rt, gw), &changelog);
     assert_eq!(stage.pending_count(), 0);
 }
 
 #[test]
 fn an_open_breaker_keeps_the_charge_pending_and_it_settles_once_the_gateway_is_back() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Flaky::new();
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
@@ -375,7 +327,7 @@ fn an_open_breaker_keeps_the_charge_pending_and_it_settles_once_the_gateway_is_b
 
 #[test]
 fn a_charge_the_gateway_cannot_take_is_declined_at_its_deadline_not_before() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Flaky::new();
     let mut stage = stage_with(&rt, gw.clone()).with_retry(RetrySchedule {
         min_delay: Duration::from_millis(100),
@@ -403,7 +355,7 @@ fn a_charge_the_gateway_cannot_take_is_declined_at_its_deadline_not_before() {
 
 #[test]
 fn a_rejection_drops_the_pending_charge_and_voids_the_order() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Flaky::new();
     let mut stage = stage_with(&rt, gw.clone());
     let id = Uuid::now_v7();
@@ -425,7 +377,7 @@ fn a_rejection_drops_the_pending_charge_and_voids_the_order() {
 
 #[test]
 fn orders_of_a_batch_are_charged_concurrently() {
-    let rt = runtime();
+    let rt = runtime(2);
     let gw = Arc::new(SimulatedGateway::new(SimConfig {
         latency: Duration::from_millis(50),
         ..SimConfig::default()
@@ -450,19 +402,10 @@ fn orders_of_a_batch_are_charged_concurrently() {
 
 #[test]
 fn poison_events_are_dead_lettered() {
-    let rt = runtime();
+    let rt = runtime(2);
     let mut stage = stage_with(&rt, Arc::new(SimulatedGateway::default()));
-    let payload = b"{".to_vec();
-    let input = Input {
-        topic: "orders",
-        partition: 2,
-        offset: 9,
-        key: None,
-        payload: Some(&payload),
-        timestamp_ms: None,
-    };
     let mut out = Effects::new();
-    stage.process(&[input], &mut out);
+    stage.process(&batch("orders", 2, 9, &[b"{".to_vec()]), &mut out);
     assert_eq!(out.dead_letters()[0].reason, "malformed");
     assert_eq!(stage.name(), "payments");
 }

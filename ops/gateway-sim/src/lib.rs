@@ -8,10 +8,11 @@
 //!
 //! Layout:
 //! - [`GatewaySimArgs`]: the clap/env options of `orderpipe gateway-sim`.
-//! - [`router`]: the routes; [`serve`]: them on a listener until shutdown.
+//! - [`router`]: the routes; [`serve`]: them on a listener until shutdown; [`spawn`]: them on a
+//!   free local port, in a task of their own (tests).
 #![warn(missing_docs)]
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -118,6 +119,18 @@ pub async fn serve(
     axum::serve(listener, router(gateway))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
+}
+
+/// Serves `gateway` on a free port of 127.0.0.1, in a task, until `shutdown` is cancelled; returns
+/// the address (the gateway's URL is `http://{address}`).
+pub async fn spawn(
+    gateway: Arc<SimulatedGateway>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, gateway, shutdown));
+    Ok(addr)
 }
 
 /// An error answer with a JSON body.

@@ -1,7 +1,8 @@
 //! Helpers shared by the processors' tests.
 //!
 //! Layout:
-//! - this module: the orders the tests send, and the events of the saga properties' orders;
+//! - this module: the orders the tests send, the events of the saga properties' orders, and a
+//!   stage driven without a broker (its runtime, its batches, its restore from a changelog);
 //! - `broker`: one test's topics on the test broker ([`broker::Env`]), the stages it runs
 //!   ([`broker::Running`]) and the sets of stages a sale goes through;
 //! - `hook`: a local webhook receiver's plumbing.
@@ -10,12 +11,21 @@
 pub(crate) mod broker;
 pub(crate) mod hook;
 
-use orderpipe_processors::Input;
+use orderpipe_processors::{ChangelogRecord, Input, Stage};
 use orderpipe_schemas::{
     CancellationRequested, OrderEnvelope, OrderEvent, OrderLine, OrderPlaced, PaymentRef,
-    PaymentSettled, StockLineRejected, StockLineReserved, StockRejectReason,
+    PaymentRequested, PaymentSettled, StockLineRejected, StockLineReserved, StockRejectReason,
 };
+use tokio::runtime::Runtime;
 use uuid::Uuid;
+
+/// The card every test order pays with.
+fn card() -> PaymentRef {
+    PaymentRef {
+        method: "card".into(),
+        token: "tok".into(),
+    }
+}
 
 /// An `order_placed` of `order_id` with `(sku, quantity)` lines at 1,000 minor units each.
 pub(crate) fn order(order_id: Uuid, lines: &[(&str, u32)]) -> OrderEnvelope {
@@ -33,10 +43,21 @@ pub(crate) fn order(order_id: Uuid, lines: &[(&str, u32)]) -> OrderEnvelope {
                 })
                 .collect(),
             total_minor: lines.iter().map(|(_, q)| i64::from(*q) * 1_000).sum(),
-            payment: PaymentRef {
-                method: "card".into(),
-                token: "tok".into(),
-            },
+            payment: card(),
+        }),
+        None,
+        order_id,
+    )
+}
+
+/// The saga's `payment_requested` of `order_id` for `amount_minor` EUR cents.
+pub(crate) fn payment_requested(order_id: Uuid, amount_minor: i64) -> OrderEnvelope {
+    OrderEnvelope::new(
+        order_id,
+        OrderEvent::PaymentRequested(PaymentRequested {
+            amount_minor,
+            currency: "EUR".into(),
+            payment: card(),
         }),
         None,
         order_id,
@@ -70,6 +91,27 @@ pub(crate) fn batch<'a>(
             timestamp_ms: None,
         })
         .collect()
+}
+
+/// A multi-thread runtime with `worker_threads` threads for a stage driven without a broker: the
+/// stage drives futures with `Handle::block_on` from its own thread, which cannot drive a
+/// current-thread runtime's timers.
+pub(crate) fn runtime(worker_threads: usize) -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `stage` after replaying `changelog` into it, as the runner does after a restart.
+pub(crate) fn restored<S: Stage>(mut stage: S, changelog: &[ChangelogRecord]) -> S {
+    for record in changelog {
+        stage
+            .restore(record.partition, &record.key, record.value.as_deref())
+            .unwrap();
+    }
+    stage
 }
 
 /// The SKU of line `line` in the saga properties' orders.
