@@ -119,11 +119,9 @@ async fn start_gateway(decline_rate: f64) -> (String, CancellationToken) {
         seed: 7,
         ..SimConfig::default()
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    tokio::spawn(gateway_sim::serve(listener, gateway, stop.clone()));
-    (url, stop)
+    let addr = gateway_sim::spawn(gateway, stop.clone()).await.unwrap();
+    (format!("http://{addr}"), stop)
 }
 
 /// Every metric the dashboard and the alert rules name is in a live scrape of `orderpipe run`

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,25 +15,131 @@ use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
 use orderpipe_processors::ProcessingMode;
 use orderpipe_schemas::RejectReason;
+use orderpipe_testkit::both_modes;
 use orderpipe_testkit::kafka::TestTopics;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
+use uuid::Uuid;
 
 const SETTLE: Duration = Duration::from_secs(120);
 
-/// One process with ingest and every stage, paying through the gateway simulator at `gateway_url`.
-fn pipeline_args(mode: ProcessingMode, ingest_port: u16, gateway_url: &str) -> Vec<String> {
-    vec![
-        "--components".into(),
-        "ingest,stock,payments,saga,notifications".into(),
-        "--processing".into(),
-        mode.as_str().into(),
-        "--ingest-listen".into(),
-        format!("127.0.0.1:{ingest_port}"),
-        "--payments-gateway".into(),
-        "http".into(),
-        "--payments-gateway-url".into(),
-        gateway_url.into(),
-    ]
+both_modes!(
+    worker_threads = 4;
+    hot_sku_sale,
+    multi_sku_sale_with_declines,
+    gateway_outage,
+    processors_killed_mid_sale,
+    rebalance_mid_sale,
+);
+
+/// What every sale runs on: the test's topics, the port its ingest listens on, and the simulated
+/// payment gateway served over HTTP from this test process (its own process role), which the
+/// processors charge through and whose ledger says what was really charged.
+struct Bed {
+    topics: TestTopics,
+    ingest: SocketAddr,
+    gateway: Arc<SimulatedGateway>,
+    gateway_addr: SocketAddr,
+    _stop_gateway: DropGuard,
+}
+
+impl Bed {
+    /// Fresh topics, and a gateway that declines `decline_rate` of the charges (seeded by `seed`).
+    async fn new(decline_rate: f64, seed: u64) -> Self {
+        let mut topics = TestTopics::new().unwrap();
+        adopt_pipeline_topics(&mut topics);
+        let gateway = Arc::new(SimulatedGateway::new(SimConfig {
+            decline_rate,
+            seed,
+            ..SimConfig::default()
+        }));
+        let stop = CancellationToken::new();
+        let gateway_addr = gateway_sim::spawn(gateway.clone(), stop.clone()).await;
+        Self {
+            topics,
+            ingest: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
+            gateway,
+            gateway_addr: gateway_addr.unwrap(),
+            _stop_gateway: stop.drop_guard(),
+        }
+    }
+
+    /// One process with ingest and every stage, ready.
+    async fn all_in_one(&self, mode: ProcessingMode) -> Orderpipe {
+        let mut args = vec![
+            "--components".to_string(),
+            "ingest,stock,payments,saga,notifications".into(),
+            "--processing".into(),
+            mode.as_str().into(),
+            "--ingest-listen".into(),
+            self.ingest.to_string(),
+        ];
+        args.extend(self.gateway_args());
+        let mut pipeline = Orderpipe::run("all", &self.topics, &refs(&args));
+        pipeline.wait_ready(Duration::from_secs(60)).await;
+        pipeline
+    }
+
+    /// A process with ingest alone, ready.
+    async fn ingest(&self) -> Orderpipe {
+        let listen = self.ingest.to_string();
+        let args = ["--components", "ingest", "--ingest-listen", &listen];
+        let mut ingest = Orderpipe::run("ingest", &self.topics, &args);
+        ingest.wait_ready(Duration::from_secs(30)).await;
+        ingest
+    }
+
+    /// A processors-only process `name` with instance id `instance` and `extra` arguments.
+    fn processors(
+        &self,
+        name: &str,
+        mode: ProcessingMode,
+        instance: &str,
+        extra: &[&str],
+    ) -> Orderpipe {
+        let mut args: Vec<String> = [
+            "--components",
+            "stock,payments,saga,notifications",
+            "--processing",
+            mode.as_str(),
+            "--instance-id",
+            instance,
+        ]
+        .map(String::from)
+        .into();
+        args.extend(self.gateway_args());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Orderpipe::run(name, &self.topics, &refs(&args))
+    }
+
+    /// The arguments that make the processors pay through this bed's gateway.
+    fn gateway_args(&self) -> [String; 4] {
+        let url = format!("http://{}", self.gateway_addr);
+        ["--payments-gateway", "http", "--payments-gateway-url", &url].map(String::from)
+    }
+
+    /// Sets the stock of each of `skus` to `quantity`; the stock the audit starts from.
+    fn stock_up(
+        &self,
+        skus: impl IntoIterator<Item = String>,
+        quantity: u32,
+    ) -> BTreeMap<String, u64> {
+        skus.into_iter()
+            .map(|sku| {
+                set_stock(&self.topics, &sku, quantity);
+                (sku, u64::from(quantity))
+            })
+            .collect()
+    }
+
+    /// Posts `orders` from `clients` concurrent clients; the acknowledged ones.
+    async fn sale(&self, orders: Vec<OrderSpec>, clients: usize) -> HashMap<Uuid, OrderSpec> {
+        run_sale(self.ingest, orders, clients, |_| {}).await
+    }
+
+    /// What the topics say about the `acked` orders once every one of them is terminal.
+    async fn outcome(&self, acked: &HashMap<Uuid, OrderSpec>) -> Outcome {
+        collect_outcome(&self.topics, acked, SETTLE).await
+    }
 }
 
 fn refs(args: &[String]) -> Vec<&str> {
@@ -42,31 +149,16 @@ fn refs(args: &[String]) -> Vec<&str> {
 /// Stock 100 of one SKU, 2,000 single-unit orders from 50 concurrent clients: exactly 100 units
 /// confirmed, 1,900 orders rejected out_of_stock, the SKU ends at 0 available.
 async fn hot_sku_sale(mode: ProcessingMode) {
-    let mut topics = TestTopics::new().unwrap();
-    adopt_pipeline_topics(&mut topics);
-    let (gateway, gateway_url, stop_gateway) = start_gateway(0.0, 1).await;
-    let ingest_port = free_port();
-    let mut pipeline = Orderpipe::run(
-        "all",
-        &topics,
-        &refs(&pipeline_args(mode, ingest_port, &gateway_url)),
-    );
-    pipeline.wait_ready(Duration::from_secs(60)).await;
-    set_stock(&topics, "HOT-1", 100);
+    let bed = Bed::new(0.0, 1).await;
+    let mut pipeline = bed.all_in_one(mode).await;
+    let stock = bed.stock_up(["HOT-1".to_string()], 100);
 
     let orders: Vec<OrderSpec> = (0..2000).map(|_| vec![("HOT-1".to_string(), 1)]).collect();
-    let acked = run_sale(
-        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
-        orders,
-        50,
-        |_| {},
-    )
-    .await;
+    let acked = bed.sale(orders, 50).await;
     assert_eq!(acked.len(), 2000, "every order acknowledged");
 
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
-    assert_invariants(&topics, &outcome, &acked, &stock);
+    let outcome = bed.outcome(&acked).await;
+    assert_invariants(&bed.topics, &outcome, &acked, &stock);
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
     let out_of_stock = acked
         .keys()
@@ -79,19 +171,8 @@ async fn hot_sku_sale(mode: ProcessingMode) {
         (0, 0, 100),
         "{mode}"
     );
-    assert_gateway_ledger(&gateway, &outcome, &acked);
+    assert_gateway_ledger(&bed.gateway, &outcome, &acked);
     pipeline.stop();
-    stop_gateway.cancel();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hot_sku_sale_exactly_once() {
-    hot_sku_sale(ProcessingMode::ExactlyOnce).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hot_sku_sale_at_least_once() {
-    hot_sku_sale(ProcessingMode::AtLeastOnce).await;
 }
 
 /// A deterministic mix of 1 to 3 line orders over `skus` SKUs (xorshift: no dependency, same
@@ -123,29 +204,13 @@ fn mixed_orders(count: usize, skus: usize) -> Vec<OrderSpec> {
 /// Multi-line orders over 10 SKUs with 20% of payments declined: no oversell, every order
 /// terminal exactly once, declined orders' stock released and sold again.
 async fn multi_sku_sale_with_declines(mode: ProcessingMode) {
-    let mut topics = TestTopics::new().unwrap();
-    adopt_pipeline_topics(&mut topics);
-    let (gateway, gateway_url, stop_gateway) = start_gateway(0.2, 7).await;
-    let ingest_port = free_port();
-    let args = pipeline_args(mode, ingest_port, &gateway_url);
-    let mut pipeline = Orderpipe::run("all", &topics, &refs(&args));
-    pipeline.wait_ready(Duration::from_secs(60)).await;
-    let mut stock = BTreeMap::new();
-    for sku in 0..10 {
-        let name = format!("SKU-{sku}");
-        set_stock(&topics, &name, 40);
-        stock.insert(name, 40u64);
-    }
+    let bed = Bed::new(0.2, 7).await;
+    let mut pipeline = bed.all_in_one(mode).await;
+    let stock = bed.stock_up((0..10).map(|sku| format!("SKU-{sku}")), 40);
 
-    let acked = run_sale(
-        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
-        mixed_orders(800, 10),
-        50,
-        |_| {},
-    )
-    .await;
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(&topics, &outcome, &acked, &stock);
+    let acked = bed.sale(mixed_orders(800, 10), 50).await;
+    let outcome = bed.outcome(&acked).await;
+    assert_invariants(&bed.topics, &outcome, &acked, &stock);
 
     let declined = acked
         .keys()
@@ -158,7 +223,7 @@ async fn multi_sku_sale_with_declines(mode: ProcessingMode) {
     );
     let released: u64 = outcome.released_units.values().sum();
     assert!(released > 0, "{mode}: declined orders released nothing");
-    assert_gateway_ledger(&gateway, &outcome, &acked);
+    assert_gateway_ledger(&bed.gateway, &outcome, &acked);
 
     // Released units are for sale again: a second wave of single-unit orders for what is left
     // available gets some confirmed, and the first wave's invariants still hold with it.
@@ -171,64 +236,41 @@ async fn multi_sku_sale_with_declines(mode: ProcessingMode) {
         !left.is_empty(),
         "{mode}: nothing available after releasing {released} units"
     );
-    let second = run_sale(
-        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
-        left,
-        10,
-        |_| {},
-    )
-    .await;
+    let second = bed.sale(left, 10).await;
     let mut all = acked.clone();
     all.extend(second.clone());
-    let outcome = collect_outcome(&topics, &all, SETTLE).await;
-    assert_invariants(&topics, &outcome, &all, &stock);
+    let outcome = bed.outcome(&all).await;
+    assert_invariants(&bed.topics, &outcome, &all, &stock);
     let resold = second.keys().filter(|id| outcome.confirmed(id)).count();
     assert!(
         resold > 0,
         "{mode}: none of {} released units sold again",
         second.len()
     );
-    assert_gateway_ledger(&gateway, &outcome, &all);
+    assert_gateway_ledger(&bed.gateway, &outcome, &all);
     pipeline.stop();
-    stop_gateway.cancel();
 }
 
 /// The payment gateway fails every request for 5 seconds in the middle of a multi-SKU sale: an
 /// outage means "later", never "declined". Every invariant holds, no order is rejected for a
 /// payment reason the gateway did not give (no payment_timeout), and the ledger nets out.
-async fn gateway_outage_mid_sale(mode: ProcessingMode) {
-    let mut topics = TestTopics::new().unwrap();
-    adopt_pipeline_topics(&mut topics);
-    let (gateway, gateway_url, stop_gateway) = start_gateway(0.1, 11).await;
-    let ingest_port = free_port();
-    let ingest_listen = format!("127.0.0.1:{ingest_port}");
-    let mut pipeline = Orderpipe::run(
-        "all",
-        &topics,
-        &refs(&pipeline_args(mode, ingest_port, &gateway_url)),
-    );
-    pipeline.wait_ready(Duration::from_secs(60)).await;
-    let mut stock = BTreeMap::new();
-    for sku in 0..10 {
-        let name = format!("SKU-{sku}");
-        set_stock(&topics, &name, 40);
-        stock.insert(name, 40u64);
-    }
+async fn gateway_outage(mode: ProcessingMode) {
+    let bed = Bed::new(0.1, 11).await;
+    let mut pipeline = bed.all_in_one(mode).await;
+    let stock = bed.stock_up((0..10).map(|sku| format!("SKU-{sku}")), 40);
 
-    let (sale, marks) = spawn_sale(&ingest_listen, mixed_orders(800, 10), vec![200]);
+    let (sale, marks) = spawn_sale(bed.ingest, mixed_orders(800, 10), vec![200]);
     wait_flag(&marks[0]).await;
-    let mut admin = orderpipe_testkit::http::Conn::new(
-        gateway_url.trim_start_matches("http://").parse().unwrap(),
-    );
+    let mut admin = orderpipe_testkit::http::Conn::new(bed.gateway_addr);
     let reply = admin
         .post_json("/v1/faults", r#"{"fail_for_ms": 5000, "status": 503}"#)
         .await;
     assert_eq!(reply.status, 204, "{:?}", reply.body);
     let acked = sale.await.unwrap();
 
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(&topics, &outcome, &acked, &stock);
-    assert_gateway_ledger(&gateway, &outcome, &acked);
+    let outcome = bed.outcome(&acked).await;
+    assert_invariants(&bed.topics, &outcome, &acked, &stock);
+    assert_gateway_ledger(&bed.gateway, &outcome, &acked);
     let timed_out = acked
         .keys()
         .filter(|id| outcome.rejection(id) == Some(RejectReason::PaymentTimeout))
@@ -240,83 +282,16 @@ async fn gateway_outage_mid_sale(mode: ProcessingMode) {
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
     assert!(confirmed > 0, "{mode}: nothing confirmed");
     pipeline.stop();
-    stop_gateway.cancel();
-}
-
-mod gateway_outage {
-    use super::*;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn exactly_once() {
-        gateway_outage_mid_sale(ProcessingMode::ExactlyOnce).await;
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn at_least_once() {
-        gateway_outage_mid_sale(ProcessingMode::AtLeastOnce).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn multi_sku_sale_with_declines_exactly_once() {
-    multi_sku_sale_with_declines(ProcessingMode::ExactlyOnce).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn multi_sku_sale_with_declines_at_least_once() {
-    multi_sku_sale_with_declines(ProcessingMode::AtLeastOnce).await;
-}
-
-/// The simulated payment gateway served over HTTP from this test process (its own process role):
-/// the processors charge through it, and its ledger says what was really charged.
-async fn start_gateway(
-    decline_rate: f64,
-    seed: u64,
-) -> (Arc<SimulatedGateway>, String, CancellationToken) {
-    let gateway = Arc::new(SimulatedGateway::new(SimConfig {
-        decline_rate,
-        seed,
-        ..SimConfig::default()
-    }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    tokio::spawn(gateway_sim::serve(listener, gateway.clone(), stop.clone()));
-    (gateway, url, stop)
-}
-
-/// Arguments of a processors-only process with instance id `instance`.
-fn processor_args(
-    mode: ProcessingMode,
-    instance: &str,
-    gateway_url: &str,
-    extra: &[&str],
-) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--components",
-        "stock,payments,saga,notifications",
-        "--processing",
-        mode.as_str(),
-        "--instance-id",
-        instance,
-        "--payments-gateway",
-        "http",
-        "--payments-gateway-url",
-        gateway_url,
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    args.extend(extra.iter().map(|a| a.to_string()));
-    args
 }
 
 /// Runs `orders` through a separate ingest process; `at_acked` is called with each count of
 /// acknowledged orders (from a client task) and may flip a flag the test waits on.
 fn spawn_sale(
-    ingest_listen: &str,
+    ingest: SocketAddr,
     orders: Vec<OrderSpec>,
     marks: Vec<usize>,
 ) -> (
-    tokio::task::JoinHandle<std::collections::HashMap<uuid::Uuid, OrderSpec>>,
+    tokio::task::JoinHandle<HashMap<Uuid, OrderSpec>>,
     Vec<Arc<AtomicBool>>,
 ) {
     let flags: Vec<Arc<AtomicBool>> = marks
@@ -324,18 +299,13 @@ fn spawn_sale(
         .map(|_| Arc::new(AtomicBool::new(false)))
         .collect();
     let watched = flags.clone();
-    let sale = tokio::spawn(run_sale(
-        ingest_listen.parse().unwrap(),
-        orders,
-        50,
-        move |acked| {
-            for (mark, flag) in marks.iter().zip(&watched) {
-                if acked == *mark {
-                    flag.store(true, Ordering::SeqCst);
-                }
+    let sale = tokio::spawn(run_sale(ingest, orders, 50, move |acked| {
+        for (mark, flag) in marks.iter().zip(&watched) {
+            if acked == *mark {
+                flag.store(true, Ordering::SeqCst);
             }
-        },
-    ));
+        }
+    }));
     (sale, flags)
 }
 
@@ -350,89 +320,54 @@ async fn wait_flag(flag: &AtomicBool) {
 /// order charged twice and one kept charge per confirmed order. Static membership gives the
 /// partitions back to the restarted process at once; its transactional producers fence the dead
 /// ones' open transactions, which the broker aborts.
-async fn processors_killed_mid_sale_keep_every_invariant(mode: ProcessingMode) {
-    let mut topics = TestTopics::new().unwrap();
-    adopt_pipeline_topics(&mut topics);
-    let (gateway, gateway_url, stop_gateway) = start_gateway(0.1, 3).await;
-
-    let ingest_listen = format!("127.0.0.1:{}", free_port());
-    let mut ingest = Orderpipe::run(
-        "ingest",
-        &topics,
-        &["--components", "ingest", "--ingest-listen", &ingest_listen],
-    );
-    ingest.wait_ready(Duration::from_secs(30)).await;
-    let args = processor_args(mode, "p1", &gateway_url, &[]);
-    let mut processors = Orderpipe::run("processors", &topics, &refs(&args));
+async fn processors_killed_mid_sale(mode: ProcessingMode) {
+    let bed = Bed::new(0.1, 3).await;
+    let mut ingest = bed.ingest().await;
+    let mut processors = bed.processors("processors", mode, "p1", &[]);
     processors.wait_ready(Duration::from_secs(60)).await;
-    set_stock(&topics, "HOT-1", 100);
+    let stock = bed.stock_up(["HOT-1".to_string()], 100);
 
     let orders: Vec<OrderSpec> = (0..2000).map(|_| vec![("HOT-1".to_string(), 1)]).collect();
-    let (sale, marks) = spawn_sale(&ingest_listen, orders, vec![600]);
+    let (sale, marks) = spawn_sale(bed.ingest, orders, vec![600]);
     wait_flag(&marks[0]).await;
     processors.kill();
-    let mut processors = Orderpipe::run("processors-restarted", &topics, &refs(&args));
+    let mut processors = bed.processors("processors-restarted", mode, "p1", &[]);
     let acked = sale.await.unwrap();
     processors.wait_ready(Duration::from_secs(60)).await;
 
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    let stock = BTreeMap::from([("HOT-1".to_string(), 100)]);
-    assert_invariants(&topics, &outcome, &acked, &stock);
+    let outcome = bed.outcome(&acked).await;
+    assert_invariants(&bed.topics, &outcome, &acked, &stock);
     let confirmed = acked.keys().filter(|id| outcome.confirmed(id)).count();
     assert_eq!(outcome.levels["HOT-1"].sold, confirmed as u64, "{mode}");
-    assert_gateway_ledger(&gateway, &outcome, &acked);
+    assert_gateway_ledger(&bed.gateway, &outcome, &acked);
     processors.stop();
     ingest.stop();
-    stop_gateway.cancel();
 }
 
 /// A second processors process joins the groups while orders flow (600 acknowledged) and leaves
 /// again (1,300 acknowledged): partitions move twice mid-sale, with their state, and every
 /// invariant holds. The short session timeout lets the departed static member's partitions return
 /// within the test (a static member does not leave its group on shutdown, by design).
-async fn second_processors_process_joins_and_leaves_mid_sale(mode: ProcessingMode) {
-    let mut topics = TestTopics::new().unwrap();
-    adopt_pipeline_topics(&mut topics);
-    let (gateway, gateway_url, stop_gateway) = start_gateway(0.1, 5).await;
-
-    let ingest_listen = format!("127.0.0.1:{}", free_port());
-    let mut ingest = Orderpipe::run(
-        "ingest",
-        &topics,
-        &["--components", "ingest", "--ingest-listen", &ingest_listen],
-    );
-    ingest.wait_ready(Duration::from_secs(30)).await;
+async fn rebalance_mid_sale(mode: ProcessingMode) {
+    let bed = Bed::new(0.1, 5).await;
+    let mut ingest = bed.ingest().await;
     let session = ["--processor-kafka-option", "session.timeout.ms=8000"];
-    let mut first = Orderpipe::run(
-        "processors-1",
-        &topics,
-        &refs(&processor_args(mode, "p1", &gateway_url, &session)),
-    );
+    let mut first = bed.processors("processors-1", mode, "p1", &session);
     first.wait_ready(Duration::from_secs(60)).await;
-    let mut stock = BTreeMap::new();
-    for sku in 0..10 {
-        let name = format!("SKU-{sku}");
-        set_stock(&topics, &name, 60);
-        stock.insert(name, 60u64);
-    }
+    let stock = bed.stock_up((0..10).map(|sku| format!("SKU-{sku}")), 60);
 
-    let (sale, marks) = spawn_sale(&ingest_listen, mixed_orders(2000, 10), vec![600, 1300]);
+    let (sale, marks) = spawn_sale(bed.ingest, mixed_orders(2000, 10), vec![600, 1300]);
     wait_flag(&marks[0]).await;
-    let mut second = Orderpipe::run(
-        "processors-2",
-        &topics,
-        &refs(&processor_args(mode, "p2", &gateway_url, &session)),
-    );
+    let mut second = bed.processors("processors-2", mode, "p2", &session);
     wait_flag(&marks[1]).await;
     second.stop();
     let acked = sale.await.unwrap();
 
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(&topics, &outcome, &acked, &stock);
-    assert_gateway_ledger(&gateway, &outcome, &acked);
+    let outcome = bed.outcome(&acked).await;
+    assert_invariants(&bed.topics, &outcome, &acked, &stock);
+    assert_gateway_ledger(&bed.gateway, &outcome, &acked);
     first.stop();
     ingest.stop();
-    stop_gateway.cancel();
 }
 
 /// From the gateway's own records, not from the topics: no order charged twice; every
@@ -441,7 +376,7 @@ async fn second_processors_process_joins_and_leaves_mid_sale(mode: ProcessingMod
 fn assert_gateway_ledger(
     gateway: &SimulatedGateway,
     outcome: &Outcome,
-    acked: &std::collections::HashMap<uuid::Uuid, OrderSpec>,
+    acked: &HashMap<Uuid, OrderSpec>,
 ) {
     let totals = gateway.totals();
     assert_eq!(totals.orders_charged_twice, 0, "{totals:?}");
@@ -467,80 +402,28 @@ fn assert_gateway_ledger(
     );
 }
 
-mod processors_killed_mid_sale {
-    use super::*;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn exactly_once() {
-        processors_killed_mid_sale_keep_every_invariant(ProcessingMode::ExactlyOnce).await;
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn at_least_once() {
-        processors_killed_mid_sale_keep_every_invariant(ProcessingMode::AtLeastOnce).await;
-    }
-}
-
-mod rebalance_mid_sale {
-    use super::*;
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn exactly_once() {
-        second_processors_process_joins_and_leaves_mid_sale(ProcessingMode::ExactlyOnce).await;
-    }
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn at_least_once() {
-        second_processors_process_joins_and_leaves_mid_sale(ProcessingMode::AtLeastOnce).await;
-    }
-}
-
 /// After a real flash sale through every component, the query API's views agree with the topics:
 /// each order's status, reason and timeline; stock available + reserved + sold equals what was
 /// set; sales totals equal the confirmed orders.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn views_agree_with_the_topics_after_a_flash_sale() {
-    let mut topics = TestTopics::new().unwrap();
-    adopt_pipeline_topics(&mut topics);
+    let bed = Bed::new(0.2, 13).await;
     let keyspace = orderpipe_testkit::cql::TestKeyspace::new().await.unwrap();
-    let (gateway, gateway_url, stop_gateway) = start_gateway(0.2, 13).await;
-    let ingest_port = free_port();
-    let query_port = free_port();
+    let query: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let started = chrono::Utc::now() - chrono::Duration::minutes(1);
-    let mut args = every_component_args(
-        &topics,
-        keyspace.name(),
-        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
-        format!("127.0.0.1:{query_port}").parse().unwrap(),
-    );
-    args.extend(
-        [
-            "--payments-gateway",
-            "http",
-            "--payments-gateway-url",
-            &gateway_url,
-        ]
-        .map(String::from),
-    );
-    let mut pipeline = Orderpipe::run("all", &topics, &refs(&args));
+    let mut args = every_component_args(&bed.topics, keyspace.name(), bed.ingest, query);
+    args.extend(bed.gateway_args());
+    let mut pipeline = Orderpipe::run("all", &bed.topics, &refs(&args));
     pipeline.wait_ready(Duration::from_secs(60)).await;
-    set_stock(&topics, "HOT-1", 100);
+    let stock = bed.stock_up(["HOT-1".to_string()], 100);
 
     let orders: Vec<OrderSpec> = (0..400)
         .map(|i| vec![("HOT-1".to_string(), 1 + (i % 2) as u32)])
         .collect();
-    let acked = run_sale(
-        format!("127.0.0.1:{ingest_port}").parse().unwrap(),
-        orders,
-        20,
-        |_| {},
-    )
-    .await;
-    let outcome = collect_outcome(&topics, &acked, SETTLE).await;
-    assert_invariants(
-        &topics,
-        &outcome,
-        &acked,
-        &BTreeMap::from([("HOT-1".to_string(), 100)]),
-    );
+    let acked = bed.sale(orders, 20).await;
+    let outcome = bed.outcome(&acked).await;
+    assert_invariants(&bed.topics, &outcome, &acked, &stock);
 
-    let query: std::net::SocketAddr = format!("127.0.0.1:{query_port}").parse().unwrap();
     let mut conn = orderpipe_testkit::http::Conn::new(query);
     let mut confirmed = (0u64, 0i64, 0i64); // orders, units, revenue
     for (id, lines) in &acked {
@@ -623,8 +506,7 @@ async fn views_agree_with_the_topics_after_a_flash_sale() {
         confirmed,
         "{sales}"
     );
-    assert_gateway_ledger(&gateway, &outcome, &acked);
+    assert_gateway_ledger(&bed.gateway, &outcome, &acked);
     pipeline.stop();
-    stop_gateway.cancel();
     keyspace.drop_keyspace().await.unwrap();
 }

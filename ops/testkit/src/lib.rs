@@ -57,20 +57,24 @@ pub fn free_port() -> u16 {
 
 /// Runs each named async test body (`async fn body(mode: ProcessingMode)`) once per processing
 /// mode, as tests `body::exactly_once` and `body::at_least_once`: one test body, both guarantees.
-/// The calling file has `ProcessingMode` in scope.
+/// The calling file has `ProcessingMode` in scope. The runtime has 2 worker threads, or as many
+/// as a leading `worker_threads = N;` says.
 #[macro_export]
 macro_rules! both_modes {
-    ($($body:ident),* $(,)?) => {$(
+    (worker_threads = $threads:tt; $($body:ident),* $(,)?) => {$(
         mod $body {
             use super::*;
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
             async fn exactly_once() {
                 super::$body(ProcessingMode::ExactlyOnce).await;
             }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[tokio::test(flavor = "multi_thread", worker_threads = $threads)]
             async fn at_least_once() {
                 super::$body(ProcessingMode::AtLeastOnce).await;
             }
         }
     )*};
+    ($($body:ident),* $(,)?) => {
+        $crate::both_modes!(worker_threads = 2; $($body),*);
+    };
 }
