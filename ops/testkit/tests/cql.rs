@@ -3,9 +3,13 @@
 //! Every statement here is valid on ScyllaDB and on Cassandra alike.
 
 use orderpipe_testkit::cql::{session, TestKeyspace};
+use scylla::client::session::Session;
+use scylla::deserialize::row::DeserializeRow;
 use scylla::response::query_result::QueryResult;
 use scylla::response::PagingState;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Statement;
 use scylla::value::{Counter, CqlTimestamp, CqlValue, Row};
 use std::ops::ControlFlow;
@@ -23,17 +27,71 @@ fn applied(result: QueryResult) -> anyhow::Result<bool> {
     }
 }
 
+/// The racers (indexes of `results`) whose conditional statement was applied.
+fn winners(results: Vec<QueryResult>) -> anyhow::Result<Vec<i32>> {
+    let mut winners = Vec::new();
+    for (w, result) in (0..).zip(results) {
+        if applied(result)? {
+            winners.push(w);
+        }
+    }
+    Ok(winners)
+}
+
+/// Creates table `name` in `ks` with `columns` (what CREATE TABLE's parentheses hold); its
+/// qualified name.
+async fn create_table(ks: &TestKeyspace, name: &str, columns: &str) -> anyhow::Result<String> {
+    let table = ks.table(name);
+    ks.session()
+        .query_unpaged(format!("CREATE TABLE {table} ({columns})"), &[])
+        .await?;
+    Ok(table)
+}
+
+/// The one row `query` selects.
+async fn single_row<R>(s: &Session, query: String) -> anyhow::Result<R>
+where
+    R: for<'frame> DeserializeRow<'frame, 'frame>,
+{
+    let rows = s.query_unpaged(query, &[]).await?.into_rows_result()?;
+    Ok(rows.single_row::<R>()?)
+}
+
+/// Executes `statement` once with each of `values`, from concurrent tasks with at most
+/// `in_flight` running at a time; the results in the order of `values`.
+async fn execute_concurrently<V>(
+    s: &Arc<Session>,
+    statement: &PreparedStatement,
+    values: impl IntoIterator<Item = V>,
+    in_flight: usize,
+) -> anyhow::Result<Vec<QueryResult>>
+where
+    V: SerializeRow + Send + 'static,
+{
+    let (mut pending, mut results) = (JoinSet::new(), Vec::new());
+    for (i, values) in values.into_iter().enumerate() {
+        let (s, statement) = (Arc::clone(s), statement.clone());
+        pending.spawn(async move { anyhow::Ok((i, s.execute_unpaged(&statement, values).await?)) });
+        if pending.len() >= in_flight {
+            results.push(pending.join_next().await.expect("task")??);
+        }
+    }
+    while let Some(r) = pending.join_next().await {
+        results.push(r??);
+    }
+    results.sort_by_key(|&(i, _)| i);
+    Ok(results.into_iter().map(|(_, result)| result).collect())
+}
+
 #[tokio::test]
 async fn ddl_prepared_insert_select_and_schema_agreement() -> anyhow::Result<()> {
     let ks = TestKeyspace::new().await?;
     let s = ks.session();
-    let orders = ks.table("orders");
-    s.query_unpaged(
-        format!(
-            "CREATE TABLE {orders} (order_id uuid, seq bigint, status text, qty int, \
-             at timestamp, paid boolean, skus list<text>, PRIMARY KEY (order_id, seq))"
-        ),
-        &[],
+    let orders = create_table(
+        &ks,
+        "orders",
+        "order_id uuid, seq bigint, status text, qty int, at timestamp, paid boolean, \
+         skus list<text>, PRIMARY KEY (order_id, seq)",
     )
     .await?;
     // The driver waits for schema agreement after DDL; check it explicitly as well.
@@ -117,30 +175,13 @@ async fn ddl_prepared_insert_select_and_schema_agreement() -> anyhow::Result<()>
 async fn paging_over_1000_rows() -> anyhow::Result<()> {
     let ks = TestKeyspace::new().await?;
     let s = ks.session();
-    let t = ks.table("events");
-    s.query_unpaged(
-        format!("CREATE TABLE {t} (p int, c int, v text, PRIMARY KEY (p, c))"),
-        &[],
-    )
-    .await?;
+    let t = create_table(&ks, "events", "p int, c int, v text, PRIMARY KEY (p, c)").await?;
     let insert = s
         .prepare(format!("INSERT INTO {t} (p, c, v) VALUES (?, ?, ?)"))
         .await?;
     // 10 partitions x 100 rows, written 50 at a time.
-    let mut pending = JoinSet::new();
-    for i in 0..1000i32 {
-        let (s, insert) = (Arc::clone(s), insert.clone());
-        pending.spawn(async move {
-            s.execute_unpaged(&insert, (i % 10, i, format!("v{i}")))
-                .await
-        });
-        if pending.len() >= 50 {
-            pending.join_next().await.expect("task")??;
-        }
-    }
-    while let Some(r) = pending.join_next().await {
-        r??;
-    }
+    let rows = (0..1000i32).map(|i| (i % 10, i, format!("v{i}")));
+    execute_concurrently(s, &insert, rows, 50).await?;
 
     let select = s
         .prepare(Statement::new(format!("SELECT p, c, v FROM {t}")).with_page_size(100))
@@ -176,38 +217,17 @@ async fn paging_over_1000_rows() -> anyhow::Result<()> {
 async fn insert_if_not_exists_has_exactly_one_winner() -> anyhow::Result<()> {
     let ks = TestKeyspace::new().await?;
     let s = ks.session();
-    let t = ks.table("claims");
-    s.query_unpaged(
-        format!("CREATE TABLE {t} (k text PRIMARY KEY, owner int)"),
-        &[],
-    )
-    .await?;
+    let t = create_table(&ks, "claims", "k text PRIMARY KEY, owner int").await?;
     let insert = s
         .prepare(format!(
             "INSERT INTO {t} (k, owner) VALUES (?, ?) IF NOT EXISTS"
         ))
         .await?;
-    let mut racers = JoinSet::new();
-    for w in 0..32i32 {
-        let (s, insert) = (Arc::clone(s), insert.clone());
-        racers.spawn(async move {
-            let r = s.execute_unpaged(&insert, ("the-key", w)).await?;
-            anyhow::Ok((w, applied(r)?))
-        });
-    }
-    let mut winners = Vec::new();
-    while let Some(r) = racers.join_next().await {
-        let (w, won) = r??;
-        if won {
-            winners.push(w);
-        }
-    }
+    let racers = (0..32i32).map(|w| ("the-key", w));
+    let winners = winners(execute_concurrently(s, &insert, racers, 32).await?)?;
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    let (owner,) = s
-        .query_unpaged(format!("SELECT owner FROM {t} WHERE k = 'the-key'"), &[])
-        .await?
-        .into_rows_result()?
-        .single_row::<(i32,)>()?;
+    let select = format!("SELECT owner FROM {t} WHERE k = 'the-key'");
+    let (owner,) = single_row::<(i32,)>(s, select).await?;
     assert_eq!(owner, winners[0]);
     ks.drop_keyspace().await
 }
@@ -216,10 +236,10 @@ async fn insert_if_not_exists_has_exactly_one_winner() -> anyhow::Result<()> {
 async fn update_if_column_equals_has_exactly_one_winner() -> anyhow::Result<()> {
     let ks = TestKeyspace::new().await?;
     let s = ks.session();
-    let t = ks.table("stock");
-    s.query_unpaged(
-        format!("CREATE TABLE {t} (sku text PRIMARY KEY, version int, holder int)"),
-        &[],
+    let t = create_table(
+        &ks,
+        "stock",
+        "sku text PRIMARY KEY, version int, holder int",
     )
     .await?;
     s.query_unpaged(
@@ -232,30 +252,11 @@ async fn update_if_column_equals_has_exactly_one_winner() -> anyhow::Result<()> 
             "UPDATE {t} SET version = ?, holder = ? WHERE sku = ? IF version = ?"
         ))
         .await?;
-    let mut racers = JoinSet::new();
-    for w in 0..32i32 {
-        let (s, update) = (Arc::clone(s), update.clone());
-        racers.spawn(async move {
-            let r = s.execute_unpaged(&update, (1i32, w, "sku-1", 0i32)).await?;
-            anyhow::Ok((w, applied(r)?))
-        });
-    }
-    let mut winners = Vec::new();
-    while let Some(r) = racers.join_next().await {
-        let (w, won) = r??;
-        if won {
-            winners.push(w);
-        }
-    }
+    let racers = (0..32i32).map(|w| (1i32, w, "sku-1", 0i32));
+    let winners = winners(execute_concurrently(s, &update, racers, 32).await?)?;
     assert_eq!(winners.len(), 1, "winners: {winners:?}");
-    let (version, holder) = s
-        .query_unpaged(
-            format!("SELECT version, holder FROM {t} WHERE sku = 'sku-1'"),
-            &[],
-        )
-        .await?
-        .into_rows_result()?
-        .single_row::<(i32, i32)>()?;
+    let select = format!("SELECT version, holder FROM {t} WHERE sku = 'sku-1'");
+    let (version, holder) = single_row::<(i32, i32)>(s, select).await?;
     assert_eq!((version, holder), (1, winners[0]));
     ks.drop_keyspace().await
 }
@@ -264,10 +265,10 @@ async fn update_if_column_equals_has_exactly_one_winner() -> anyhow::Result<()> 
 async fn counters_and_batches() -> anyhow::Result<()> {
     let ks = TestKeyspace::new().await?;
     let s = ks.session();
-    let c = ks.table("sales_per_minute");
-    s.query_unpaged(
-        format!("CREATE TABLE {c} (minute bigint PRIMARY KEY, orders counter)"),
-        &[],
+    let c = create_table(
+        &ks,
+        "sales_per_minute",
+        "minute bigint PRIMARY KEY, orders counter",
     )
     .await?;
     let incr = s
@@ -275,29 +276,16 @@ async fn counters_and_batches() -> anyhow::Result<()> {
             "UPDATE {c} SET orders = orders + ? WHERE minute = ?"
         ))
         .await?;
-    let mut tasks = JoinSet::new();
-    for i in 1..=20i64 {
-        let (s, incr) = (Arc::clone(s), incr.clone());
-        tasks.spawn(async move { s.execute_unpaged(&incr, (Counter(i), 42i64)).await });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r??;
-    }
+    let increments = (1..=20i64).map(|i| (Counter(i), 42i64));
+    execute_concurrently(s, &incr, increments, 20).await?;
     s.execute_unpaged(&incr, (Counter(-10), 42i64)).await?;
-    let (total,) = s
-        .query_unpaged(format!("SELECT orders FROM {c} WHERE minute = 42"), &[])
-        .await?
-        .into_rows_result()?
-        .single_row::<(Counter,)>()?;
+    let select = format!("SELECT orders FROM {c} WHERE minute = 42");
+    let (total,) = single_row::<(Counter,)>(s, select).await?;
     assert_eq!(total.0, (1..=20).sum::<i64>() - 10);
 
     // A logged batch of prepared inserts is applied as a whole.
-    let t = ks.table("by_customer");
-    s.query_unpaged(
-        format!("CREATE TABLE {t} (customer text, order_id int, PRIMARY KEY (customer, order_id))"),
-        &[],
-    )
-    .await?;
+    let columns = "customer text, order_id int, PRIMARY KEY (customer, order_id)";
+    let t = create_table(&ks, "by_customer", columns).await?;
     let ins = s
         .prepare(format!(
             "INSERT INTO {t} (customer, order_id) VALUES (?, ?)"
@@ -326,14 +314,8 @@ async fn counters_and_batches() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_separate_session_sees_the_same_single_node() -> anyhow::Result<()> {
     let s = session().await?;
-    let (cluster_name,) = s
-        .query_unpaged(
-            "SELECT cluster_name FROM system.local WHERE key='local'",
-            &[],
-        )
-        .await?
-        .into_rows_result()?
-        .single_row::<(Option<String>,)>()?;
+    let select = "SELECT cluster_name FROM system.local WHERE key='local'".to_owned();
+    let (cluster_name,) = single_row::<(Option<String>,)>(&s, select).await?;
     assert!(cluster_name.is_some());
     assert!(!s.get_cluster_state().get_nodes_info().is_empty());
     assert!(s.await_schema_agreement().await.is_ok());
@@ -343,10 +325,8 @@ async fn a_separate_session_sees_the_same_single_node() -> anyhow::Result<()> {
 #[tokio::test]
 async fn a_keyspace_left_behind_is_dropped_by_drop() -> anyhow::Result<()> {
     let ks = TestKeyspace::new().await?;
-    let t = ks.table("t");
+    let t = create_table(&ks, "t", "k int PRIMARY KEY").await?;
     let s = Arc::clone(ks.session());
-    s.query_unpaged(format!("CREATE TABLE {t} (k int PRIMARY KEY)"), &[])
-        .await?;
     s.query_unpaged(format!("SELECT k FROM {t}"), &[]).await?;
     drop(ks); // as when a test fails before drop_keyspace
     let gone = s.query_unpaged(format!("SELECT k FROM {t}"), &[]).await;
