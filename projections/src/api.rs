@@ -210,8 +210,10 @@ pub async fn serve(
     Ok(())
 }
 
-/// Connects to the CQL `nodes`, waits until the views' schema exists (the projectors' migrations
-/// create it), then serves the query API on `listen` until `shutdown` is cancelled.
+/// Connects to the CQL `nodes` and waits until the views' schema exists (the projectors'
+/// migrations create it), retrying both with backoff (a CQL cluster that is down or restarting
+/// makes the API not ready, not exit), then serves the query API on `listen` until `shutdown` is
+/// cancelled.
 pub async fn run_query(
     config: Config,
     nodes: &[String],
@@ -228,20 +230,26 @@ pub async fn run_query(
         if flag.load(Ordering::Relaxed) {
             Ok(())
         } else {
-            Err("waiting for the views' schema".into())
+            Err("waiting for the CQL cluster and the views' schema".into())
         }
     });
-    let session = connect(nodes, &config.cql).await?;
-    let schema_ready = (|| QueryApi::new(session.clone(), &config))
-        .retry(
-            ExponentialBuilder::default()
-                .with_min_delay(Duration::from_millis(200))
-                .with_max_delay(Duration::from_secs(5))
-                .without_max_times(),
-        )
-        .notify(|err, retry_in| {
-            tracing::warn!(error = %err, retry_in = ?retry_in, "query API waits for the views' schema");
-        });
+    // A chaos run restarting the CQL server saw the query process exit 37 times in a row on
+    // "Connection refused" before this retried the connection too.
+    let schema_ready = (|| async {
+        let session = connect(nodes, &config.cql).await?;
+        QueryApi::new(session, &config).await
+    })
+    .retry(
+        ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(5))
+            .without_max_times(),
+    )
+    .when(|err| !matches!(err, Error::Config(_)))
+    .notify(|err, retry_in| {
+        tracing::warn!(error = %err, retry_in = ?retry_in,
+            "query API waits for the CQL cluster and the views' schema");
+    });
     let api = tokio::select! {
         _ = shutdown.cancelled() => return Ok(()),
         api = schema_ready => api?,

@@ -158,3 +158,46 @@ async fn the_api_serves_its_document_and_the_event_schemas() {
     server.await.unwrap().unwrap();
     keyspace.drop_keyspace().await.unwrap();
 }
+
+/// A query process started while its CQL cluster is down (or restarting) stays up, not ready,
+/// and retries, instead of exiting: a chaos run restarting the CQL server saw the query
+/// process exit 37 times in a row on "Connection refused" before the connection was retried.
+#[tokio::test]
+async fn a_query_api_whose_cql_cluster_is_down_waits_not_ready_instead_of_exiting() {
+    // A port nobody listens on: bound, then closed.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let nodes = vec![closed.to_string()];
+    let readiness = Readiness::new();
+    let shutdown = CancellationToken::new();
+    let query = tokio::spawn({
+        let (readiness, shutdown) = (readiness.clone(), shutdown.clone());
+        async move {
+            let listen = "127.0.0.1:0".parse().unwrap();
+            orderpipe_projections::run_query(Config::default(), &nodes, listen, readiness, shutdown)
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !query.is_finished(),
+        "the query API gave up on a CQL cluster that is down"
+    );
+    let failures = readiness.failures();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("waiting for the CQL cluster")),
+        "{failures:?}"
+    );
+    // And a shutdown while it waits ends it cleanly.
+    shutdown.cancel();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(15), query)
+        .await
+        .expect("the query API did not stop on shutdown")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+}
