@@ -111,6 +111,12 @@ pub struct Config {
           default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub cql_replication_factor: u32,
 
+    /// The login of the idempotency store's and the waiting room's sessions (`None`: no
+    /// authentication). Not a flag here: `orderpipe` reads `--cql-username` /
+    /// `--cql-password-file` once for every component.
+    #[arg(skip)]
+    pub cql_credentials: Option<orderpipe_runtime::cql::Credentials>,
+
     /// Orders per second admitted by the whole ingest fleet (the virtual waiting room); past it
     /// an order gets 429 with a signed queue ticket and is admitted in ticket order when it
     /// comes back with it. 0 (default) turns the waiting room off. Needs a secret and a CQL
@@ -232,6 +238,7 @@ impl Default for Config {
             cql_nodes: vec![DEFAULT_CQL_NODES.to_owned()],
             cql_keyspace: DEFAULT_CQL_KEYSPACE.to_owned(),
             cql_replication_factor: 1,
+            cql_credentials: None,
             waiting_room_rate: 0,
             waiting_room_burst: 0,
             waiting_room_secret_file: None,

@@ -63,6 +63,7 @@ pub struct CqlStore {
     nodes: Vec<String>,
     keyspace: String,
     replication_factor: u32,
+    credentials: Option<orderpipe_runtime::cql::Credentials>,
     ttl_secs: u64,
     timeout: Duration,
     connected: OnceCell<Connected>,
@@ -76,6 +77,7 @@ impl CqlStore {
             nodes: config.cql_node_list(),
             keyspace: config.cql_keyspace.clone(),
             replication_factor: config.cql_replication_factor,
+            credentials: config.cql_credentials.clone(),
             ttl_secs: config.idempotency_ttl.as_secs(),
             timeout: config.ack_deadline,
             connected: OnceCell::new(),
@@ -102,10 +104,14 @@ impl CqlStore {
             .serial_consistency(Some(SerialConsistency::Serial))
             .request_timeout(Some(self.timeout))
             .build();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new()
             .known_nodes(&self.nodes)
             .connection_timeout(self.timeout.max(Duration::from_secs(1)))
-            .default_execution_profile_handle(profile.into_handle())
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some(login) = &self.credentials {
+            builder = builder.user(login.username(), login.password());
+        }
+        let session = builder
             .build()
             .await
             .cql(format!("connecting to CQL nodes {:?}", self.nodes))?;

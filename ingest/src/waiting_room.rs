@@ -96,6 +96,7 @@ pub struct WaitingRoom {
 
 struct OwnedSettings {
     nodes: Vec<String>,
+    credentials: Option<orderpipe_runtime::cql::Credentials>,
     keyspace: String,
     replication_factor: u32,
     room: String,
@@ -116,6 +117,7 @@ impl WaitingRoom {
             signer: Signer::new(secret, &config.waiting_room_name),
             settings: OwnedSettings {
                 nodes: config.cql_node_list(),
+                credentials: config.cql_credentials.clone(),
                 keyspace: config.cql_keyspace.clone(),
                 replication_factor: config.cql_replication_factor,
                 room: config.waiting_room_name.clone(),
@@ -187,6 +189,7 @@ impl WaitingRoom {
             .get_or_try_init(|| {
                 Sequence::connect(SequenceSettings {
                     nodes: &s.nodes,
+                    credentials: s.credentials.as_ref(),
                     keyspace: &s.keyspace,
                     replication_factor: s.replication_factor,
                     room: &s.room,

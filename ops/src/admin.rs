@@ -13,8 +13,9 @@ pub async fn stock_set(args: StockSetArgs) -> anyhow::Result<()> {
     let adjustment = StockAdjustment::Set {
         quantity: args.quantity,
     };
-    let event_id = orderpipe_processors::stock::set_stock(
+    let event_id = orderpipe_processors::stock::set_stock_with(
         &args.connections.kafka_bootstrap,
+        &args.connections.kafka_options,
         &topics,
         &args.sku,
         adjustment,
@@ -46,8 +47,9 @@ pub async fn gateway_sim(args: GatewaySimArgs, shutdown: CancellationToken) -> a
 pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
+    let config = args.connections.projections(&args.projections)?;
     let report = orderpipe_projections::rebuild(
-        &args.projections,
+        &config,
         &args.connections.kafka_bootstrap,
         &nodes,
         &topics,
@@ -80,9 +82,10 @@ pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<()> {
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let bootstrap = args.connections.kafka_bootstrap.clone();
+    let options = args.connections.kafka_options.clone();
     let within = args.read_timeout;
     let history = tokio::task::spawn_blocking(move || {
-        crate::verify::read_history(&bootstrap, &topics, within)
+        crate::verify::read_history(&bootstrap, &options, &topics, within)
     })
     .await
     .context("verify reader panicked")??;
@@ -95,7 +98,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<bool> {
     let mut report = crate::verify::audit(&history, &window);
     if let Some(keyspace) = &args.views {
         let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
-        let config = orderpipe_projections::Config::default();
+        let config = args
+            .connections
+            .projections(&orderpipe_projections::Config::default())?;
         let views = crate::verify::read_views(&nodes, &config, keyspace, &history, &window)
             .await
             .with_context(|| format!("reading the views of {keyspace}"))?;

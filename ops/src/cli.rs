@@ -1,9 +1,11 @@
 //! Command line of the `orderpipe` binary. Every flag has an environment variable; `--help` lists them.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use orderpipe_runtime::cql::Credentials;
 
 use crate::components::Component;
 
@@ -458,6 +460,54 @@ pub struct Connections {
     /// ScyllaDB / Cassandra contact points (host:port, comma-separated).
     #[arg(long, env = "SCYLLA_NODES", default_value = "127.0.0.1:9042")]
     pub scylla_nodes: String,
+
+    /// Extra librdkafka settings for every Kafka client of the command, `key=value`, repeatable
+    /// or comma-separated (e.g. `security.protocol=SASL_SSL`). Applied over each client's preset;
+    /// the per-component `--ingest-`, `--processor-` and `--projections-kafka-option`s apply
+    /// after these and win.
+    #[arg(id = "pipeline_kafka_options", long = "kafka-option", value_name = "KEY=VALUE",
+          env = "ORDERPIPE_KAFKA_OPTIONS", value_delimiter = ',',
+          value_parser = orderpipe_runtime::kafka::parse_option)]
+    pub kafka_options: Vec<(String, String)>,
+
+    /// CQL user name of every CQL session (PasswordAuthenticator); needs `--cql-password-file`.
+    #[arg(long, env = "ORDERPIPE_CQL_USERNAME", requires = "cql_password_file")]
+    pub cql_username: Option<String>,
+
+    /// File holding the CQL password (a trailing line break is ignored), e.g. a mounted secret:
+    /// a file, so that the password is not on the command line. Read at start; unreadable or
+    /// empty is an error.
+    #[arg(long, env = "ORDERPIPE_CQL_PASSWORD_FILE", requires = "cql_username")]
+    pub cql_password_file: Option<PathBuf>,
+}
+
+impl Connections {
+    /// `--kafka-option`s followed by a component's own options, which win (the last value of a
+    /// key is the one a client gets).
+    pub fn kafka_options_then(&self, component: &[(String, String)]) -> Vec<(String, String)> {
+        [self.kafka_options.as_slice(), component].concat()
+    }
+
+    /// `config` with what these connections own for every component: the `--kafka-option`s
+    /// before its `--projections-kafka-option`s, and the CQL login.
+    pub fn projections(
+        &self,
+        config: &orderpipe_projections::Config,
+    ) -> anyhow::Result<orderpipe_projections::Config> {
+        let mut config = config.clone();
+        config.projector.kafka_options = self.kafka_options_then(&config.projector.kafka_options);
+        config.cql.credentials = self.cql_credentials()?;
+        Ok(config)
+    }
+
+    /// The CQL login, its password read from the file now (`None` without `--cql-username`).
+    pub fn cql_credentials(&self) -> anyhow::Result<Option<Credentials>> {
+        match (&self.cql_username, &self.cql_password_file) {
+            (Some(username), Some(file)) => Ok(Some(Credentials::read(username, file)?)),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--cql-username and --cql-password-file go together"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -549,6 +599,221 @@ mod tests {
         assert!(run(&["--create-topics"]).unwrap().create);
         assert!(run(&["--partitions", "0"]).is_err());
         assert!(run(&["--ingest-partitions", "0"]).is_err());
+    }
+
+    /// The `Connections` of every command that has them.
+    fn connections(command: &Command) -> &Connections {
+        match command {
+            Command::Run(a) => &a.connections,
+            Command::Stock(StockCommand::Set(a)) => &a.connections,
+            Command::Stock(StockCommand::Adjust(a)) => &a.connections,
+            Command::Stock(StockCommand::Show(a)) => &a.connections,
+            Command::Rebuild(a) => &a.connections,
+            Command::Replay(a) => &a.connections,
+            Command::Switch(a) => &a.connections,
+            Command::Verify(a) => &a.connections,
+            Command::Dlq(DlqCommand::List(a) | DlqCommand::Show(a)) => &a.connections,
+            Command::Dlq(DlqCommand::Redrive(a)) => &a.select.connections,
+            Command::Lag(a) => &a.connections,
+            Command::Topics(TopicsCommand::Create(a) | TopicsCommand::Describe(a)) => {
+                &a.connections
+            }
+            Command::GatewaySim(_) => panic!("gateway-sim talks to neither Kafka nor CQL"),
+        }
+    }
+
+    /// Every command with `Connections`, as typed before the shared flags.
+    const COMMANDS: [&[&str]; 13] = [
+        &["run"],
+        &["stock", "set", "SKU-1", "1"],
+        &["stock", "adjust", "SKU-1", "1"],
+        &["stock", "show", "SKU-1"],
+        &["rebuild", "--into", "views_b"],
+        &["replay", "--from", "beginning", "--into", "views_b"],
+        &["switch", "views_b"],
+        &["verify"],
+        &["dlq", "list", "--stage", "stock"],
+        &["dlq", "show", "--stage", "stock"],
+        &["dlq", "redrive", "--stage", "stock", "--all"],
+        &["lag"],
+        &["topics", "describe"],
+    ];
+
+    fn options(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_command_takes_repeatable_kafka_options() {
+        for command in COMMANDS {
+            let args = [
+                command,
+                &[
+                    "--kafka-option",
+                    "security.protocol=SASL_SSL",
+                    "--kafka-option",
+                    "sasl.mechanism=SCRAM-SHA-512,ssl.ca.location=/etc/ca.pem",
+                ],
+            ]
+            .concat();
+            let parsed = parse(&args).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+            assert_eq!(
+                connections(&parsed.command).kafka_options,
+                options(&[
+                    ("security.protocol", "SASL_SSL"),
+                    ("sasl.mechanism", "SCRAM-SHA-512"),
+                    ("ssl.ca.location", "/etc/ca.pem"),
+                ]),
+                "{command:?}"
+            );
+        }
+        let err = parse(&["lag", "--kafka-option", "security.protocol"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not key=value"), "{err}");
+    }
+
+    #[test]
+    fn component_kafka_options_come_after_the_pipeline_ones() {
+        let parsed = parse(&[
+            "topics",
+            "create",
+            "--kafka-option",
+            "client.id=pipeline",
+            "--kafka-option",
+            "security.protocol=SSL",
+            "--ingest-kafka-option",
+            "client.id=ingest",
+        ])
+        .unwrap();
+        let Command::Topics(TopicsCommand::Create(args)) = parsed.command else {
+            panic!("topics create expected")
+        };
+        let merged = args
+            .connections
+            .kafka_options_then(&args.ingest.kafka_options);
+        let client = orderpipe_runtime::kafka::with_options(
+            orderpipe_runtime::kafka::client("127.0.0.1:9092", "preset"),
+            &merged,
+        );
+        assert_eq!(client.get("client.id"), Some("ingest"));
+        assert_eq!(client.get("security.protocol"), Some("SSL"));
+    }
+
+    /// A file under the temp dir holding `content`, removed on drop.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, content: &str) -> Self {
+            let path = std::env::temp_dir().join(format!(
+                "orderpipe-cli-{name}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            std::fs::write(&path, content).unwrap();
+            Self(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn cql_credentials_are_a_username_and_a_password_file() {
+        let file = TempFile::new("pw", "cql-pw-7c1e9a\n");
+        for command in COMMANDS {
+            let args = [
+                command,
+                &[
+                    "--cql-username",
+                    "orderpipe",
+                    "--cql-password-file",
+                    file.path(),
+                ],
+            ]
+            .concat();
+            let parsed = parse(&args).unwrap_or_else(|e| panic!("{command:?}: {e}"));
+            let login = connections(&parsed.command)
+                .cql_credentials()
+                .unwrap()
+                .expect("credentials");
+            assert_eq!(
+                (login.username(), login.password()),
+                ("orderpipe", "cql-pw-7c1e9a"),
+                "{command:?}"
+            );
+        }
+        let none = parse(&["verify"]).unwrap();
+        if std::env::var_os("ORDERPIPE_CQL_USERNAME").is_none() {
+            assert!(connections(&none.command)
+                .cql_credentials()
+                .unwrap()
+                .is_none());
+        }
+        // One without the other is refused by the parser.
+        assert!(parse(&["verify", "--cql-username", "orderpipe"]).is_err());
+        assert!(parse(&["verify", "--cql-password-file", file.path()]).is_err());
+        // No flag takes the password itself.
+        assert!(parse(&["verify", "--cql-password", "cql-pw-7c1e9a"]).is_err());
+    }
+
+    #[test]
+    fn missing_or_empty_password_files_are_clear_errors() {
+        let credentials = |file: &str| {
+            let parsed = parse(&[
+                "verify",
+                "--cql-username",
+                "orderpipe",
+                "--cql-password-file",
+                file,
+            ])
+            .unwrap();
+            connections(&parsed.command)
+                .cql_credentials()
+                .map_err(|e| format!("{e:#}"))
+        };
+        let err = credentials("/nonexistent/cql-password").unwrap_err();
+        assert!(
+            err.contains("reading the CQL password file /nonexistent/cql-password"),
+            "{err}"
+        );
+        let empty = TempFile::new("empty", "\n");
+        let err = credentials(empty.path()).unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        assert!(err.contains(empty.path()), "{err}");
+    }
+
+    #[test]
+    fn the_password_never_shows_in_debug_output() {
+        let file = TempFile::new("debug", "cql-pw-7c1e9a");
+        let parsed = parse(&[
+            "stock",
+            "show",
+            "SKU-1",
+            "--cql-username",
+            "orderpipe",
+            "--cql-password-file",
+            file.path(),
+        ])
+        .unwrap();
+        let Command::Stock(StockCommand::Show(args)) = &parsed.command else {
+            panic!("stock show expected")
+        };
+        let config = args.connections.projections(&args.projections).unwrap();
+        assert!(config.cql.credentials.is_some());
+        let printed = format!("{parsed:?} {config:?}");
+        assert!(printed.contains("orderpipe"), "{printed}");
+        assert!(!printed.contains("cql-pw-7c1e9a"), "{printed}");
     }
 
     #[test]

@@ -156,19 +156,33 @@ pub(crate) fn marker_key(dlq_topic: &str, id: LetterId) -> String {
 
 /// Every committed record of `topic` up to its end when called (read_committed, manual
 /// assignment: no group is joined or moved). A missing topic reads as empty.
-pub fn read_topic(bootstrap: &str, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+pub fn read_topic(
+    bootstrap: &str,
+    options: &[(String, String)],
+    topic: &str,
+) -> anyhow::Result<Vec<OwnedMessage>> {
     let mut out = Vec::new();
-    crate::topic_reader::read_to_end(bootstrap, "orderpipe-dlq", &[topic], READ_TIMEOUT, |m| {
-        out.push(m.detach())
-    })?;
+    crate::topic_reader::read_to_end(
+        bootstrap,
+        options,
+        "orderpipe-dlq",
+        &[topic],
+        READ_TIMEOUT,
+        |m| out.push(m.detach()),
+    )?;
     Ok(out)
 }
 
 /// The stage's letters, oldest first per partition, each with its redrive marker if any.
-pub fn read_letters(bootstrap: &str, topics: &Topics, stage: &str) -> anyhow::Result<Vec<Letter>> {
+pub fn read_letters(
+    bootstrap: &str,
+    options: &[(String, String)],
+    topics: &Topics,
+    stage: &str,
+) -> anyhow::Result<Vec<Letter>> {
     let dlq_topic = topics.dlq(stage);
     let markers: HashMap<String, serde_json::Value> =
-        read_topic(bootstrap, &redriven_topic(topics, stage))?
+        read_topic(bootstrap, options, &redriven_topic(topics, stage))?
             .iter()
             .filter_map(|m| {
                 let key = String::from_utf8_lossy(m.key()?).into_owned();
@@ -176,7 +190,7 @@ pub fn read_letters(bootstrap: &str, topics: &Topics, stage: &str) -> anyhow::Re
                 Some((key, value))
             })
             .collect();
-    let mut letters: Vec<Letter> = read_topic(bootstrap, &dlq_topic)?
+    let mut letters: Vec<Letter> = read_topic(bootstrap, options, &dlq_topic)?
         .iter()
         .map(Letter::from_message)
         .collect();
@@ -287,10 +301,11 @@ fn dlq_blocking(command: DlqCommand) -> anyhow::Result<()> {
     };
     let topics = Topics::with_prefix(common.connections.topic_prefix.clone());
     let bootstrap = common.connections.kafka_bootstrap.clone();
+    let options = &common.connections.kafka_options;
     let stage = common.stage.name();
     match command {
         Mode::List => {
-            let letters = read_letters(&bootstrap, &topics, stage)?;
+            let letters = read_letters(&bootstrap, options, &topics, stage)?;
             let letters = select(letters, &common.ids, true)?;
             if common.json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
@@ -300,7 +315,7 @@ fn dlq_blocking(command: DlqCommand) -> anyhow::Result<()> {
             Ok(())
         }
         Mode::Show => {
-            let letters = read_letters(&bootstrap, &topics, stage)?;
+            let letters = read_letters(&bootstrap, options, &topics, stage)?;
             let letters = select(letters, &common.ids, common.all || common.ids.is_empty())?;
             if common.json {
                 let json: Vec<serde_json::Value> = letters
@@ -337,6 +352,7 @@ fn dlq_blocking(command: DlqCommand) -> anyhow::Result<()> {
             }
             redrive(
                 &bootstrap,
+                options,
                 &topics,
                 stage,
                 &common.ids,

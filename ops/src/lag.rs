@@ -10,9 +10,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use orderpipe_runtime::kafka;
 use orderpipe_schemas::Topics;
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -105,26 +106,31 @@ pub(crate) fn watermarks(
     }
 }
 
-fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("isolation.level", "read_committed")
-        .set("fetch.wait.max.ms", "50")
+/// A reader that names `group` (to fetch its committed offsets) without joining it, with the
+/// operator's `options` over the preset.
+fn consumer(
+    bootstrap: &str,
+    options: &[(String, String)],
+    group: &str,
+) -> anyhow::Result<BaseConsumer> {
+    let mut reader = kafka::assigned_reader(bootstrap, "orderpipe-lag", group);
+    reader.set("fetch.wait.max.ms", "50");
+    kafka::with_options(reader, options)
         .create()
         .context("creating a consumer")
 }
 
-/// The lag of every group in [`groups`], one row per partition.
+/// The lag of every group in [`groups`], one row per partition. `options` are the operator's
+/// Kafka client options (`--kafka-option`).
 pub fn measure(
     bootstrap: &str,
+    options: &[(String, String)],
     topics: &Topics,
     projections_group: &str,
 ) -> anyhow::Result<Vec<PartitionLag>> {
     let probe = consumer(
         bootstrap,
+        options,
         &format!("orderpipe-lag-{}", Uuid::new_v4().simple()),
     )?;
     let mut partitions: BTreeMap<String, Vec<(i32, i64, i64)>> = BTreeMap::new();
@@ -152,7 +158,7 @@ pub fn measure(
         }
         let list = &partitions[&topic];
         // Committed offsets of the group, fetched without joining it.
-        let group_consumer = consumer(bootstrap, &group)?;
+        let group_consumer = consumer(bootstrap, options, &group)?;
         let mut tpl = TopicPartitionList::new();
         for (p, _, _) in list {
             tpl.add_partition(&topic, *p);
@@ -183,7 +189,7 @@ pub fn measure(
                 oldest_unprocessed_age_ms: None,
             });
         }
-        let first = first_records(bootstrap, &topic, &waiting)?;
+        let first = first_records(bootstrap, options, &topic, &waiting)?;
         for row in rows.iter_mut().filter(|r| r.group == group) {
             if row.lag == 0 {
                 continue;
@@ -209,6 +215,7 @@ pub fn measure(
 /// records in between); missing when it could not be read in time.
 fn first_records(
     bootstrap: &str,
+    options: &[(String, String)],
     topic: &str,
     from: &[(i32, i64, i64)],
 ) -> anyhow::Result<BTreeMap<i32, Option<(i64, i64)>>> {
@@ -218,6 +225,7 @@ fn first_records(
     }
     let reader = consumer(
         bootstrap,
+        options,
         &format!("orderpipe-lag-{}", Uuid::new_v4().simple()),
     )?;
     let mut tpl = TopicPartitionList::new();
@@ -228,7 +236,11 @@ fn first_records(
     let ends: BTreeMap<i32, i64> = from.iter().map(|(p, _, end)| (*p, *end)).collect();
     let deadline = Instant::now() + TIMEOUT;
     while found.len() < from.len() && Instant::now() < deadline {
-        if let Some(message) = reader.poll(Duration::from_millis(100)) {
+        // Partition ends (the preset reports them) are told by the positions below.
+        if let Some(message) = reader
+            .poll(Duration::from_millis(100))
+            .filter(|m| !matches!(m, Err(KafkaError::PartitionEOF(_))))
+        {
             let message = message.with_context(|| format!("reading {topic}"))?;
             found.entry(message.partition()).or_insert_with(|| {
                 Some((
@@ -303,8 +315,9 @@ pub fn render(rows: &[PartitionLag]) -> String {
 pub async fn lag(args: LagArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let bootstrap = args.connections.kafka_bootstrap.clone();
+    let options = args.connections.kafka_options.clone();
     let group = args.projections_group.clone();
-    let rows = tokio::task::spawn_blocking(move || measure(&bootstrap, &topics, &group))
+    let rows = tokio::task::spawn_blocking(move || measure(&bootstrap, &options, &topics, &group))
         .await
         .context("lag task panicked")??;
     if args.json {

@@ -27,8 +27,9 @@ pub async fn replay(args: ReplayArgs, shutdown: CancellationToken) -> anyhow::Re
         target_keyspace: args.target_keyspace.clone(),
         max_events_per_second: args.max_events_per_second,
     };
+    let config = args.connections.projections(&args.projections)?;
     let replay = Replay::prepare(
-        &args.projections,
+        &config,
         &args.connections.kafka_bootstrap,
         &nodes,
         &topics,
@@ -163,7 +164,8 @@ pub async fn switch(args: SwitchArgs) -> anyhow::Result<()> {
     let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
     let control = args.projections.cql.keyspace.clone();
     let target = args.target_keyspace.clone();
-    let session = orderpipe_projections::connect(&nodes, &args.projections.cql)
+    let config = args.connections.projections(&args.projections)?;
+    let session = orderpipe_projections::connect(&nodes, &config.cql)
         .await
         .context("connecting to the CQL cluster")?;
     let current = orderpipe_projections::active_keyspace(&session, &control)

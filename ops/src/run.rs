@@ -25,6 +25,7 @@ type ComponentFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 /// On shutdown every component gets `args.shutdown_grace` to finish in-flight work (answer requests,
 /// commit what it has done); what is still running then is aborted.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let args = with_connections(args)?;
     let chosen = components::select(&args.components);
     // Before any router is built: the admin routes read the key when they are built.
     args.admin.install().context("admin key")?;
@@ -96,6 +97,18 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
             result.and(Err(anyhow::anyhow!("shutdown grace period exceeded")))
         }
     }
+}
+
+/// `args` with what [`Connections`](crate::cli::Connections) owns for every component in the
+/// components' configs: the `--kafka-option`s before each component's own options (which win),
+/// and the CQL login, its password file read once, here, so that a bad one stops the start.
+fn with_connections(mut args: RunArgs) -> anyhow::Result<RunArgs> {
+    let connections = &args.connections;
+    args.projections = connections.projections(&args.projections)?;
+    args.ingest.kafka_options = connections.kafka_options_then(&args.ingest.kafka_options);
+    args.ingest.cql_credentials = args.projections.cql.credentials.clone();
+    args.processors.kafka_options = connections.kafka_options_then(&args.processors.kafka_options);
+    Ok(args)
 }
 
 /// The future that runs `component` until `token` is cancelled.
@@ -207,4 +220,90 @@ fn report(
         }
     }
     outcome.with_context(|| format!("component {component}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from([&["orderpipe", "run"], args].concat()).unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run expected")
+        };
+        run
+    }
+
+    fn pairs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn every_component_gets_the_pipeline_options_then_its_own() {
+        let args = with_connections(run_args(&[
+            "--kafka-option",
+            "security.protocol=SSL",
+            "--ingest-kafka-option",
+            "linger.ms=5",
+            "--processor-kafka-option",
+            "security.protocol=SASL_SSL",
+            "--projections-kafka-option",
+            "fetch.min.bytes=1",
+        ]))
+        .unwrap();
+        let pipeline = ("security.protocol", "SSL");
+        assert_eq!(
+            args.ingest.kafka_options,
+            pairs(&[pipeline, ("linger.ms", "5")])
+        );
+        assert_eq!(
+            args.processors.kafka_options,
+            pairs(&[pipeline, ("security.protocol", "SASL_SSL")])
+        );
+        assert_eq!(
+            args.projections.projector.kafka_options,
+            pairs(&[pipeline, ("fetch.min.bytes", "1")])
+        );
+    }
+
+    #[test]
+    fn the_cql_login_reaches_ingest_and_projections_and_a_bad_file_stops_the_start() {
+        let path =
+            std::env::temp_dir().join(format!("orderpipe-run-cql-pw-{}", std::process::id()));
+        std::fs::write(&path, "cql-pw-run\n").unwrap();
+        let file = path.to_str().unwrap();
+        let args = with_connections(run_args(&[
+            "--cql-username",
+            "orderpipe",
+            "--cql-password-file",
+            file,
+        ]));
+        std::fs::write(&path, "").unwrap();
+        let empty = with_connections(run_args(&[
+            "--cql-username",
+            "orderpipe",
+            "--cql-password-file",
+            file,
+        ]));
+        std::fs::remove_file(&path).unwrap();
+        let args = args.unwrap();
+        for login in [
+            args.ingest.cql_credentials.as_ref(),
+            args.projections.cql.credentials.as_ref(),
+        ] {
+            let login = login.expect("credentials");
+            assert_eq!(
+                (login.username(), login.password()),
+                ("orderpipe", "cql-pw-run")
+            );
+        }
+        let err = format!("{:#}", empty.unwrap_err());
+        assert!(err.contains("is empty"), "{err}");
+    }
 }

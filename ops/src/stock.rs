@@ -10,8 +10,9 @@ use crate::local_query::{percent_encode, LocalQuery};
 /// `orderpipe stock adjust SKU DELTA`: emit `stock_adjusted` (delta), acknowledged by the broker.
 pub async fn adjust(args: StockAdjustArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
-    let event_id = orderpipe_processors::stock::set_stock(
+    let event_id = orderpipe_processors::stock::set_stock_with(
         &args.connections.kafka_bootstrap,
+        &args.connections.kafka_options,
         &topics,
         &args.sku,
         StockAdjustment::Delta { delta: args.delta },
@@ -41,7 +42,8 @@ pub async fn view(
 /// `orderpipe stock show SKU`.
 pub async fn show(args: StockShowArgs) -> anyhow::Result<()> {
     let nodes = orderpipe_projections::parse_nodes(&args.connections.scylla_nodes);
-    let (status, body) = view(&nodes, &args.projections, &args.sku).await?;
+    let config = args.connections.projections(&args.projections)?;
+    let (status, body) = view(&nodes, &config, &args.sku).await?;
     if status != 200 {
         let detail = body["detail"]
             .as_str()

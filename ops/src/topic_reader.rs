@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use orderpipe_runtime::kafka;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
@@ -15,20 +16,22 @@ use uuid::Uuid;
 
 /// Calls `each` with every committed record of `topics` up to their ends at the call, failing
 /// when that takes longer than `within` (an open transaction holds a read_committed reader back).
-/// A missing topic reads as empty. `client_id` names the reader in the broker's logs.
+/// A missing topic reads as empty. `client_id` names the reader in the broker's logs; `options`
+/// are the operator's Kafka client options (`--kafka-option`).
 pub fn read_to_end(
     bootstrap: &str,
+    options: &[(String, String)],
     client_id: &str,
     topics: &[&str],
     within: Duration,
     mut each: impl FnMut(&BorrowedMessage<'_>),
 ) -> anyhow::Result<()> {
     let group = format!("{client_id}-{}", Uuid::new_v4().simple());
-    let consumer: BaseConsumer =
-        orderpipe_runtime::kafka::assigned_reader(bootstrap, client_id, &group)
-            .set("fetch.wait.max.ms", "50")
-            .create()
-            .context("creating a topic reader")?;
+    let mut reader = kafka::assigned_reader(bootstrap, client_id, &group);
+    reader.set("fetch.wait.max.ms", "50");
+    let consumer: BaseConsumer = kafka::with_options(reader, options)
+        .create()
+        .context("creating a topic reader")?;
     let mut assignment = TopicPartitionList::new();
     let mut ends: HashMap<(String, i32), i64> = HashMap::new();
     for &topic in topics {

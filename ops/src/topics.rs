@@ -196,7 +196,9 @@ pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
     let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
     let created = kafka::create_topics(
         &args.connections.kafka_bootstrap,
-        &args.ingest.kafka_options,
+        &args
+            .connections
+            .kafka_options_then(&args.ingest.kafka_options),
         &plan,
     )
     .await?;
@@ -222,7 +224,9 @@ pub async fn describe_command(args: TopicsArgs) -> anyhow::Result<bool> {
     let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
     let states = describe(
         &args.connections.kafka_bootstrap,
-        &args.ingest.kafka_options,
+        &args
+            .connections
+            .kafka_options_then(&args.ingest.kafka_options),
         &plan,
     )
     .await?;

@@ -412,44 +412,57 @@ fn distinct<'a, E: orderpipe_schemas::Envelope + 'a>(
 /// Reads the orders, stock and notifications topics (read_committed) from the beginning up to
 /// their end offsets at the time of the call. Fails when that end is not reached within
 /// `within` (e.g. a transaction left open holds the last stable offset back).
-pub fn read_history(bootstrap: &str, topics: &Topics, within: Duration) -> anyhow::Result<History> {
+/// `options` are the operator's Kafka client options (`--kafka-option`).
+pub fn read_history(
+    bootstrap: &str,
+    options: &[(String, String)],
+    topics: &Topics,
+    within: Duration,
+) -> anyhow::Result<History> {
     let mut history = History::default();
     let read = [
         topics.orders.as_str(),
         topics.stock.as_str(),
         topics.notifications.as_str(),
     ];
-    crate::topic_reader::read_to_end(bootstrap, "orderpipe-verify", &read, within, |message| {
-        let payload = message.payload().unwrap_or_default();
-        let place = || {
-            format!(
-                "{}/{}@{}",
-                message.topic(),
-                message.partition(),
-                message.offset()
-            )
-        };
-        if message.topic() == topics.orders {
-            match OrderEnvelope::decode(payload) {
-                Ok(e) => history.orders.entry(e.order_id).or_default().push(e),
-                Err(err) => history.undecodable.push(format!("{}: {err}", place())),
+    crate::topic_reader::read_to_end(
+        bootstrap,
+        options,
+        "orderpipe-verify",
+        &read,
+        within,
+        |message| {
+            let payload = message.payload().unwrap_or_default();
+            let place = || {
+                format!(
+                    "{}/{}@{}",
+                    message.topic(),
+                    message.partition(),
+                    message.offset()
+                )
+            };
+            if message.topic() == topics.orders {
+                match OrderEnvelope::decode(payload) {
+                    Ok(e) => history.orders.entry(e.order_id).or_default().push(e),
+                    Err(err) => history.undecodable.push(format!("{}: {err}", place())),
+                }
+            } else if message.topic() == topics.stock {
+                match StockEnvelope::decode(payload) {
+                    Ok(e) => history
+                        .stock
+                        .entry(e.sku.clone())
+                        .or_default()
+                        .push(e.event),
+                    Err(err) => history.undecodable.push(format!("{}: {err}", place())),
+                }
+            } else {
+                match NotificationEnvelope::decode(payload) {
+                    Ok(e) => history.notifications.entry(e.order_id).or_default().push(e),
+                    Err(err) => history.undecodable.push(format!("{}: {err}", place())),
+                }
             }
-        } else if message.topic() == topics.stock {
-            match StockEnvelope::decode(payload) {
-                Ok(e) => history
-                    .stock
-                    .entry(e.sku.clone())
-                    .or_default()
-                    .push(e.event),
-                Err(err) => history.undecodable.push(format!("{}: {err}", place())),
-            }
-        } else {
-            match NotificationEnvelope::decode(payload) {
-                Ok(e) => history.notifications.entry(e.order_id).or_default().push(e),
-                Err(err) => history.undecodable.push(format!("{}: {err}", place())),
-            }
-        }
-    })?;
+        },
+    )?;
     Ok(history)
 }
 

@@ -44,7 +44,7 @@ fn letters(topics: &TestTopics) -> Vec<serde_json::Value> {
 
 /// Committed records of `topic` about `order`.
 fn records_of(topic: &str, order: Uuid) -> Vec<Vec<u8>> {
-    orderpipe_ops::dlq::read_topic(&kafka::bootstrap(), topic)
+    orderpipe_ops::dlq::read_topic(&kafka::bootstrap(), &[], topic)
         .unwrap()
         .iter()
         .filter(|m| m.key() == Some(order.to_string().as_bytes()))

@@ -82,10 +82,12 @@ fn record_leaks(message: &OwnedMessage, marker: &str) -> Option<String> {
 }
 
 async fn read_topic(topic: String) -> Vec<OwnedMessage> {
-    tokio::task::spawn_blocking(move || orderpipe_ops::dlq::read_topic(&kafka::bootstrap(), &topic))
-        .await
-        .unwrap()
-        .unwrap()
+    tokio::task::spawn_blocking(move || {
+        orderpipe_ops::dlq::read_topic(&kafka::bootstrap(), &[], &topic)
+    })
+    .await
+    .unwrap()
+    .unwrap()
 }
 
 /// A webhook receiver that answers 204 and counts signed deliveries.

@@ -64,6 +64,11 @@ pub struct CqlConfig {
     /// How long one CQL request may take before the driver gives up on it.
     #[arg(id = "cql_request_timeout", long = "cql-request-timeout", env = "ORDERPIPE_CQL_REQUEST_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+
+    /// The login of every session (`None`: no authentication). Not a flag here: `orderpipe`
+    /// reads `--cql-username` / `--cql-password-file` once for every component.
+    #[arg(skip)]
+    pub credentials: Option<orderpipe_runtime::cql::Credentials>,
 }
 
 /// The projector consumers (flags start with `--projections-`).
@@ -203,6 +208,7 @@ impl Default for CqlConfig {
             replication: Replication::Simple(1),
             consistency: ConsistencyLevel::LocalQuorum,
             request_timeout: Duration::from_secs(5),
+            credentials: None,
         }
     }
 }

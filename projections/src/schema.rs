@@ -228,8 +228,9 @@ pub fn parse_nodes(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// A session on `nodes` whose default execution profile carries the configured consistency and
-/// request timeout (every statement of this crate runs with it).
+/// A session on `nodes`, logged in with the configured credentials, whose default execution
+/// profile carries the configured consistency and request timeout (every statement of this crate
+/// runs with it).
 pub async fn connect(nodes: &[String], cql: &CqlConfig) -> Result<Arc<Session>, Error> {
     if nodes.is_empty() {
         return Err(Error::Config("no CQL contact points".into()));
@@ -239,10 +240,14 @@ pub async fn connect(nodes: &[String], cql: &CqlConfig) -> Result<Arc<Session>, 
         .serial_consistency(Some(SerialConsistency::LocalSerial))
         .request_timeout(Some(cql.request_timeout))
         .build();
-    let session = SessionBuilder::new()
+    let mut builder = SessionBuilder::new()
         .known_nodes(nodes)
         .connection_timeout(Duration::from_secs(10))
-        .default_execution_profile_handle(profile.into_handle())
+        .default_execution_profile_handle(profile.into_handle());
+    if let Some(login) = &cql.credentials {
+        builder = builder.user(login.username(), login.password());
+    }
+    let session = builder
         .build()
         .await
         .cql(&format!("connecting to {nodes:?}"))?;

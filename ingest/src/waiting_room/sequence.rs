@@ -93,6 +93,8 @@ pub struct Sequence {
 pub struct SequenceSettings<'a> {
     /// CQL contact points.
     pub nodes: &'a [String],
+    /// Their login (`None`: no authentication).
+    pub credentials: Option<&'a orderpipe_runtime::cql::Credentials>,
     /// Keyspace (created with SimpleStrategy when missing).
     pub keyspace: &'a str,
     /// Replication factor of a keyspace created here.
@@ -116,10 +118,14 @@ impl Sequence {
             .serial_consistency(Some(SerialConsistency::Serial))
             .request_timeout(Some(settings.timeout))
             .build();
-        let session = SessionBuilder::new()
+        let mut builder = SessionBuilder::new()
             .known_nodes(settings.nodes)
             .connection_timeout(settings.timeout.max(Duration::from_secs(1)))
-            .default_execution_profile_handle(profile.into_handle())
+            .default_execution_profile_handle(profile.into_handle());
+        if let Some(login) = settings.credentials {
+            builder = builder.user(login.username(), login.password());
+        }
+        let session = builder
             .build()
             .await
             .cql(format!("connecting to CQL nodes {:?}", settings.nodes))?;

@@ -44,7 +44,8 @@ pub enum Error {
     },
 }
 
-/// Parses an operator option `key=value` (clap `value_parser` of every `--*-kafka-option`).
+/// Parses an operator option `key=value` (clap `value_parser` of `--kafka-option` and every
+/// `--*-kafka-option`).
 pub fn parse_option(option: &str) -> Result<(String, String), String> {
     match option.split_once('=') {
         Some((key, value)) if !key.trim().is_empty() => {

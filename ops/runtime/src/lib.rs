@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`kafka`]: the one Kafka layer (client presets, operator options, topic creation from the
 //!   topic plan, dead-letter headers, lag from statistics).
+//! - [`cql`]: the CQL login (user name, password from a file) every session opens with.
 //! - [`telemetry`]: structured logging setup.
 //! - [`metrics`]: the process-wide Prometheus recorder and its `/metrics` rendering.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics` routes, with readiness checks components register.
@@ -12,6 +13,7 @@
 //! - [`shutdown`]: a `CancellationToken` cancelled on SIGINT or SIGTERM.
 
 pub mod auth;
+pub mod cql;
 pub mod health;
 pub mod kafka;
 pub mod metrics;

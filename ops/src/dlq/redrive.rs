@@ -21,6 +21,7 @@ const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 #[allow(clippy::too_many_arguments)]
 pub(super) fn redrive(
     bootstrap: &str,
+    options: &[(String, String)],
     topics: &Topics,
     stage: &str,
     ids: &[LetterId],
@@ -34,12 +35,14 @@ pub(super) fn redrive(
     let producer = if dry_run {
         None
     } else {
-        ensure_marker_topic(bootstrap, &marker_topic, replication)?;
+        ensure_marker_topic(bootstrap, options, &marker_topic, replication)?;
         let transactional_id = format!("{}orderpipe-dlq-redrive-{stage}", topics.prefix());
-        let producer: BaseProducer =
-            kafka::transactional_producer(bootstrap, "orderpipe-dlq-redrive", &transactional_id)
-                .create()
-                .context("creating the redrive producer")?;
+        let producer: BaseProducer = kafka::with_options(
+            kafka::transactional_producer(bootstrap, "orderpipe-dlq-redrive", &transactional_id),
+            options,
+        )
+        .create()
+        .context("creating the redrive producer")?;
         // Fences any other redriver of this stage and completes its open transaction, so the
         // markers read below include every redrive that will ever commit before ours.
         producer
@@ -47,7 +50,7 @@ pub(super) fn redrive(
             .context("initialising the redrive transaction")?;
         Some(producer)
     };
-    let letters = read_letters(bootstrap, topics, stage)?;
+    let letters = read_letters(bootstrap, options, topics, stage)?;
     let chosen = if ids.is_empty() {
         letters
             .into_iter()
@@ -190,7 +193,12 @@ where
 }
 
 /// Creates the compacted marker topic (one partition: markers are few) unless it exists.
-fn ensure_marker_topic(bootstrap: &str, topic: &str, replication: i32) -> anyhow::Result<()> {
+fn ensure_marker_topic(
+    bootstrap: &str,
+    options: &[(String, String)],
+    topic: &str,
+    replication: i32,
+) -> anyhow::Result<()> {
     let spec = TopicSpec {
         name: topic.to_owned(),
         partitions: 1,
@@ -199,7 +207,7 @@ fn ensure_marker_topic(bootstrap: &str, topic: &str, replication: i32) -> anyhow
     };
     // We are inside `spawn_blocking`: run the admin future from this thread.
     tokio::runtime::Handle::current()
-        .block_on(kafka::create_topics(bootstrap, &[], &[spec]))
+        .block_on(kafka::create_topics(bootstrap, options, &[spec]))
         .with_context(|| format!("creating {topic}"))?;
     Ok(())
 }

@@ -448,9 +448,13 @@ pub fn assert_invariants(
     stock: &BTreeMap<String, u64>,
 ) {
     let names = Topics::with_prefix(topics.prefix.clone());
-    let history =
-        orderpipe_ops::verify::read_history(&kafka::bootstrap(), &names, Duration::from_secs(60))
-            .expect("reading the topics for the audit");
+    let history = orderpipe_ops::verify::read_history(
+        &kafka::bootstrap(),
+        &[],
+        &names,
+        Duration::from_secs(60),
+    )
+    .expect("reading the topics for the audit");
     let window = orderpipe_ops::verify::Window {
         settle: Duration::ZERO,
         ..Default::default()

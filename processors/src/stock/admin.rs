@@ -23,13 +23,28 @@ pub async fn set_stock(
     adjustment: StockAdjustment,
     per_customer_limit: Option<u32>,
 ) -> Result<Uuid, Error> {
-    let producer: FutureProducer = kafka::idempotent_producer(bootstrap, "orderpipe-stock-admin")
-        .set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string())
-        .create()
-        .map_err(|source| Error::Kafka {
-            context: "creating stock admin producer",
-            source,
-        })?;
+    set_stock_with(bootstrap, &[], topics, sku, adjustment, per_customer_limit).await
+}
+
+/// [`set_stock`] with the operator's Kafka client `options` (`orderpipe --kafka-option`:
+/// security settings and the like) applied over the producer preset.
+pub async fn set_stock_with(
+    bootstrap: &str,
+    options: &[(String, String)],
+    topics: &Topics,
+    sku: &str,
+    adjustment: StockAdjustment,
+    per_customer_limit: Option<u32>,
+) -> Result<Uuid, Error> {
+    let mut client = kafka::idempotent_producer(bootstrap, "orderpipe-stock-admin");
+    client.set("message.timeout.ms", ACK_TIMEOUT.as_millis().to_string());
+    let producer: FutureProducer =
+        kafka::with_options(client, options)
+            .create()
+            .map_err(|source| Error::Kafka {
+                context: "creating stock admin producer",
+                source,
+            })?;
     let event = StockEnvelope::new(
         sku,
         StockEvent::StockAdjusted(StockAdjusted {
