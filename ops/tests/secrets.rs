@@ -126,11 +126,9 @@ async fn start_gateway() -> (String, CancellationToken) {
         seed: 11,
         ..SimConfig::default()
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
     let stop = CancellationToken::new();
-    tokio::spawn(gateway_sim::serve(listener, gateway, stop.clone()));
-    (url, stop)
+    let addr = gateway_sim::spawn(gateway, stop.clone()).await.unwrap();
+    (format!("http://{addr}"), stop)
 }
 
 fn order(customer: &str, token: &str) -> String {

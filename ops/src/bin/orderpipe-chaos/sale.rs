@@ -102,13 +102,7 @@ pub(crate) async fn setup<'a>(
         decline_rate: args.decline_rate,
         seed: args.seed,
     }));
-    let gateway_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let gateway_addr = gateway_listener.local_addr()?;
-    tokio::spawn(gateway_sim::serve(
-        gateway_listener,
-        gateway.clone(),
-        shutdown.clone(),
-    ));
+    let gateway_addr = gateway_sim::spawn(gateway.clone(), shutdown.clone()).await?;
     let secret = format!("whsec-chaos-{}", Uuid::new_v4().simple());
     let receiver = Receiver::new(secret.clone());
     let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
