@@ -190,18 +190,21 @@ pub fn render(states: &[TopicState]) -> String {
     out
 }
 
-/// `orderpipe topics create`: creates the planned topics that are missing (idempotent).
-pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
+/// The planned topics, and the admin client's Kafka options (`--kafka-option`s, then the
+/// `--ingest-kafka-option`s, as `run` creates them).
+fn plan_and_options(args: &TopicsArgs) -> (Vec<TopicSpec>, Vec<(String, String)>) {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
     let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
-    let created = kafka::create_topics(
-        &args.connections.kafka_bootstrap,
-        &args
-            .connections
-            .kafka_options_then(&args.ingest.kafka_options),
-        &plan,
-    )
-    .await?;
+    let options = args
+        .connections
+        .kafka_options_then(&args.ingest.kafka_options);
+    (plan, options)
+}
+
+/// `orderpipe topics create`: creates the planned topics that are missing (idempotent).
+pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
+    let (plan, options) = plan_and_options(&args);
+    let created = kafka::create_topics(&args.connections.kafka_bootstrap, &options, &plan).await?;
     for spec in &plan {
         let what = if created.contains(&spec.name) {
             "created"
@@ -220,16 +223,8 @@ pub async fn create(args: TopicsArgs) -> anyhow::Result<()> {
 
 /// `orderpipe topics describe`: `Ok(false)` on drift.
 pub async fn describe_command(args: TopicsArgs) -> anyhow::Result<bool> {
-    let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
-    let plan = topics.plan(args.topics.partitions, args.topics.replication_factor);
-    let states = describe(
-        &args.connections.kafka_bootstrap,
-        &args
-            .connections
-            .kafka_options_then(&args.ingest.kafka_options),
-        &plan,
-    )
-    .await?;
+    let (plan, options) = plan_and_options(&args);
+    let states = describe(&args.connections.kafka_bootstrap, &options, &plan).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&states)?);
     } else {
