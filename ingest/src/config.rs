@@ -94,9 +94,14 @@ pub struct Config {
     pub idempotency_store: IdempotencyStore,
 
     /// CQL contact points (host:port, comma-separated) of the `cql` idempotency store and of the
-    /// waiting room.
-    #[arg(id = "ingest_cql_nodes", long = "ingest-cql-nodes", env = "ORDERPIPE_INGEST_CQL_NODES",
-          default_value = DEFAULT_CQL_NODES, value_delimiter = ',')]
+    /// waiting room. Default: `orderpipe`'s `--scylla-nodes`, the cluster of the views (empty:
+    /// [`DEFAULT_CQL_NODES`]).
+    #[arg(
+        id = "ingest_cql_nodes",
+        long = "ingest-cql-nodes",
+        env = "ORDERPIPE_INGEST_CQL_NODES",
+        value_delimiter = ','
+    )]
     pub cql_nodes: Vec<String>,
 
     /// Keyspace of the `cql` idempotency store and of the waiting room (created at start when
@@ -197,7 +202,8 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Default of `--ingest-cql-nodes`.
+/// CQL contact points when `cql_nodes` is empty (the `orderpipe` binary fills it from
+/// `--scylla-nodes`).
 pub const DEFAULT_CQL_NODES: &str = "127.0.0.1:9042";
 
 /// Default of `--ingest-cql-keyspace`.
@@ -235,7 +241,7 @@ impl Default for Config {
             producer_linger: Duration::from_millis(2),
             kafka_options: Vec::new(),
             idempotency_store: IdempotencyStore::Memory,
-            cql_nodes: vec![DEFAULT_CQL_NODES.to_owned()],
+            cql_nodes: Vec::new(),
             cql_keyspace: DEFAULT_CQL_KEYSPACE.to_owned(),
             cql_replication_factor: 1,
             cql_credentials: None,
@@ -282,12 +288,6 @@ impl Config {
             }
         }
         if self.idempotency_store == IdempotencyStore::Cql || self.waiting_room_rate > 0 {
-            if self.cql_nodes.iter().all(|n| n.trim().is_empty()) {
-                return Err(
-                    "the cql idempotency store and the waiting room need at least one CQL node"
-                        .into(),
-                );
-            }
             if !is_cql_identifier(&self.cql_keyspace) {
                 return Err(format!(
                     "CQL keyspace {:?} must be a letter then up to 47 letters, digits or _",
@@ -316,14 +316,20 @@ impl Config {
         }
     }
 
-    /// `cql_nodes` trimmed, without empty entries.
+    /// `cql_nodes` trimmed, without empty entries; [`DEFAULT_CQL_NODES`] when none is left.
     pub(crate) fn cql_node_list(&self) -> Vec<String> {
-        self.cql_nodes
+        let nodes: Vec<String> = self
+            .cql_nodes
             .iter()
             .map(|n| n.trim())
             .filter(|n| !n.is_empty())
             .map(str::to_owned)
-            .collect()
+            .collect();
+        if nodes.is_empty() {
+            vec![DEFAULT_CQL_NODES.to_owned()]
+        } else {
+            nodes
+        }
     }
 }
 

@@ -101,12 +101,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> anyhow::Result<(
 
 /// `args` with what [`Connections`](crate::cli::Connections) owns for every component in the
 /// components' configs: the `--kafka-option`s before each component's own options (which win),
-/// and the CQL login, its password file read once, here, so that a bad one stops the start.
+/// the CQL login, its password file read once, here, so that a bad one stops the start, and the
+/// CQL nodes for ingest's shared state unless `--ingest-cql-nodes` names other ones.
 fn with_connections(mut args: RunArgs) -> anyhow::Result<RunArgs> {
     let connections = &args.connections;
     args.projections = connections.projections(&args.projections)?;
     args.ingest.kafka_options = connections.kafka_options_then(&args.ingest.kafka_options);
     args.ingest.cql_credentials = args.projections.cql.credentials.clone();
+    if args.ingest.cql_nodes.is_empty() {
+        args.ingest.cql_nodes = orderpipe_projections::parse_nodes(&connections.scylla_nodes);
+    }
     args.processors.kafka_options = connections.kafka_options_then(&args.processors.kafka_options);
     Ok(args)
 }
@@ -242,6 +246,20 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn ingest_keeps_its_state_on_the_scylla_nodes_unless_told_otherwise() {
+        let args = with_connections(run_args(&["--scylla-nodes", "db-1:9042, db-2:9042"])).unwrap();
+        assert_eq!(args.ingest.cql_nodes, ["db-1:9042", "db-2:9042"]);
+        let args = with_connections(run_args(&[
+            "--scylla-nodes",
+            "db-1:9042",
+            "--ingest-cql-nodes",
+            "state-1:9042",
+        ]))
+        .unwrap();
+        assert_eq!(args.ingest.cql_nodes, ["state-1:9042"]);
     }
 
     #[test]
