@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use orderpipe_runtime::health::{self, Readiness};
+use orderpipe_runtime::problem::problem_for_bare_error;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -18,7 +19,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{ApiError, Problem, WaitingRoomProblem, PROBLEM_JSON};
+use crate::error::{ApiError, Problem, WaitingRoomProblem};
 use crate::handlers::{self, App};
 use crate::metrics;
 
@@ -110,19 +111,6 @@ pub(crate) fn router(app: Arc<App>, readiness: Readiness, request_timeout: Durat
 /// made by layers or routing (413, 408, 405) into problem+json like the handler's own.
 async fn finish(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    let status = response.status();
-    metrics::request_answered(status.as_u16());
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
-    }
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let mut problem = ApiError::Status(status).into_response();
-    if let Some(allow) = allow {
-        problem.headers_mut().insert(header::ALLOW, allow);
-    }
-    problem
+    metrics::request_answered(response.status().as_u16());
+    problem_for_bare_error(response, |status| ApiError::Status(status).into_response())
 }

@@ -40,13 +40,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use backon::{ExponentialBuilder, Retryable as _};
 use orderpipe_runtime::health::{self, Readiness};
-use orderpipe_runtime::problem::{Problem, PROBLEM_JSON};
+use orderpipe_runtime::problem::{problem_for_bare_error, Problem};
 use scylla::client::session::Session;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -160,26 +160,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// that is not UTF-8) come with an empty or plain-text body: made problem+json like the rest.
 async fn bare_errors_as_problems(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
-        return response;
-    }
-    let allow = response.headers().get(header::ALLOW).cloned();
-    let reason = status.canonical_reason().unwrap_or("Error");
-    let slug = match status {
-        StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
-        s if s.is_server_error() => "server-error",
-        _ => "bad-request",
-    };
-    let mut problem = Problem::new(status, slug, reason, reason).into_response();
-    if let Some(allow) = allow {
-        problem.headers_mut().insert(header::ALLOW, allow);
-    }
-    problem
+    problem_for_bare_error(response, |status| {
+        let reason = status.canonical_reason().unwrap_or("Error");
+        let slug = match status {
+            StatusCode::METHOD_NOT_ALLOWED => "method-not-allowed",
+            s if s.is_server_error() => "server-error",
+            _ => "bad-request",
+        };
+        Problem::new(status, slug, reason, reason).into_response()
+    })
 }
 
 /// Serves `api` on `listener` until `shutdown` is cancelled (in-flight requests finish;
@@ -378,7 +367,7 @@ mod tests {
         let response = not_found("order x is unknown").into_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert_eq!(
-            response.headers()[header::CONTENT_TYPE],
+            response.headers()[axum::http::header::CONTENT_TYPE],
             "application/problem+json"
         );
         let body = axum::body::to_bytes(response.into_body(), 1 << 16)

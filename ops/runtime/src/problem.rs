@@ -92,9 +92,57 @@ impl IntoResponse for Problem {
     }
 }
 
+/// `response` as it is, unless it is an error (4xx, 5xx) made outside the handlers (by a layer
+/// or by routing: 405, 408, 413, a path that is not UTF-8) with an empty or plain-text body:
+/// then `problem` for its status, keeping its `Allow` header. For a middleware around an API,
+/// so that every error it answers is problem+json.
+pub fn problem_for_bare_error(
+    response: Response,
+    problem: impl FnOnce(StatusCode) -> Response,
+) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut problem = problem(status);
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
+    }
+    problem
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bare_errors_become_problems_and_keep_their_allow_header() {
+        let to_problem =
+            |status| Problem::new(status, "method-not-allowed", "t", "d").into_response();
+        // A 405 from routing: plain body, Allow header
+        let bare = (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "GET,HEAD")],
+            "Method Not Allowed",
+        )
+            .into_response();
+        let answered = problem_for_bare_error(bare, to_problem);
+        assert_eq!(answered.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(answered.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(answered.headers()[header::ALLOW], "GET,HEAD");
+        // A success and a problem already are left as they are
+        let ok = problem_for_bare_error("fine".into_response(), to_problem);
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(ok.headers()[header::CONTENT_TYPE] != PROBLEM_JSON);
+        let already = Problem::new(StatusCode::CONFLICT, "conflict", "t", "d").into_response();
+        let kept = problem_for_bare_error(already, |_| panic!("a problem is not made twice"));
+        assert_eq!(kept.status(), StatusCode::CONFLICT);
+    }
 
     #[tokio::test]
     async fn a_problem_answers_as_problem_json_with_retry_after_rounded_up() {
