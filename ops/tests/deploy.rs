@@ -22,8 +22,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use orderpipe_gateway_sim as gateway_sim;
 use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
-use orderpipe_testkit::kafka::{self, TestTopics};
-use rdkafka::producer::FutureRecord;
+use orderpipe_testkit::kafka::TestTopics;
 use tokio_util::sync::CancellationToken;
 
 fn deploy(path: &str) -> PathBuf {
@@ -180,17 +179,7 @@ async fn every_metric_of_the_dashboard_and_the_alerts_appears_in_a_live_scrape()
     collect_outcome(&topics, &acked, Duration::from_secs(120)).await;
     // Then a poison event on the orders topic: every stage and the projector dead-letter it.
     let names = orderpipe_schemas::Topics::with_prefix(topics.prefix.clone());
-    kafka::producer()
-        .unwrap()
-        .send(
-            FutureRecord::to(&names.orders)
-                .key("poison")
-                .payload("this is not an event"),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .unwrap();
+    send_poison(&names.orders).await;
 
     let mut query =
         orderpipe_testkit::http::Conn::new(format!("127.0.0.1:{query_port}").parse().unwrap());

@@ -32,7 +32,6 @@ use orderpipe_processors::payments::simulated::{SimConfig, SimulatedGateway};
 use orderpipe_testkit::http::Conn;
 use orderpipe_testkit::kafka::{self, TestTopics};
 use rdkafka::message::{Headers, Message, OwnedMessage};
-use rdkafka::producer::FutureRecord;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -232,28 +231,12 @@ async fn secrets_never_reach_logs_dead_letters_or_metrics() {
     for i in 0..8 {
         let token = format!("tok_{marker}_{i}");
         let key = format!("{marker}-order-{i}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let id = loop {
-            let reply = conn
-                .post_order(
-                    &[("authorization", &bearer), ("idempotency-key", &key)],
-                    &order(&format!("customer-{i}"), &token),
-                )
-                .await;
-            match reply.status.as_u16() {
-                202 => {
-                    break reply.json()["order_id"]
-                        .as_str()
-                        .unwrap()
-                        .parse::<Uuid>()
-                        .unwrap()
-                }
-                429 | 503 if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
-                }
-                other => panic!("order {i}: {other} {:?}", reply.body),
-            }
-        };
+        let headers = [
+            ("authorization", bearer.as_str()),
+            ("idempotency-key", key.as_str()),
+        ];
+        let body = order(&format!("customer-{i}"), &token);
+        let id = place_until_accepted(&mut conn, &headers, &body, &format!("order {i}")).await;
         acked.insert(id, vec![("SEC-1".to_string(), 1)]);
     }
     let outcome = collect_outcome(&topics, &acked, Duration::from_secs(120)).await;
@@ -266,18 +249,8 @@ async fn secrets_never_reach_logs_dead_letters_or_metrics() {
 
     // Poison events on both input topics: every stage and the projectors dead-letter them.
     let names = orderpipe_schemas::Topics::with_prefix(topics.prefix.clone());
-    let producer = kafka::producer().unwrap();
     for topic in [&names.orders, &names.stock] {
-        producer
-            .send(
-                FutureRecord::to(topic)
-                    .key("poison")
-                    .payload("this is not an event"),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
+        send_poison(topic).await;
     }
     let mut letters: Vec<(String, OwnedMessage)> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -240,6 +240,49 @@ fn order_body(customer: &str, lines: &OrderSpec) -> String {
     .to_string()
 }
 
+/// Posts the order until ingest accepts it (202), riding out 429 and 503 for up to 30 s (a
+/// client retrying with the same Idempotency-Key), and returns its id; any other answer fails
+/// the test with `what` in the message.
+pub async fn place_until_accepted(
+    conn: &mut Conn,
+    headers: &[(&str, &str)],
+    body: &str,
+    what: &str,
+) -> Uuid {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reply = conn.post_order(headers, body).await;
+        match reply.status.as_u16() {
+            202 => {
+                return reply.json()["order_id"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<Uuid>()
+                    .unwrap()
+            }
+            429 | 503 if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => panic!("{what} got {other}: {:?}", reply.body),
+        }
+    }
+}
+
+/// Produces a record that is not an event (a poison message) to `topic`.
+pub async fn send_poison(topic: &str) {
+    kafka::producer()
+        .unwrap()
+        .send(
+            rdkafka::producer::FutureRecord::to(topic)
+                .key("poison")
+                .payload("this is not an event"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+}
+
 /// Post `orders` through the ingest API from `clients` concurrent clients, each order with its own
 /// Idempotency-Key (retried with the same key on 503, as a checkout frontend would). Calls
 /// `after_each(acked_so_far)` after every acknowledgement. Returns order id -> lines.
@@ -271,23 +314,9 @@ pub async fn run_sale(
                 let Some(lines) = orders.get(i) else { break };
                 let body = order_body(&format!("customer-{}", i % 997), lines);
                 let key = format!("sale-{sale}-{i}");
-                let deadline = Instant::now() + Duration::from_secs(30);
-                let order_id = loop {
-                    let reply = conn.post_order(&[("idempotency-key", &key)], &body).await;
-                    match reply.status.as_u16() {
-                        202 => {
-                            break reply.json()["order_id"]
-                                .as_str()
-                                .unwrap()
-                                .parse::<Uuid>()
-                                .unwrap()
-                        }
-                        429 | 503 if Instant::now() < deadline => {
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        other => panic!("client {client}: order {i} got {other}: {:?}", reply.body),
-                    }
-                };
+                let what = format!("client {client}: order {i}");
+                let headers = [("idempotency-key", key.as_str())];
+                let order_id = place_until_accepted(&mut conn, &headers, &body, &what).await;
                 let count = {
                     let mut acked = acked.lock().unwrap();
                     acked.insert(order_id, lines.clone());
