@@ -179,14 +179,11 @@ pub fn audit(history: &History, window: &Window) -> Report {
         let (placed_at, placed) = placed;
         let in_window = window.from.is_none_or(|from| placed_at >= from)
             && window.to.is_none_or(|to| placed_at < to);
-        let terminals = distinct(events.iter().filter(|e| {
-            matches!(
-                e.event,
-                OrderEvent::OrderConfirmed(_)
-                    | OrderEvent::OrderRejected(_)
-                    | OrderEvent::OrderCancelled(_)
-            )
-        }));
+        let terminals = distinct(
+            events
+                .iter()
+                .filter(|e| e.event.terminal_status().is_some()),
+        );
         let confirmed = terminals
             .iter()
             .any(|e| matches!(e.event, OrderEvent::OrderConfirmed(_)));

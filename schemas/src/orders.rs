@@ -43,6 +43,17 @@ pub enum OrderEvent {
 }
 
 impl OrderEvent {
+    /// The order's final outcome this event records, `confirmed`, `rejected` or `cancelled`
+    /// (every order ends with exactly one of these), or `None` for any other event.
+    pub fn terminal_status(&self) -> Option<&'static str> {
+        match self {
+            Self::OrderConfirmed(_) => Some("confirmed"),
+            Self::OrderRejected(_) => Some("rejected"),
+            Self::OrderCancelled(_) => Some("cancelled"),
+            _ => None,
+        }
+    }
+
     /// The `event_type` tag of this event, as written on the wire.
     pub fn event_type(&self) -> &'static str {
         match self {
@@ -287,6 +298,27 @@ pub struct Refunded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_three_final_events_have_a_terminal_status() {
+        let rejected = OrderEvent::OrderRejected(OrderRejected {
+            reason: RejectReason::OutOfStock,
+        });
+        assert_eq!(
+            OrderEvent::OrderConfirmed(OrderConfirmed {}).terminal_status(),
+            Some("confirmed")
+        );
+        assert_eq!(rejected.terminal_status(), Some("rejected"));
+        assert_eq!(
+            OrderEvent::OrderCancelled(OrderCancelled {}).terminal_status(),
+            Some("cancelled")
+        );
+        let refunded = OrderEvent::Refunded(Refunded {
+            amount_minor: 1,
+            currency: "EUR".into(),
+        });
+        assert_eq!(refunded.terminal_status(), None);
+    }
 
     #[test]
     fn payment_token_is_redacted_in_debug() {

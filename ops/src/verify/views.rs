@@ -24,12 +24,7 @@ pub struct Views {
 /// The status the views must show for an order with these events: the first terminal outcome,
 /// else the furthest stage (the projections' rule, `Status::derive`).
 fn expected_status(events: &[OrderEnvelope]) -> &'static str {
-    let terminal = events.iter().find_map(|e| match e.event {
-        OrderEvent::OrderConfirmed(_) => Some("confirmed"),
-        OrderEvent::OrderRejected(_) => Some("rejected"),
-        OrderEvent::OrderCancelled(_) => Some("cancelled"),
-        _ => None,
-    });
+    let terminal = events.iter().find_map(|e| e.event.terminal_status());
     let any = |f: fn(&OrderEvent) -> bool| events.iter().any(|e| f(&e.event));
     terminal.unwrap_or(if any(|e| matches!(e, OrderEvent::PaymentSettled(_))) {
         "paid"
@@ -49,14 +44,7 @@ fn settled_orders<'a>(history: &'a History, window: &'a Window) -> impl Iterator
         })?;
         let in_window = window.from.is_none_or(|from| placed_at >= from)
             && window.to.is_none_or(|to| placed_at < to);
-        let terminal = events.iter().any(|e| {
-            matches!(
-                e.event,
-                OrderEvent::OrderConfirmed(_)
-                    | OrderEvent::OrderRejected(_)
-                    | OrderEvent::OrderCancelled(_)
-            )
-        });
+        let terminal = events.iter().any(|e| e.event.terminal_status().is_some());
         let young = window
             .now
             .signed_duration_since(placed_at)

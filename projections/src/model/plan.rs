@@ -255,11 +255,7 @@ pub(crate) fn plan_order(
         | OrderEvent::OrderRejected(_)
         | OrderEvent::OrderCancelled(_) => {
             let confirmed = matches!(envelope.event, OrderEvent::OrderConfirmed(_));
-            let status = match &envelope.event {
-                OrderEvent::OrderConfirmed(_) => "confirmed",
-                OrderEvent::OrderCancelled(_) => "cancelled",
-                _ => "rejected",
-            };
+            let status = envelope.event.terminal_status().unwrap_or("rejected");
             if state.terminal.as_ref().is_some_and(|t| t.offset < offset) {
                 return Some(Anomaly::LateTerminal);
             }

@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use orderpipe_schemas::{OrderEvent, Topics};
+use orderpipe_schemas::Topics;
 use uuid::Uuid;
 
 #[derive(Debug, Default)]
@@ -100,15 +100,6 @@ impl Counts {
     }
 }
 
-fn terminal_status(event: &OrderEvent) -> Option<&'static str> {
-    match event {
-        OrderEvent::OrderConfirmed(_) => Some("confirmed"),
-        OrderEvent::OrderRejected(_) => Some("rejected"),
-        OrderEvent::OrderCancelled(_) => Some("cancelled"),
-        _ => None,
-    }
-}
-
 /// Distinct terminal events of each order (repeats of one event_id count once).
 pub(crate) fn terminals(
     history: &orderpipe_ops::verify::History,
@@ -120,7 +111,11 @@ pub(crate) fn terminals(
             let mut seen = BTreeSet::new();
             let statuses = events
                 .iter()
-                .filter_map(|e| terminal_status(&e.event).filter(|_| seen.insert(e.event_id)))
+                .filter_map(|e| {
+                    e.event
+                        .terminal_status()
+                        .filter(|_| seen.insert(e.event_id))
+                })
                 .collect();
             (*id, statuses)
         })
