@@ -13,7 +13,7 @@ pub async fn stock_set(args: StockSetArgs) -> anyhow::Result<()> {
     let adjustment = StockAdjustment::Set {
         quantity: args.quantity,
     };
-    let event_id = orderpipe_processors::stock::set_stock_with(
+    let event_id = orderpipe_processors::stock::set_stock(
         &args.connections.kafka_bootstrap,
         &args.connections.kafka_options,
         &topics,

@@ -10,7 +10,7 @@ use crate::local_query::{percent_encode, LocalQuery};
 /// `orderpipe stock adjust SKU DELTA`: emit `stock_adjusted` (delta), acknowledged by the broker.
 pub async fn adjust(args: StockAdjustArgs) -> anyhow::Result<()> {
     let topics = Topics::with_prefix(args.connections.topic_prefix.clone());
-    let event_id = orderpipe_processors::stock::set_stock_with(
+    let event_id = orderpipe_processors::stock::set_stock(
         &args.connections.kafka_bootstrap,
         &args.connections.kafka_options,
         &topics,

@@ -223,10 +223,14 @@ pub async fn run_query(
         }
     });
     // A chaos run restarting the CQL server saw the query process exit 37 times in a row on
-    // "Connection refused" before this retried the connection too.
+    // "Connection refused" before this retried the connection too. Once connected, the session
+    // is kept: only the schema is waited for.
+    let session = tokio::sync::OnceCell::new();
     let schema_ready = (|| async {
-        let session = connect(nodes, &config.cql).await?;
-        QueryApi::new(session, &config).await
+        let session = session
+            .get_or_try_init(|| connect(nodes, &config.cql))
+            .await?;
+        QueryApi::new(session.clone(), &config).await
     })
     .retry(
         ExponentialBuilder::default()

@@ -159,11 +159,24 @@ fn take_fault(state: &AppState) -> Option<Response> {
     Some(error(status, "injected fault"))
 }
 
-/// The error answer if the Idempotency-Key is missing or differs from the body's order id.
-fn check_key(headers: &HeaderMap, order_id: Uuid) -> Option<Response> {
-    idempotency_key(headers, order_id).err().map(|e| *e)
+/// The request of a mutating call, or the answer that refuses it: an injected fault, a body
+/// that is not the contract's JSON, or an Idempotency-Key that is not the body's order id.
+fn admit<T>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+    order_id: impl Fn(&T) -> Uuid,
+) -> Result<T, Box<Response>> {
+    if let Some(fault) = take_fault(state) {
+        return Err(Box::new(fault));
+    }
+    let Json(request) =
+        body.map_err(|rejection| error(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+    idempotency_key(headers, order_id(&request))?;
+    Ok(request)
 }
 
+/// `Err` with the answer if the Idempotency-Key is missing or differs from the body's order id.
 fn idempotency_key(headers: &HeaderMap, order_id: Uuid) -> Result<(), Box<Response>> {
     let key = headers
         .get(IDEMPOTENCY_KEY)
@@ -189,16 +202,10 @@ async fn charge(
     headers: HeaderMap,
     body: Result<Json<ChargeRequest>, JsonRejection>,
 ) -> Response {
-    if let Some(fault) = take_fault(&state) {
-        return fault;
-    }
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    let request = match admit(&state, &headers, body, |r: &ChargeRequest| r.order_id) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
     };
-    if let Some(response) = check_key(&headers, request.order_id) {
-        return response;
-    }
     match state
         .gateway
         .charge(
@@ -219,16 +226,10 @@ async fn refund(
     headers: HeaderMap,
     body: Result<Json<RefundRequest>, JsonRejection>,
 ) -> Response {
-    if let Some(fault) = take_fault(&state) {
-        return fault;
-    }
-    let Json(request) = match body {
-        Ok(body) => body,
-        Err(rejection) => return error(StatusCode::BAD_REQUEST, rejection.body_text()),
+    let request = match admit(&state, &headers, body, |r: &RefundRequest| r.order_id) {
+        Ok(request) => request,
+        Err(refusal) => return *refusal,
     };
-    if let Some(response) = check_key(&headers, request.order_id) {
-        return response;
-    }
     match state.gateway.refund(request.order_id).await {
         Ok(refund) => Json(RefundResponse::from(refund)).into_response(),
         Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),

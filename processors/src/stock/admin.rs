@@ -13,22 +13,12 @@ use crate::runner::Error;
 /// How long `set_stock` waits for the broker's acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Produces `stock_adjusted` for `sku` (idempotent producer, `acks=all`) and returns its event id
-/// once the broker acknowledged it. `adjustment` sets (`Set`) or moves (`Delta`) the available
-/// units; `per_customer_limit` is the limit from now on (`None`: no limit).
+/// Produces `stock_adjusted` for `sku` (idempotent producer, `acks=all`, the operator's Kafka
+/// client `options` — `orderpipe --kafka-option`: security settings and the like — applied over
+/// the preset) and returns its event id once the broker acknowledged it. `adjustment` sets
+/// (`Set`) or moves (`Delta`) the available units; `per_customer_limit` is the limit from now on
+/// (`None`: no limit).
 pub async fn set_stock(
-    bootstrap: &str,
-    topics: &Topics,
-    sku: &str,
-    adjustment: StockAdjustment,
-    per_customer_limit: Option<u32>,
-) -> Result<Uuid, Error> {
-    set_stock_with(bootstrap, &[], topics, sku, adjustment, per_customer_limit).await
-}
-
-/// [`set_stock`] with the operator's Kafka client `options` (`orderpipe --kafka-option`:
-/// security settings and the like) applied over the producer preset.
-pub async fn set_stock_with(
     bootstrap: &str,
     options: &[(String, String)],
     topics: &Topics,

@@ -5,13 +5,12 @@
 //! - [`core`]: the pure decisions of one SKU (reserve, release, sell, adjust, prune).
 //! - [`changelog`]: changelog keys and records of the stage's state.
 //! - [`stage`]: [`StockStage`], the [`crate::Stage`] implementation.
-//! - [`admin`]: [`set_stock`] and [`set_stock_with`] (with Kafka client options), the operator's
-//!   `orderpipe stock set|adjust`.
+//! - [`admin`]: [`set_stock`], the operator's `orderpipe stock set|adjust`.
 
 pub mod admin;
 pub mod changelog;
 pub mod core;
 pub mod stage;
 
-pub use admin::{set_stock, set_stock_with};
+pub use admin::set_stock;
 pub use stage::{StockStage, DEFAULT_LINE_RETENTION, STAGE_NAME};

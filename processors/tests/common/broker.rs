@@ -88,6 +88,7 @@ impl Env {
     pub(crate) async fn set_stock(&self, sku: &str, quantity: u32, limit: Option<u32>) {
         set_stock(
             &bootstrap(),
+            &[],
             &self.topics,
             sku,
             StockAdjustment::Set { quantity },

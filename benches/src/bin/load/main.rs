@@ -101,6 +101,7 @@ async fn set_stock(args: &LoadArgs, units: u32) -> anyhow::Result<()> {
         async move {
             orderpipe_processors::stock::set_stock(
                 &bootstrap,
+                &[],
                 &topics,
                 &sku,
                 StockAdjustment::Set { quantity: units },

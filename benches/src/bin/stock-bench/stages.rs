@@ -131,6 +131,7 @@ pub(crate) async fn stock_stage(
     }
     set_stock(
         &args.bootstrap,
+        &[],
         &topics,
         "HOT",
         StockAdjustment::Set { quantity: stock },

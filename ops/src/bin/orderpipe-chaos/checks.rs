@@ -190,34 +190,13 @@ pub(crate) async fn check(
             .iter()
             .map(|(_, q)| i64::from(*q) * 1000)
             .sum();
-        let mut last = String::new();
-        let ok = loop {
-            match http::request(
-                procs.query,
-                "GET",
-                &format!("/v1/orders/{id}"),
-                &[],
-                None,
-                Duration::from_secs(5),
-            )
-            .await
-            {
-                Ok(reply) if reply.status == 200 => {
-                    let view = reply.json();
-                    if view["status"] == expected && view["total_minor"] == total {
-                        break true;
-                    }
-                    last = format!("{} {}", view["status"], view["total_minor"]);
-                }
-                Ok(reply) => last = format!("{} {}", reply.status, reply.body),
-                Err(err) => last = err,
-            }
-            if Instant::now() > view_deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        if !ok {
+        let agrees =
+            |view: &serde_json::Value| view["status"] == expected && view["total_minor"] == total;
+        let shown =
+            |view: &serde_json::Value| format!("{} {}", view["status"], view["total_minor"]);
+        let path = format!("/v1/orders/{id}");
+        let view = view_agreeing(procs.query, &path, view_deadline, agrees, shown).await;
+        if let Err(last) = view {
             disagreeing.push(format!(
                 "order {id}: topics say {expected} total {total}, view says {last}"
             ));
@@ -225,37 +204,12 @@ pub(crate) async fn check(
     }
     for (sku, units) in stocked {
         let sold = confirmed_units.get(sku).copied().unwrap_or(0);
-        let mut last = String::new();
-        let ok = loop {
-            match http::request(
-                procs.query,
-                "GET",
-                &format!("/v1/stock/{sku}"),
-                &[],
-                None,
-                Duration::from_secs(5),
-            )
-            .await
-            {
-                Ok(reply) if reply.status == 200 => {
-                    let view = reply.json();
-                    if view["sold"] == sold
-                        && view["reserved"] == 0
-                        && view["available"] == units - sold
-                    {
-                        break true;
-                    }
-                    last = view.to_string();
-                }
-                Ok(reply) => last = format!("{} {}", reply.status, reply.body),
-                Err(err) => last = err,
-            }
-            if Instant::now() > view_deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        let agrees = |view: &serde_json::Value| {
+            view["sold"] == sold && view["reserved"] == 0 && view["available"] == units - sold
         };
-        if !ok {
+        let path = format!("/v1/stock/{sku}");
+        let view = view_agreeing(procs.query, &path, view_deadline, agrees, |v| v.to_string());
+        if let Err(last) = view.await {
             disagreeing.push(format!(
                 "{sku}: topics say sold {sold} of {units}, view says {last}"
             ));
@@ -344,4 +298,33 @@ pub(crate) async fn check(
         leaks,
         done,
     })
+}
+
+/// Asks the query API for `path` every 500 ms until its view `agrees` (views trail the topics) or
+/// `deadline` passes; `Err` with the last answer (the view as `shown`, a status or an error).
+async fn view_agreeing(
+    query: std::net::SocketAddr,
+    path: &str,
+    deadline: Instant,
+    agrees: impl Fn(&serde_json::Value) -> bool,
+    shown: impl Fn(&serde_json::Value) -> String,
+) -> Result<(), String> {
+    loop {
+        let last = match http::request(query, "GET", path, &[], None, Duration::from_secs(5)).await
+        {
+            Ok(reply) if reply.status == 200 => {
+                let view = reply.json();
+                if agrees(&view) {
+                    return Ok(());
+                }
+                shown(&view)
+            }
+            Ok(reply) => format!("{} {}", reply.status, reply.body),
+            Err(err) => err,
+        };
+        if Instant::now() > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

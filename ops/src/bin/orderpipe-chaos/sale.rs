@@ -179,6 +179,7 @@ pub(crate) async fn setup<'a>(
         let name = format!("SKU-{sku}");
         orderpipe_processors::stock::set_stock(
             &bootstrap,
+            &[],
             &topics,
             &name,
             StockAdjustment::Set { quantity: per_sku },
